@@ -1,0 +1,126 @@
+"""`sparring run`: play a whole game on this machine, no cluster.
+
+Each phase runs as the very command a phase Job runs in a pod
+(`python -m sparring_trainer PHASE --game FILE --round N`), in a child process, against the
+same store layout. What is committed in the store is the only state, so an interrupted run
+picks up at the first uncommitted phase and redoes nothing committed.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sparring_trainer.store import open_store
+
+from sparring_operator.api import AdversarialGame, AdversarialGameStatus
+from sparring_operator.machine import EarlyStop, GameDone, RunPhase, completed_rounds, next_step
+from sparring_operator.observed import build_status, observe_store
+
+_PROGRESS_LINE = re.compile(r"^\[(?P<phase>[\w-]+)\] (?P<unit>[\w -]+) (?P<step>\d+)/(?P<total>\d+)$")
+
+
+@dataclass
+class PhaseOutcome:
+    ok: bool
+    message: str
+    seconds: float
+
+
+def phase_command(game_file: Path, phase: str, round: int) -> list[str]:
+    return [sys.executable, "-m", "sparring_trainer", phase, "--game", str(game_file), "--round", str(round)]
+
+
+def _run_child(cmd: list[str], label: str, console: Console, verbose: bool) -> PhaseOutcome:
+    """Runs one phase process, turning its progress lines into a progress bar."""
+    with tempfile.TemporaryDirectory(prefix="sparring-phase-") as tmp:
+        term_log = Path(tmp) / "termination-log"
+        env = {**os.environ, "SPARRING_TERMINATION_LOG": str(term_log), "PYTHONUNBUFFERED": "1"}
+        tail: collections.deque[str] = collections.deque(maxlen=40)
+        started = time.monotonic()
+        with Progress(
+            TextColumn(f"[bold]{label}[/]"), BarColumn(), TextColumn("{task.description}"),
+            TimeElapsedColumn(), console=console, transient=not console.is_terminal,
+        ) as bar:  # fmt: skip
+            task = bar.add_task("starting", total=None)
+            proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                line = line.rstrip()
+                match = _PROGRESS_LINE.match(line)
+                if match:
+                    step, total = int(match["step"]), int(match["total"])
+                    bar.update(task, completed=step, total=total, description=f"{match['unit']} {step}/{total}")
+                else:
+                    tail.append(line)
+                    if verbose:
+                        console.print(line, markup=False, highlight=False)
+            code = proc.wait()
+        seconds = time.monotonic() - started
+        summary = term_log.read_text() if term_log.exists() else ""
+    if code == 0:
+        return PhaseOutcome(True, summary, seconds)
+    try:
+        message = json.loads(summary)["error"]
+    except (ValueError, KeyError, TypeError):
+        message = "\n".join(line for line in tail if line.strip()) or f"exit code {code}"
+    return PhaseOutcome(False, message, seconds)
+
+
+def run_game(
+    game: AdversarialGame,
+    console: Console,
+    verbose: bool = False,
+) -> tuple[AdversarialGameStatus, dict[tuple[int, str], float]]:
+    """Plays every uncommitted phase in order; returns the final status and phase timings."""
+    spec, meta = game.spec, game.metadata
+    kind = spec.game.kind
+    store = open_store(spec.storage)
+    early = (
+        EarlyStop(spec.early_stop.metric, spec.early_stop.threshold, spec.early_stop.direction)
+        if spec.early_stop
+        else None
+    )
+    timings: dict[tuple[int, str], float] = {}
+    with tempfile.TemporaryDirectory(prefix="sparring-game-") as tmp:
+        # The child reads exactly what a pod would mount: the resource as JSON.
+        game_file = Path(tmp) / "game.json"
+        game_file.write_text(game.model_dump_json(by_alias=True, exclude_none=True))
+        while True:
+            view = observe_store(store, meta.namespace, meta.name, kind, spec.rounds)
+            done = completed_rounds(kind, view.committed)
+            decision = next_step(kind, spec.rounds, view.committed, view.round_metrics(), early)
+            if isinstance(decision, GameDone):
+                return build_status(view, decision, done), timings
+            assert isinstance(decision, RunPhase)
+            label = f"round {decision.round} {decision.phase:<16}"
+            outcome = _run_child(phase_command(game_file, decision.phase, decision.round), label, console, verbose)
+            timings[(decision.round, decision.phase)] = outcome.seconds
+            if not outcome.ok:
+                failed = f"round {decision.round} {decision.phase} failed: {outcome.message}"
+                return build_status(view, decision, done, failed=failed), timings
+            console.print(f"[green]✓[/] {label} {outcome.seconds:6.1f} s")
+
+
+def summary_table(status: AdversarialGameStatus) -> Table:
+    """Per-round headline metrics, one row per round."""
+    headline = ["rm_accuracy", "rm_ece", "reward_mean", "win_rate", "eval_rm_accuracy"]
+    table = Table(title=f"Game {status.phase}: {status.completed_rounds} round(s) completed")
+    table.add_column("round", justify="right")
+    shown = [m for m in headline if any(m in r.metrics for r in status.rounds)]
+    for name in shown:
+        table.add_column(name, justify="right")
+    for r in status.rounds:
+        table.add_row(str(r.round), *[f"{r.metrics[m]:.4f}" if m in r.metrics else "-" for m in shown])
+    return table

@@ -1,0 +1,102 @@
+"""Each loss and metric against values computed by hand on tiny tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from sparring_trainer.losses import (
+    ScoredGroup,
+    best_sample,
+    best_vs_worst,
+    dpo_loss,
+    expected_calibration_error,
+    preference_accuracy,
+    rrhf_loss,
+    weighted_rank_loss,
+    win_rate,
+)
+
+
+def _nls(x: float) -> float:  # -log sigmoid(x)
+    return math.log1p(math.exp(-x))
+
+
+def test_apo_rank_loss_weights_human_and_apo_pairs_as_the_reference_code() -> None:
+    # Two human pairs (weight 1.0) and four gold-vs-sample pairs of one query (S=4, apo_coeff
+    # 0.1 -> weight 0.025 each); the loss is the weighted sum over the 6 pairs divided by 6.
+    good = torch.tensor([2.0, 0.5, 1.0, 1.0, 1.0, 1.0])
+    bad = torch.tensor([1.0, 1.5, 0.0, 2.0, 1.0, -1.0])
+    w = torch.tensor([1.0, 1.0, 0.025, 0.025, 0.025, 0.025])
+    by_hand = (
+        _nls(1.0) + _nls(-1.0) + 0.025 * (_nls(1.0) + _nls(-1.0) + _nls(0.0) + _nls(2.0))
+    ) / 6
+    assert weighted_rank_loss(good, bad, w).item() == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_apo_rank_loss_without_apo_term_is_plain_bradley_terry() -> None:
+    good, bad = torch.tensor([3.0, 0.0]), torch.tensor([1.0, 0.0])
+    loss = weighted_rank_loss(good, bad, torch.ones(2))
+    assert loss.item() == pytest.approx((_nls(2.0) + math.log(2)) / 2, rel=1e-6)
+
+
+def test_rrhf_hinge_counts_only_misordered_pairs_plus_sft() -> None:
+    # Rewards order: r1 < r0 < r2. Log-probs p = [-1.0, -0.5, -2.0].
+    # Pairs with r_i < r_j: (1,0): max(0, p1 - p0) = 0.5; (1,2): max(0, -0.5 + 2) = 1.5;
+    # (0,2): max(0, -1 + 2) = 1.0. Sum 3.0, plus 0.5 * NLL(best) = 0.5 * 2.0.
+    p = torch.tensor([-1.0, -0.5, -2.0])
+    r = torch.tensor([0.3, 0.1, 0.9])
+    assert rrhf_loss(p, r, torch.tensor(2.0), sft_weight=0.5).item() == pytest.approx(4.0)
+
+
+def test_rrhf_ignores_ties() -> None:
+    p = torch.tensor([-1.0, -3.0])
+    assert rrhf_loss(p, torch.tensor([1.0, 1.0]), torch.tensor(0.0)).item() == 0.0
+
+
+def test_dpo_loss_by_hand() -> None:
+    # logits = (-1 - -2) - (-3 - -2.5) = 1.5; beta 0.1 -> -log sigmoid(0.15)
+    loss = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]),
+                    torch.tensor([-2.5]), beta=0.1)  # fmt: skip
+    assert loss.item() == pytest.approx(_nls(0.15), rel=1e-6)
+
+
+def test_dpo_pairs_take_best_and_worst_and_skip_ties() -> None:
+    groups = [
+        ScoredGroup("a", ("x", "y", "z", "w"), (0.1, 0.9, -0.3, 0.2)),
+        ScoredGroup("b", ("s", "t"), (0.5, 0.5)),  # all tied: no preference
+        ScoredGroup("c", ("same", "same"), (1.0, 0.0)),  # identical texts: nothing to learn
+    ]
+    pairs = best_vs_worst(groups)
+    assert [(p.query_id, p.chosen, p.rejected) for p in pairs] == [("a", "y", "z")]
+    assert pairs[0].margin == pytest.approx(1.2)
+    assert best_sample(groups[0]) == "y"
+    assert best_sample(groups[1]) == "s"  # first on ties
+
+
+def test_preference_accuracy_counts_ties_half() -> None:
+    acc = preference_accuracy(torch.tensor([1.0, 0.0, 2.0, 1.0]), torch.tensor([0.0, 1.0, 2.0, 0.5]))
+    assert acc == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+
+
+def test_ece_uniform_bins_by_hand() -> None:
+    # diffs -> p = sigmoid(d). Confidences max(p, 1-p); correct iff p >= 0.5.
+    d = torch.tensor([2.0, 2.0, -0.1, 0.05])
+    p = [1 / (1 + math.exp(-x)) for x in d.tolist()]
+    conf = [max(v, 1 - v) for v in p]  # 0.8808, 0.8808, 0.52498, 0.51250
+    # bins of 0.1: first two in bin 8 (0.8, 0.9], last two in bin 5 (0.5, 0.6].
+    bin8 = abs(1.0 - (conf[0] + conf[1]) / 2) * 2 / 4
+    bin5 = abs(0.5 - (conf[2] + conf[3]) / 2) * 2 / 4
+    ece = expected_calibration_error(d, torch.zeros(4), bins=10)
+    assert ece == pytest.approx(bin8 + bin5, rel=1e-6)
+
+
+def test_ece_of_a_perfectly_calibrated_set_is_zero() -> None:
+    # Two pairs at confidence ~0.5 (diff 0) in the same bin: accuracy 1 (p >= 0.5 counts
+    # "chosen"), confidence 0.5 -> gap 0.5. Then add one confident correct pair: gap ~0.
+    assert expected_calibration_error(torch.tensor([30.0]), torch.tensor([0.0])) == pytest.approx(0, abs=1e-9)
+
+
+def test_win_rate() -> None:
+    assert win_rate([1.0, 2.0, 0.0], [0.5, 2.0, 1.0]) == pytest.approx((1 + 0.5 + 0) / 3)

@@ -1,0 +1,72 @@
+"""Run one phase of one round of a game. The command every phase Job runs:
+
+    python -m sparring_trainer sample --game /etc/sparring/game.json --round 1
+    python -m sparring_trainer prepare --game examples/apo-tiny.yaml --round 0
+
+Multi-GPU phases run the same module under torchrun:
+
+    torchrun --nproc-per-node 8 -m sparring_trainer update-policy --game game.json --round 2
+
+Exit status: 0 committed (or already committed), 1 the phase failed (message on stderr and in
+the termination log), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from sparring_trainer.config import ALL_PHASES
+
+
+
+# Errors a user can fix: reported as one clear line, never a traceback.
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from sparring_trainer.contract import GameFileError
+    from sparring_trainer.data import DataError
+    from sparring_trainer.generation import EngineUnavailable
+    from sparring_trainer.models import ModelLoadError
+    from sparring_trainer.phases import PhaseError
+    from sparring_trainer.store import StoreError
+
+    return (GameFileError, DataError, EngineUnavailable, ModelLoadError, PhaseError, StoreError)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sparring_trainer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("phase", choices=ALL_PHASES, help="phase to run")
+    parser.add_argument("--game", required=True, type=Path, help="game file (YAML or JSON)")
+    parser.add_argument("--round", required=True, type=int, help="round number (0 = prepare)")
+    parser.add_argument("--scratch", type=Path, default=None, help="local scratch directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sparring_trainer.contract import load_game_document, write_termination_log
+    from sparring_trainer.phases import print_result, run_phase
+
+    try:
+        doc = load_game_document(args.game)
+        metrics, noop = run_phase(doc, args.phase, args.round, args.scratch)
+    except _user_errors() as exc:
+        message = f"{args.phase} round {args.round} failed: {exc}"
+        print(f"error: {message}", file=sys.stderr)
+        write_termination_log(json.dumps({"error": message[:3900]}))
+        return 1
+    except Exception as exc:
+        # A bug or an infrastructure fault: keep the traceback for the logs, but still leave
+        # the operator a one-line reason in the termination message.
+        write_termination_log(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:3900]}))
+        raise
+    print_result(metrics, noop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""APO (Cheng et al. 2023): the reward model plays against the policy, round by round.
+
+Each function is one phase: it reads committed inputs through the `PhaseContext`, writes its
+outputs under its own prefix and returns its metrics; `phases.run_phase` commits them.
+
+    prepare (round 0)  base policy, base RM and the fixed evaluation RM into the store;
+                       the base policy's test answers (the round-0 baseline)
+    sample             the policy answers gold queries and training queries, S samples each
+    update-adversary   RM trained on human pairs + gold-vs-sample pairs (the APO loss)
+    score              the updated RM scores the training samples
+    update-policy      RJS / RRHF / DPO against those scores
+    evaluate           RM accuracy and ECE; policy reward under the fixed RM; win rate
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from sparring_trainer.config import PREPARE_PHASE, GameConfig
+from sparring_trainer.contract import PhaseContext
+from sparring_trainer.data import APOSplits, Query, read_preferences, split_apo
+from sparring_trainer.dpo import train_dpo
+from sparring_trainer.generation import (
+    Decoding,
+    choose_engine,
+    generate_transformers,
+    generate_vllm,
+)
+from sparring_trainer.losses import (
+    ScoredGroup,
+    best_sample,
+    best_vs_worst,
+    expected_calibration_error,
+    preference_accuracy,
+    win_rate,
+)
+from sparring_trainer.models import (
+    load_causal_lm,
+    load_checkpoint,
+    load_reward_model,
+    render_conversation,
+    render_prompt,
+    save_checkpoint,
+)
+from sparring_trainer.training import (
+    RankedGroup,
+    WeightedPair,
+    score_texts,
+    train_reward_model,
+    train_rrhf,
+    train_sft,
+)
+
+
+@cache
+def _splits_cached(game_json: str, ctx_storage_json: str, cache_dir: str) -> APOSplits:
+    game = GameConfig.model_validate_json(game_json)
+    from sparring_trainer.config import StorageSpec
+
+    storage = StorageSpec.model_validate_json(ctx_storage_json)
+    pairs = read_preferences(game.data.preferences, storage, Path(cache_dir))
+    return split_apo(pairs, game.data)
+
+
+def splits(ctx: PhaseContext) -> APOSplits:
+    """The game's deterministic data splits (by prompt hash; recomputed, never stored)."""
+    return _splits_cached(
+        ctx.game.model_dump_json(), ctx.doc.spec.storage.model_dump_json(), str(ctx.cache_dir)
+    )
+
+
+def _sample_answers(
+    ctx: PhaseContext, model_dir: Path, queries: list[Query], decoding: Decoding
+) -> list[list[str]]:
+    sampling = ctx.game.sampling
+    engine = choose_engine(sampling.engine)
+    if engine == "vllm":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        prompts = [render_prompt(tokenizer, q.prompt) for q in queries]
+        return generate_vllm(model_dir, prompts, decoding, ctx.seed, ctx.game.policy.dtype)
+    model, tokenizer = load_checkpoint(model_dir, "causal")
+    prompts = [render_prompt(tokenizer, q.prompt) for q in queries]
+    return generate_transformers(
+        model, tokenizer, prompts, decoding, sampling.batch_size, ctx.seed,
+        progress=lambda done, total: ctx.progress(done, total, "prompts"),
+    )  # fmt: skip
+
+
+def _rewards(
+    ctx: PhaseContext, rm_dir: Path, queries: list[Query], answers: list[list[str]]
+) -> list[list[float]]:
+    model, tokenizer = load_checkpoint(rm_dir, "reward")
+    texts = [render_conversation(tokenizer, q.prompt, a) for q, group in zip(queries, answers) for a in group]
+    flat = score_texts(model, tokenizer, texts, ctx.game.adversary.update.max_length)
+    out, i = [], 0
+    for group in answers:
+        out.append(flat[i : i + len(group)])
+        i += len(group)
+    return out
+
+
+def _test_answers(ctx: PhaseContext, policy_dir: Path, eval_rm: Path) -> tuple[list[dict[str, Any]], list[float]]:
+    """Greedy answers to the held-out queries and their rewards under the fixed RM."""
+    queries = splits(ctx).test_queries
+    decoding = Decoding(n=1, max_new_tokens=ctx.game.evaluation.max_new_tokens, greedy=True)
+    answers = _sample_answers(ctx, policy_dir, queries, decoding)
+    rewards = [r[0] for r in _rewards(ctx, eval_rm, queries, answers)]
+    rows = [{"id": q.id, "answer": a[0], "reward": r} for q, a, r in zip(queries, answers, rewards)]
+    ctx.write_jsonl("answers.jsonl", rows)
+    return rows, rewards
+
+
+def _rm_accuracy(ctx: PhaseContext, rm_dir: Path, prefix: str) -> dict[str, float]:
+    import torch
+
+    model, tokenizer = load_checkpoint(rm_dir, "reward")
+    pairs = splits(ctx).test_pairs
+    chosen = score_texts(model, tokenizer, [render_conversation(tokenizer, p.prompt, p.chosen) for p in pairs], ctx.game.adversary.update.max_length)
+    rejected = score_texts(model, tokenizer, [render_conversation(tokenizer, p.prompt, p.rejected) for p in pairs], ctx.game.adversary.update.max_length)
+    good, bad = torch.tensor(chosen), torch.tensor(rejected)
+    return {
+        f"{prefix}_accuracy": preference_accuracy(good, bad),
+        f"{prefix}_ece": expected_calibration_error(good, bad, ctx.game.evaluation.ece_bins),
+    }
+
+
+# ---- phases ----------------------------------------------------------------------------------
+def prepare(ctx: PhaseContext) -> dict[str, float]:
+    game, storage = ctx.game, ctx.doc.spec.storage
+    data = splits(ctx)  # fail early on bad data, before any model work
+    policy, policy_tok = load_causal_lm(game.policy, ctx.cache_dir, storage)
+    save_checkpoint(policy, policy_tok, base_policy := ctx.new_dir("base-policy"))
+    ctx.upload_dir(base_policy, "base-policy")
+    del policy
+    rm, rm_tok = load_reward_model(game.adversary, ctx.cache_dir, storage)
+    save_checkpoint(rm, rm_tok, base_rm := ctx.new_dir("base-rm"))
+    ctx.upload_dir(base_rm, "base-rm")
+    metrics: dict[str, float] = {"human_pairs": float(len(data.human_pairs))}
+    if game.evaluation.reward_model is not None:
+        rm, rm_tok = load_reward_model(game.evaluation.reward_model, ctx.cache_dir, storage)
+    else:
+        # No fixed evaluation RM given: train one on all human pairs, once, and never again.
+        human = [
+            WeightedPair(render_conversation(rm_tok, p.prompt, p.chosen),
+                         render_conversation(rm_tok, p.prompt, p.rejected), 1.0, "human")
+            for p in data.human_pairs
+        ]  # fmt: skip
+        train_metrics = train_reward_model(
+            rm, rm_tok, human, game.evaluation.eval_rm_train, ctx.seed,
+            progress=lambda s, t: ctx.progress(s, t, "eval-rm steps"),
+        )  # fmt: skip
+        metrics |= {f"eval_rm_{k}": v for k, v in train_metrics.items()}
+    save_checkpoint(rm, rm_tok, eval_rm := ctx.new_dir("eval-rm"))
+    ctx.upload_dir(eval_rm, "eval-rm")
+    metrics |= _rm_accuracy(ctx, eval_rm, "eval_rm")
+    metrics |= _rm_accuracy(ctx, base_rm, "rm")
+    _, rewards = _test_answers(ctx, base_policy, eval_rm)
+    metrics["reward_mean"] = statistics.fmean(rewards)
+    return metrics
+
+
+def sample(ctx: PhaseContext) -> dict[str, float]:
+    data, sampling = splits(ctx), ctx.game.sampling
+    queries = [*data.gold_queries, *data.train_queries]
+    decoding = Decoding(
+        n=sampling.samples_per_query, max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature, top_p=sampling.top_p,
+    )  # fmt: skip
+    answers = _sample_answers(ctx, ctx.policy_dir(ctx.round), queries, decoding)
+    gold_ids = {q.id for q in data.gold_queries}
+    ctx.write_jsonl(
+        "samples.jsonl",
+        ({"id": q.id, "split": "gold" if q.id in gold_ids else "train", "responses": a}
+         for q, a in zip(queries, answers)),
+    )  # fmt: skip
+    lengths = [len(r.split()) for group in answers for r in group]
+    return {
+        "samples": float(len(lengths)),
+        "sample_words_mean": statistics.fmean(lengths) if lengths else 0.0,
+        "sample_empty_rate": sum(1 for n in lengths if n == 0) / max(1, len(lengths)),
+    }
+
+
+def update_adversary(ctx: PhaseContext) -> dict[str, float]:
+    update, data = ctx.game.adversary.update, splits(ctx)
+    if update.init == "continue" and ctx.round > 1:
+        init_dir = ctx.fetch_dir(ctx.round - 1, "update-adversary", "rm")
+    else:  # the paper: re-initialising from the base RM each round calibrates better
+        init_dir = ctx.fetch_dir(0, PREPARE_PHASE, "base-rm")
+    model, tokenizer = load_checkpoint(init_dir, "reward")
+    pairs: list[WeightedPair] = []
+    if update.mode != "gail":  # D_P keeps the RM anchored to human preferences
+        pairs += [
+            WeightedPair(render_conversation(tokenizer, p.prompt, p.chosen),
+                         render_conversation(tokenizer, p.prompt, p.rejected),
+                         update.human_weight, "human")
+            for p in data.human_pairs
+        ]  # fmt: skip
+    if update.mode != "baseline":  # D_APO: gold answer preferred over each policy sample
+        samples = {row["id"]: row["responses"] for row in ctx.read_jsonl(ctx.round, "sample", "samples.jsonl")}
+        per_pair = update.apo_coeff / ctx.game.sampling.samples_per_query
+        for q in data.gold_queries:
+            assert q.gold is not None, f"gold query {q.id} has no gold answer"
+            gold_text = render_conversation(tokenizer, q.prompt, q.gold)
+            pairs += [
+                WeightedPair(gold_text, render_conversation(tokenizer, q.prompt, s), per_pair, "apo")
+                for s in samples[q.id]
+            ]
+    metrics = train_reward_model(
+        model, tokenizer, pairs, update, ctx.seed,
+        progress=lambda s, t: ctx.progress(s, t, "rm steps"),
+    )  # fmt: skip
+    save_checkpoint(model, tokenizer, out := ctx.new_dir("rm"))
+    ctx.upload_dir(out, "rm")
+    return metrics | {
+        "rm_pairs_human": float(sum(p.source == "human" for p in pairs)),
+        "rm_pairs_apo": float(sum(p.source == "apo" for p in pairs)),
+    }
+
+
+def score(ctx: PhaseContext) -> dict[str, float]:
+    data = splits(ctx)
+    rows = {r["id"]: r for r in ctx.read_jsonl(ctx.round, "sample", "samples.jsonl")}
+    queries = data.train_queries
+    answers = [rows[q.id]["responses"] for q in queries]
+    rewards = _rewards(ctx, ctx.fetch_dir(ctx.round, "update-adversary", "rm"), queries, answers)
+    ctx.write_jsonl(
+        "scores.jsonl",
+        ({"id": q.id, "responses": a, "rewards": r} for q, a, r in zip(queries, answers, rewards)),
+    )
+    flat = [x for group in rewards for x in group]
+    spread = [max(g) - min(g) for g in rewards]
+    return {
+        "sample_reward_mean": statistics.fmean(flat),
+        "sample_reward_std": statistics.pstdev(flat),
+        "sample_reward_spread_mean": statistics.fmean(spread),
+    }
+
+
+def update_policy(ctx: PhaseContext) -> dict[str, float]:
+    update = ctx.game.policy.update
+    queries = {q.id: q for q in splits(ctx).train_queries}
+    scored = ctx.read_jsonl(ctx.round, "score", "scores.jsonl")
+    groups = [ScoredGroup(r["id"], tuple(r["responses"]), tuple(r["rewards"])) for r in scored]
+    policy_dir = ctx.policy_dir(ctx.round)
+    model, tokenizer = load_checkpoint(policy_dir, "causal")
+    tokenizer.padding_side = "right"
+    prompt_of = {qid: render_prompt(tokenizer, q.prompt) for qid, q in queries.items()}
+    progress = lambda s, t: ctx.progress(s, t, "policy steps")  # noqa: E731
+    if update.method == "dpo":
+        pairs = [
+            {"prompt": prompt_of[p.query_id], "chosen": p.chosen, "rejected": p.rejected}
+            for p in best_vs_worst(groups)
+        ]
+        ref_model = copy.deepcopy(model).eval()
+        metrics = train_dpo(model, ref_model, tokenizer, pairs, update, ctx.seed, ctx.new_dir("dpo"), progress)
+    elif update.method == "rjs":
+        examples = [(prompt_of[g.query_id], best_sample(g)) for g in groups]
+        metrics = train_sft(model, tokenizer, examples, update, ctx.seed, progress)
+    else:
+        ranked = [RankedGroup(prompt_of[g.query_id], g.responses, g.rewards) for g in groups]
+        metrics = train_rrhf(model, tokenizer, ranked, update, update.rrhf_sft_weight, ctx.seed, progress)
+    save_checkpoint(model, tokenizer, out := ctx.new_dir("policy"))
+    ctx.upload_dir(out, "policy")
+    return metrics
+
+
+def evaluate(ctx: PhaseContext) -> dict[str, float]:
+    eval_rm = ctx.fetch_dir(0, PREPARE_PHASE, "eval-rm")
+    metrics = _rm_accuracy(ctx, ctx.fetch_dir(ctx.round, "update-adversary", "rm"), "rm")
+    rows, rewards = _test_answers(ctx, ctx.fetch_dir(ctx.round, "update-policy", "policy"), eval_rm)
+    previous = (
+        ctx.read_jsonl(0, PREPARE_PHASE, "answers.jsonl")
+        if ctx.round == 1
+        else ctx.read_jsonl(ctx.round - 1, "evaluate", "answers.jsonl")
+    )
+    old = {r["id"]: r["reward"] for r in previous}
+    metrics["reward_mean"] = statistics.fmean(rewards)
+    metrics["win_rate"] = win_rate([r["reward"] for r in rows], [old[r["id"]] for r in rows])
+    return metrics
+
+
+PHASES = {
+    PREPARE_PHASE: prepare,
+    "sample": sample,
+    "update-adversary": update_adversary,
+    "score": score,
+    "update-policy": update_policy,
+    "evaluate": evaluate,
+}

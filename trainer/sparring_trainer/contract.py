@@ -1,0 +1,206 @@
+"""The phase contract: where a phase reads and writes, how it commits, and what it reports.
+
+A phase's outputs live under ``{store}/{namespace}/{game}/round-{NNNN}/{phase}/``. It writes
+``metrics.json`` and then ``_SUCCESS`` last; readers trust nothing without ``_SUCCESS``. The
+same small summary goes to the termination-message file (``SPARRING_TERMINATION_LOG``; the
+operator sets it to ``/dev/termination-log`` in pods) so the operator can read it from the pod.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sparring_trainer.config import PREPARE_PHASE, GameDocument
+from sparring_trainer.store import (
+    ArtifactStore,
+    commit,
+    is_committed,
+    open_store,
+    phase_prefix,
+    require_committed,
+)
+
+TERMINATION_LOG_ENV = "SPARRING_TERMINATION_LOG"
+SCRATCH_ENV = "SPARRING_SCRATCH"
+CACHE_ENV = "SPARRING_CACHE"
+TERMINATION_LOG_LIMIT = 4096  # bytes; Kubernetes truncates termination messages at 4 KiB
+PROGRESS_INTERVAL_S = 5.0
+
+
+class GameFileError(ValueError):
+    """The game file cannot be read; the message names the file."""
+
+
+def load_game_document(path: Path) -> GameDocument:
+    """Read the mounted game.json (or a game YAML) into the trainer's view of the resource."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise GameFileError(f"{path}: cannot read game file: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise GameFileError(f"{path}: not valid YAML/JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise GameFileError(f"{path}: expected an AdversarialGame mapping")
+    from pydantic import ValidationError
+
+    try:
+        return GameDocument.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        ]
+        raise GameFileError("\n".join(lines)) from exc
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sparring")
+
+
+@dataclass
+class PhaseContext:
+    """Everything one phase run needs: the game, its round, the store and local directories."""
+
+    doc: GameDocument
+    round: int
+    phase: str
+    store: ArtifactStore
+    scratch: Path
+    cache_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    _last_progress: float = 0.0
+
+    @property
+    def game(self) -> Any:
+        return self.doc.spec.game
+
+    @property
+    def seed(self) -> int:
+        # Distinct, reproducible seeds per round so that rounds do not replay the same samples.
+        return int(self.game.seed) * 10_000 + self.round
+
+    def prefix(self, round: int | None = None, phase: str | None = None) -> str:
+        return phase_prefix(
+            self.doc.metadata.namespace,
+            self.doc.metadata.name,
+            self.round if round is None else round,
+            phase or self.phase,
+        )
+
+    @property
+    def out(self) -> str:
+        return self.prefix()
+
+    def uri(self, round: int, phase: str, name: str = "") -> str:
+        return self.store.uri_for(self.prefix(round, phase) + name)
+
+    # ---- reading committed inputs -------------------------------------------------------
+    def require(self, round: int, phase: str) -> str:
+        """Prefix of another phase's outputs; refuses them unless committed."""
+        prefix = self.prefix(round, phase)
+        require_committed(self.store, prefix)
+        return prefix
+
+    def fetch_dir(self, round: int, phase: str, name: str) -> Path:
+        """A committed checkpoint directory as a local path (no copy on a file:// store)."""
+        prefix = self.require(round, phase) + name.rstrip("/") + "/"
+        local = self.store.local_dir(prefix)
+        if local is not None:
+            return local
+        target = self.scratch / "inputs" / f"round-{round:04d}" / phase / name
+        if not target.exists():
+            self.store.download_tree(prefix, target)
+        return target
+
+    def read_jsonl(self, round: int, phase: str, name: str) -> list[dict[str, Any]]:
+        data = self.store.get_bytes(self.require(round, phase) + name)
+        return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+
+    def read_metrics(self, round: int, phase: str) -> dict[str, float]:
+        return dict(json.loads(self.store.get_bytes(self.require(round, phase) + "metrics.json")))
+
+    def policy_dir(self, round: int) -> Path:
+        """The policy that plays `round`: the last round's update, or the base model."""
+        if round <= 1:
+            return self.fetch_dir(0, PREPARE_PHASE, "base-policy")
+        return self.fetch_dir(round - 1, "update-policy", "policy")
+
+    # ---- writing this phase's outputs --------------------------------------------------
+    def write_jsonl(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
+        body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        self.store.put_bytes(self.out + name, body.encode("utf-8"))
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self.store.put_bytes(self.out + name, json.dumps(obj, indent=2).encode("utf-8"))
+
+    def upload_dir(self, local: Path, name: str) -> str:
+        self.store.upload_tree(local, self.out + name.rstrip("/") + "/")
+        return self.store.uri_for(self.out + name.rstrip("/") + "/")
+
+    def new_dir(self, name: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.scratch))
+        return path
+
+    def progress(self, step: int, total: int, what: str = "steps") -> None:
+        """Reports progress to stderr and to the store, at most every few seconds."""
+        now = time.monotonic()
+        if step < total and now - self._last_progress < PROGRESS_INTERVAL_S:
+            return
+        self._last_progress = now
+        record = {"step": step, "total": total, "unit": what, "time": time.time()}
+        print(f"[{self.phase}] {what} {step}/{total}", file=sys.stderr, flush=True)
+        try:
+            self.store.put_bytes(self.out + "_progress.json", json.dumps(record).encode())
+        except Exception as exc:  # progress is best-effort: a store blip must not fail training
+            print(f"[{self.phase}] progress not saved: {exc}", file=sys.stderr)
+
+
+def summary_for(ctx: PhaseContext, metrics: dict[str, float], noop: bool) -> str:
+    """The <= 4 KiB termination message: phase identity, metrics and the output URI."""
+    summary: dict[str, Any] = {
+        "round": ctx.round,
+        "phase": ctx.phase,
+        "uri": ctx.store.uri_for(ctx.out),
+        "noop": noop,
+        "metrics": {k: round(float(v), 6) for k, v in metrics.items()},
+    }
+    text = json.dumps(summary, separators=(",", ":"))
+    while len(text.encode()) > TERMINATION_LOG_LIMIT and summary["metrics"]:
+        summary["metrics"].popitem()  # drop metrics rather than emit invalid JSON
+        summary["truncated"] = True
+        text = json.dumps(summary, separators=(",", ":"))
+    return text
+
+
+def write_termination_log(text: str) -> None:
+    path = os.environ.get(TERMINATION_LOG_ENV)
+    if path:
+        Path(path).write_text(text, encoding="utf-8")
+
+
+def make_context(doc: GameDocument, round: int, phase: str, scratch: Path | None) -> PhaseContext:
+    store = open_store(doc.spec.storage)
+    scratch_dir = scratch or Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir())
+    scratch_dir = Path(scratch_dir) / f"sparring-{doc.metadata.name}-r{round:04d}-{phase}"
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    return PhaseContext(doc, round, phase, store, scratch_dir, default_cache_dir())
+
+
+def already_committed(ctx: PhaseContext) -> bool:
+    return is_committed(ctx.store, ctx.out)
+
+
+def finish(ctx: PhaseContext, metrics: dict[str, float]) -> str:
+    """Writes metrics.json, then commits with _SUCCESS last, then the termination message."""
+    ctx.write_json("metrics.json", metrics)
+    commit(ctx.store, ctx.out)
+    return summary_for(ctx, metrics, noop=False)

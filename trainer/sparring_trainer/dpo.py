@@ -1,0 +1,94 @@
+"""Policy update by DPO, through TRL's DPOTrainer (best vs worst sample by RM score)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+
+from sparring_trainer.config import PolicyUpdateSpec
+
+ProgressFn = Callable[[int, int], None]
+
+
+class _Progress(TrainerCallback):  # type: ignore[misc]
+    """Forwards the HF Trainer's step counter to the phase's progress reporter."""
+
+    def __init__(self, progress: ProgressFn) -> None:
+        self.progress = progress
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        self.progress(int(state.global_step), int(state.max_steps))
+
+
+def train_dpo(
+    model: PreTrainedModel,
+    ref_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[dict[str, str]],
+    spec: PolicyUpdateSpec,
+    seed: int,
+    work_dir: Path,
+    progress: ProgressFn | None = None,
+) -> dict[str, float]:
+    """Trains `model` in place on {prompt, chosen, rejected} text rows; returns metrics.
+
+    `prompt` is already rendered with the chat template, so rows are in TRL's "standard"
+    (non-conversational) format and TRL appends EOS to the answers. The reference model is
+    the policy as it entered this round (iterative DPO).
+    """
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    if not pairs:
+        raise ValueError("no DPO pairs: every query's samples tied under the reward model")
+    steps = math.ceil(len(pairs) / spec.batch_size) * spec.epochs
+    if spec.max_steps:
+        steps = min(steps, spec.max_steps)
+    args = DPOConfig(
+        output_dir=str(work_dir),
+        beta=spec.beta,
+        learning_rate=spec.learning_rate,
+        per_device_train_batch_size=spec.batch_size,
+        num_train_epochs=spec.epochs,
+        max_steps=steps,
+        max_length=spec.max_length,
+        lr_scheduler_type="linear",
+        gradient_checkpointing=spec.gradient_checkpointing,
+        bf16=spec.bf16,
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+    )
+    logging.getLogger("transformers.trainer").setLevel(logging.WARNING)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=Dataset.from_list(list(pairs)),
+        processing_class=tokenizer,
+        callbacks=[_Progress(progress)] if progress else None,
+    )
+    result = trainer.train()
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    metrics: dict[str, float] = {
+        "train_loss": float(result.training_loss),
+        "train_steps": float(trainer.state.global_step),
+        "train_pairs": float(len(pairs)),
+    }
+    if history:
+        last = history[-1]
+        for key in ("rewards/accuracies", "rewards/margins"):
+            if key in last:
+                metrics["train_" + key.split("/")[1]] = float(last[key])
+    model.eval()
+    return metrics

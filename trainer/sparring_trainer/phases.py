@@ -1,0 +1,60 @@
+"""Runs one phase of one round: the function behind `python -m sparring_trainer PHASE`.
+
+Idempotent: a phase whose `_SUCCESS` exists is not run again; its stored metrics are reported
+as they are. A phase that fails leaves nothing committed, so a retry starts clean.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from sparring_trainer.config import ALL_PHASES, PREPARE_PHASE, GameDocument
+from sparring_trainer.contract import (
+    already_committed,
+    finish,
+    make_context,
+    summary_for,
+    write_termination_log,
+)
+
+
+class PhaseError(RuntimeError):
+    """A phase cannot run as asked (wrong phase, round out of range, inputs missing)."""
+
+
+def run_phase(
+    doc: GameDocument, phase: str, round: int, scratch: Path | None = None
+) -> tuple[dict[str, float], bool]:
+    """Runs `phase` of `round` and commits it; returns (metrics, was_noop)."""
+    game = doc.spec.game
+    if phase not in ALL_PHASES:
+        raise PhaseError(f"unknown phase {phase!r}; expected one of {', '.join(ALL_PHASES)}")
+    if (phase == PREPARE_PHASE) != (round == 0):
+        raise PhaseError(f"phase {phase!r} cannot run in round {round}: round 0 is only 'prepare'")
+    if round > doc.spec.rounds:
+        raise PhaseError(f"round {round} is beyond spec.rounds={doc.spec.rounds}")
+    if phase != PREPARE_PHASE and phase not in game.phases:
+        raise PhaseError(f"a {game.kind} game has no phase {phase!r}")
+    ctx = make_context(doc, round, phase, scratch)
+    if already_committed(ctx):
+        metrics = ctx.read_metrics(round, phase)
+        write_termination_log(summary_for(ctx, metrics, noop=True))
+        return metrics, True
+    from sparring_trainer import apo
+
+    started = time.monotonic()
+    try:
+        metrics = apo.PHASES[phase](ctx)
+        metrics["compute_seconds"] = time.monotonic() - started
+        write_termination_log(finish(ctx, metrics))
+    finally:
+        shutil.rmtree(ctx.scratch, ignore_errors=True)
+    return metrics, False
+
+
+def print_result(metrics: dict[str, float], noop: bool) -> None:
+    print(json.dumps({"noop": noop, "metrics": metrics}, sort_keys=True), file=sys.stdout)

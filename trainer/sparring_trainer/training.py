@@ -1,0 +1,239 @@
+"""Training loops for the reward model (APO loss), RJS and RRHF, plus scoring helpers.
+
+One optimiser loop (`_optimise`) serves all three; each method only says how a batch becomes a
+loss. DPO goes through TRL's DPOTrainer instead (see dpo.py).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sparring_trainer.config import TrainSpec
+from sparring_trainer.losses import rrhf_loss, weighted_rank_loss
+
+T = TypeVar("T")
+ProgressFn = Callable[[int, int], None]
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class WeightedPair:
+    """A reward-model training pair: `good` should score above `bad`."""
+
+    good: str  # full conversation text (prompt + answer)
+    bad: str
+    weight: float
+    source: str  # "human" or "apo": for per-source metrics
+
+
+@dataclass(frozen=True)
+class RankedGroup:
+    """One query's sampled answers and their rewards (RRHF)."""
+
+    prompt: str
+    responses: tuple[str, ...]
+    rewards: tuple[float, ...]
+
+
+# ---- encoding ------------------------------------------------------------------------------
+def encode_for_reward(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, device: Any
+) -> dict[str, torch.Tensor]:
+    # Truncate from the left: the answer at the end is what the reward model must see.
+    tokenizer.truncation_side = "left"
+    enc = tokenizer(
+        list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+    )
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def encode_for_lm(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_length: int,
+    device: Any,
+) -> dict[str, torch.Tensor]:
+    """Prompt and response tokenised separately and joined, so the mask boundary is exact.
+
+    Labels are -100 on prompt and padding; the response ends with EOS so the model learns to
+    stop. Over-long rows lose prompt tokens from the left, never response tokens.
+    """
+    rows = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        r_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: max_length - 1]
+        r_ids = [*r_ids, tokenizer.eos_token_id]
+        p_ids = p_ids[max(0, len(p_ids) + len(r_ids) - max_length) :]
+        rows.append((p_ids, r_ids))
+    width = max(len(p) + len(r) for p, r in rows)
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, (p, r) in enumerate(rows):  # right padding: positions stay 0..len-1
+        n = len(p) + len(r)
+        ids[i, :n] = torch.tensor(p + r)
+        mask[i, :n] = 1
+        labels[i, len(p) : n] = torch.tensor(r)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def sequence_logprobs(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each row's response tokens and their count: (n,), (n,)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, :-1].float()  # (n, T-1, V): position t predicts token t+1
+    labels = batch["labels"][:, 1:]  # (n, T-1)
+    mask = labels != IGNORE
+    token_logp = torch.gather(
+        logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)
+    ).squeeze(-1)  # (n, T-1)
+    return (token_logp * mask).sum(-1), mask.sum(-1)
+
+
+def rewards_of(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**batch).logits.squeeze(-1).float()  # (n, 1) -> (n,)
+
+
+@torch.no_grad()
+def score_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_length: int,
+    batch_size: int = 16,
+) -> list[float]:
+    """Reward of each conversation text under a sequence-classification reward model."""
+    model.eval()
+    scores: list[float] = []
+    for start in range(0, len(texts), batch_size):
+        batch = encode_for_reward(tokenizer, texts[start : start + batch_size], max_length, model.device)
+        scores.extend(rewards_of(model, batch).tolist())
+    return scores
+
+
+# ---- the one optimiser loop ---------------------------------------------------------------
+def _optimise(
+    model: PreTrainedModel,
+    items: Sequence[T],
+    spec: TrainSpec,
+    seed: int,
+    batch_loss: Callable[[list[T]], tuple[torch.Tensor, dict[str, float]]],
+    progress: ProgressFn | None,
+) -> dict[str, float]:
+    """AdamW with linear decay and grad clipping over shuffled mini-batches of `items`."""
+    if not items:
+        raise ValueError("no training examples for this round")
+    rng = random.Random(seed)
+    steps_per_epoch = math.ceil(len(items) / spec.batch_size)
+    total = steps_per_epoch * spec.epochs
+    if spec.max_steps:
+        total = min(total, spec.max_steps)
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / max(1, total))
+    torch.manual_seed(seed)
+    sums: dict[str, float] = {}
+    step = 0
+    while step < total:
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        for start in range(0, len(order), spec.batch_size):
+            if step >= total:
+                break
+            batch = [items[i] for i in order[start : start + spec.batch_size]]
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=spec.bf16):
+                loss, stats = batch_loss(batch)
+            assert torch.isfinite(loss), f"non-finite loss at step {step}: {loss.item()}"
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            for key, value in {"loss": float(loss), **stats}.items():
+                sums[key] = sums.get(key, 0.0) + value
+            if progress:
+                progress(step, total)
+    model.eval()
+    return {f"train_{k}": v / step for k, v in sums.items()} | {"train_steps": float(step)}
+
+
+# ---- the three methods ----------------------------------------------------------------------
+def train_reward_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[WeightedPair],
+    spec: TrainSpec,
+    seed: int,
+    progress: ProgressFn | None = None,
+) -> dict[str, float]:
+    """APO RM training: weighted ranking loss over human and gold-vs-sample pairs."""
+
+    def batch_loss(batch: list[WeightedPair]) -> tuple[torch.Tensor, dict[str, float]]:
+        enc = encode_for_reward(
+            tokenizer, [p.good for p in batch] + [p.bad for p in batch], spec.max_length, model.device
+        )
+        rewards = rewards_of(model, enc)  # (2n,): goods then bads
+        good, bad = rewards[: len(batch)], rewards[len(batch) :]
+        weights = torch.tensor([p.weight for p in batch], device=rewards.device)
+        loss = weighted_rank_loss(good, bad, weights)
+        return loss, {"accuracy": float((good > bad).float().mean())}
+
+    return _optimise(model, pairs, spec, seed, batch_loss, progress)
+
+
+def train_sft(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[tuple[str, str]],
+    spec: TrainSpec,
+    seed: int,
+    progress: ProgressFn | None = None,
+) -> dict[str, float]:
+    """RJS: supervised fine-tuning on (prompt, best answer) pairs (token-mean NLL)."""
+
+    def batch_loss(batch: list[tuple[str, str]]) -> tuple[torch.Tensor, dict[str, float]]:
+        enc = encode_for_lm(tokenizer, [p for p, _ in batch], [r for _, r in batch], spec.max_length, model.device)
+        logp, count = sequence_logprobs(model, enc)
+        return -(logp.sum() / count.sum().clamp(min=1)), {}
+
+    return _optimise(model, examples, spec, seed, batch_loss, progress)
+
+
+def train_rrhf(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    groups: Sequence[RankedGroup],
+    spec: TrainSpec,
+    sft_weight: float,
+    seed: int,
+    progress: ProgressFn | None = None,
+) -> dict[str, float]:
+    """RRHF: ranking hinge on length-normalised log-probs ordered by reward, plus SFT on best."""
+
+    def batch_loss(batch: list[RankedGroup]) -> tuple[torch.Tensor, dict[str, float]]:
+        losses = []
+        for group in batch:
+            k = len(group.responses)
+            enc = encode_for_lm(tokenizer, [group.prompt] * k, list(group.responses), spec.max_length, model.device)
+            logp, count = sequence_logprobs(model, enc)  # (k,), (k,)
+            rewards = torch.tensor(group.rewards, device=logp.device)
+            best = int(torch.argmax(rewards))
+            best_nll = -logp[best] / count[best].clamp(min=1)
+            losses.append(rrhf_loss(logp / count.clamp(min=1), rewards, best_nll, sft_weight))
+        return torch.stack(losses).mean(), {}
+
+    return _optimise(model, groups, spec, seed, batch_loss, progress)
