@@ -92,6 +92,11 @@ def test_trees(store: ArtifactStore, tmp_path: Path) -> None:
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(data)
 
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"must not be uploaded")
+    (src / "link").symlink_to(outside, target_is_directory=True)
+
     keys = store.upload_tree(src, "ns/game/ckpt")  # a missing trailing "/" is added
     assert keys == sorted(f"ns/game/ckpt/{rel}" for rel in files)
     assert store.list("ns/game/ckpt/") == keys
@@ -219,6 +224,10 @@ def test_corrupt_manifest(store: ArtifactStore) -> None:
     store.put_bytes("p/_SUCCESS", b"not json")
     with pytest.raises(UncommittedError, match="not a valid manifest"):
         require_committed(store, "p/")
+    tampered = {"files": {"../q/x": {"size": 1, "sha256": "0" * 64}}, "committed_at": "now"}
+    store.put_bytes("p/_SUCCESS", json.dumps(tampered).encode())
+    with pytest.raises(UncommittedError, match="not a valid manifest"):
+        require_committed(store, "p/", verify=True)
 
 
 @pytest.mark.parametrize(
@@ -291,7 +300,7 @@ def test_s3_errors_are_translated(s3_storage: StorageSpec) -> None:
     store = open_store(s3_storage)
     client, bucket, _ = _raw_s3(s3_storage)
     client.delete_bucket(Bucket=bucket)  # type: ignore[attr-defined]
-    with pytest.raises(StoreError, match="does not exist") as err:
+    with pytest.raises(StoreError, match=f"S3 bucket '{bucket}' .*does not exist") as err:
         store.put_bytes("x", b"1")
     assert "botocore" not in type(err.value).__module__
     assert err.value.__cause__ is None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from sparring_trainer.config import GameConfig, StorageSpec
@@ -24,11 +24,15 @@ SINGULAR = "adversarialgame"
 SHORT_NAMES = ("ag", "advgame")
 
 # Job names are "{game}-r{round:04d}-{phase}-a{attempt}" and must fit in 63 characters. The
-# longest phase is "update-adversary" (16), rounds take 5 ("-r0001"), attempts up to "-a99": so
+# longest phase is "update-adversary" (16), rounds take 6 ("-r0001"), attempts up to "-a99": so
 # 63 - len("-r0001-update-adversary-a99") = 36 characters are left for the game name.
 MAX_GAME_NAME = 36
 GAME_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 MAX_ROUNDS = 9999
+_CREDENTIAL_KEYS = {
+    "accesskey", "accesskeyid", "secretkey", "secretaccesskey", "password", "credentials",
+    "token", "sessiontoken", "awsaccesskeyid", "awssecretaccesskey",
+}  # fmt: skip
 
 
 class _Model(BaseModel):
@@ -155,6 +159,20 @@ class AdversarialGameSpec(_Model):
     early_stop: EarlyStopSpec | None = None
     """Optional early stop on a round metric."""
 
+    @field_validator("storage", mode="before")
+    @classmethod
+    def _no_inline_credentials(cls, storage: Any) -> Any:
+        # Credentials belong in a Secret. Name every offending key with a pointed message
+        # rather than a generic "extra field" error.
+        if isinstance(storage, dict):
+            inline = [k for k in storage if k.lower().replace("_", "") in _CREDENTIAL_KEYS]
+            if inline:
+                raise ValueError(
+                    f"credentials must not be written inline ({', '.join(inline)}); put them "
+                    "in a Secret and reference it with spec.storage.secretRef"
+                )
+        return storage
+
 
 class Condition(_Model):
     """A metav1.Condition."""
@@ -259,21 +277,3 @@ class AdversarialGame(_Model):
     """Desired state."""
     status: AdversarialGameStatus | None = None
     """Observed state."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_inline_credentials(cls, data: Any) -> Any:
-        # Credentials belong in a Secret. Catch the common mistake early with a pointed message
-        # rather than a generic "extra field" error.
-        storage = (data or {}).get("spec", {}).get("storage") if isinstance(data, dict) else None
-        if isinstance(storage, dict):
-            for key in storage:
-                if key.lower().replace("_", "") in {
-                    "accesskey", "accesskeyid", "secretkey", "secretaccesskey", "password",
-                    "credentials", "token", "sessiontoken",
-                }:  # fmt: skip
-                    raise ValueError(
-                        f"spec.storage.{key}: credentials must not be written inline; "
-                        "put them in a Secret and reference it with spec.storage.secretRef"
-                    )
-        return data

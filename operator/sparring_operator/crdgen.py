@@ -4,11 +4,10 @@
     sparring crd --check crds/adversarialgames.sparring.dev.yaml
 
 The models in `api.py` (and `sparring_trainer.config`) are the one source: field docstrings
-become descriptions, `Field(ge=..., max_length=...)` become schema bounds. Pydantic emits JSON
-Schema (draft 2020-12); the API server wants a *structural* OpenAPI v3 schema
-(https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#specifying-a-structural-schema).
-Each small function below does one rewrite between the two and says why it is needed.
-What a schema cannot say (transition rules, the name length) is added as CEL rules.
+become descriptions, `Field(ge=..., max_length=...)` become bounds. Pydantic emits JSON Schema
+2020-12; the API server wants a *structural* OpenAPI v3.0 schema ("Specifying a structural
+schema" in the Kubernetes CRD docs). Each small function below does one rewrite between the two
+and says why. What a schema cannot say (transition rules, the name length) is added as CEL.
 """
 
 from __future__ import annotations
@@ -44,55 +43,51 @@ PRINTER_COLUMNS = (
     ("Age", ".metadata.creationTimestamp", "date"),
 )
 
+
+def _without(node: Schema, *keys: str) -> Schema:
+    return {k: v for k, v in node.items() if k not in keys}
+
+
 # --- the rewrites, one JSON Schema construct each -------------------------------------------
 
 
 def inline_refs(node: Schema, defs: dict[str, Schema], seen: tuple[str, ...] = ()) -> Schema:
-    """Replace every `$ref` by a copy of its `$defs` entry: structural schemas have no references.
-
-    Keys beside the `$ref` (the field's description, default) win over the definition's.
-    """
+    """Replace each `$ref` by its `$defs` entry: structural schemas have no references.
+    Keys beside the `$ref` (the field's description) win over the definition's."""
     if "$ref" in node:
         name = node["$ref"].rsplit("/", 1)[-1]
-        if name in seen:  # a recursive model cannot be written as a finite structural schema
+        if name in seen:  # a recursive model has no finite structural schema
             raise ValueError(f"recursive model {name} cannot be expressed in a CRD schema")
-        rest = {k: v for k, v in node.items() if k != "$ref"}
-        return {**inline_refs(defs[name], defs, (*seen, name)), **rest}
+        return {**inline_refs(defs[name], defs, (*seen, name)), **_without(node, "$ref")}
     return _map_children(node, lambda child: inline_refs(child, defs, seen))
 
 
 def collapse_nullable(node: Schema) -> Schema:
     """`anyOf: [X, {type: null}]` (pydantic's `X | None`) -> X + `nullable: true`.
-
-    Structural schemas forbid types inside anyOf; OpenAPI v3.0 spells "or null" as `nullable`.
-    """
+    Structural schemas allow no types inside anyOf; OpenAPI v3.0 spells "or null" `nullable`."""
     if "anyOf" not in node:
         return node
     variants = [v for v in node["anyOf"] if v.get("type") != "null"]
     if len(variants) != 1 or len(node["anyOf"]) != 2:
         raise ValueError(f"only `X | None` unions can be expressed in a CRD schema: {node}")
-    rest = {k: v for k, v in node.items() if k != "anyOf"}
-    return {**variants[0], **rest, "nullable": True}
+    return {**variants[0], **_without(node, "anyOf"), "nullable": True}
+
+
+def const_to_enum(node: Schema) -> Schema:
+    """`const: X` (a one-value Literal) -> `enum: [X]`: OpenAPI v3.0 has no `const`."""
+    return {**_without(node, "const"), "enum": [node["const"]]} if "const" in node else node
 
 
 def no_nullable_enums(node: Schema) -> Schema:
-    """Drop `nullable` again where the node has an `enum`.
-
-    The API server checks `enum` even on null values and a null never matches (kube-openapi
-    `basicCommonValidator`), so a nullable enum would reject `effect: null`. Non-nullable nulls
-    are pruned before validation instead, which means "unset": pydantic's default None.
-    """
-    if "enum" not in node or not node.get("nullable"):
-        return node
-    return {k: v for k, v in node.items() if k != "nullable"}
+    """Drop `nullable` again where there is an `enum`: the API server checks enum even on null,
+    and null never matches (kube-openapi's basicCommonValidator), so `effect: null` would be
+    rejected. Non-nullable nulls are pruned before validation instead: "unset", pydantic's None."""
+    return _without(node, "nullable") if "enum" in node else node
 
 
 def exclusive_bounds(node: Schema) -> Schema:
-    """`exclusiveMinimum: N` (pydantic `gt`) -> `minimum: N` + `exclusiveMinimum: true`.
-
-    JSON Schema 2020-12 gives the bound as a number; OpenAPI v3.0, which the API server speaks,
-    as a boolean modifier of `minimum` (likewise for the maximum).
-    """
+    """`exclusiveMinimum: N` (pydantic `gt`) -> `minimum: N` + `exclusiveMinimum: true`:
+    JSON Schema 2020-12 gives the bound as a number, OpenAPI v3.0 as a flag on `minimum`."""
     node = dict(node)
     for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
         value = node.get(exclusive)
@@ -101,72 +96,52 @@ def exclusive_bounds(node: Schema) -> Schema:
     return node
 
 
-def const_to_enum(node: Schema) -> Schema:
-    """`const: X` (a one-value Literal) -> `enum: [X]`: OpenAPI v3.0 has no `const`."""
-    if "const" not in node:
-        return node
-    rest = {k: v for k, v in node.items() if k != "const"}
-    return {**rest, "enum": [node["const"]]}
-
-
 def unique_items_to_set(node: Schema) -> Schema:
-    """`uniqueItems: true` (a pydantic set) -> `x-kubernetes-list-type: set`.
-
-    The API server rejects uniqueItems (checking it is quadratic); list-type set says the same.
-    """
+    """`uniqueItems: true` (a pydantic set) -> `x-kubernetes-list-type: set`: the API server
+    rejects uniqueItems (checking it is quadratic); a set list says the same."""
     if not node.get("uniqueItems"):
         return node
-    rest = {k: v for k, v in node.items() if k != "uniqueItems"}
-    return {**rest, "x-kubernetes-list-type": "set"}
+    return {**_without(node, "uniqueItems"), "x-kubernetes-list-type": "set"}
 
 
 def drop_titles(node: Schema) -> Schema:
-    """Drop `title`: pydantic derives it from the field name; it says nothing a user needs."""
-    return {k: v for k, v in node.items() if k != "title"}
+    """Drop `title`: pydantic derives it from the field name; it tells a user nothing."""
+    return _without(node, "title")
 
 
 def scalar_defaults_only(node: Schema) -> Schema:
-    """Keep only scalar defaults.
-
-    `default: null` is invalid on a non-nullable field, and object or list defaults (a whole
-    sub-model) would be written into every stored object; the API server fills scalar defaults
-    in field by field anyway once the parent object exists.
-    """
+    """Keep scalar defaults only. `default: null` is invalid on a non-nullable field, and an
+    object default (a whole sub-model) would be copied into every stored object; the API server
+    fills in scalar defaults field by field once the parent object exists anyway."""
     default = node.get("default")
-    if isinstance(default, (str, int, float, bool)):
-        return node
-    return {k: v for k, v in node.items() if k != "default"}
+    return node if isinstance(default, (str, int, float, bool)) else _without(node, "default")
 
 
 def open_or_closed_objects(node: Schema) -> Schema:
-    """Remove `additionalProperties: false` and mark free-form values.
-
-    A structural schema may not set additionalProperties beside properties: unknown fields are
-    pruned instead (and rejected by `kubectl --validate=strict`). A value with no declared
-    shape (`dict[str, Any]`, `Any`) needs `x-kubernetes-preserve-unknown-fields` or it would be
-    pruned to `{}`.
-    """
+    """Remove `additionalProperties: false` and mark free-form values. A structural schema may
+    not set additionalProperties beside properties (unknown fields are pruned instead, or
+    rejected by `kubectl --validate=strict`). A value with no declared shape (`dict[str, Any]`,
+    `Any`) needs `x-kubernetes-preserve-unknown-fields`, or it would be pruned to `{}`."""
     extra = node.get("additionalProperties")
-    node = {k: v for k, v in node.items() if k != "additionalProperties" or isinstance(v, dict)}
-    free_object = node.get("type") == "object" and "properties" not in node
-    untyped = "type" not in node and not (node.keys() & {"anyOf", "oneOf", "allOf"})
-    if (free_object and extra in (None, True)) or untyped:
-        node["x-kubernetes-preserve-unknown-fields"] = True
+    if not isinstance(extra, dict):
+        node = _without(node, "additionalProperties")
+    shapeless = node.get("type") == "object" and "properties" not in node
+    if (shapeless and extra in (None, True)) or "type" not in node:
+        node = {**node, "x-kubernetes-preserve-unknown-fields": True}
     return node
 
 
 def tidy_description(node: Schema) -> Schema:
-    """Join docstring lines: `kubectl explain` wraps text itself, so hard newlines only hurt."""
-    if "description" in node:
-        node = {**node, "description": " ".join(node["description"].split())}
-    return node
+    """Join docstring lines: `kubectl explain` wraps text itself, hard newlines only hurt."""
+    if "description" not in node:
+        return node
+    return {**node, "description": " ".join(node["description"].split())}
 
 
-_KEY_ORDER = (
-    "description type format enum default nullable minimum exclusiveMinimum maximum "
-    "exclusiveMaximum minLength maxLength pattern minItems maxItems items properties "
-    "additionalProperties required"
-).split()
+_KEY_ORDER = ["description", "type", "format", "enum", "default", "nullable", "minimum",
+              "exclusiveMinimum", "maximum", "exclusiveMaximum", "minLength", "maxLength",
+              "pattern", "minItems", "maxItems", "items", "properties", "additionalProperties",
+              "required"]  # fmt: skip
 
 
 def order_keys(node: Schema) -> Schema:
@@ -190,7 +165,7 @@ REWRITES: tuple[Callable[[Schema], Schema], ...] = (
 
 
 def _map_children(node: Schema, fn: Callable[[Schema], Schema]) -> Schema:
-    """Apply fn to the sub-schemas of node, and only to them: `properties` maps *field names*
+    """Apply fn to the sub-schemas of node, and only to them: `properties` maps field *names*
     to schemas (PhasesSpec has a field called `default`), so a blind dict walk would be wrong."""
     out = dict(node)
     if "properties" in out:
@@ -206,10 +181,9 @@ def _map_children(node: Schema, fn: Callable[[Schema], Schema]) -> Schema:
 
 def to_structural(model_schema: Schema) -> Schema:
     """A pydantic `model_json_schema()` -> a structural OpenAPI v3 schema."""
-    defs = model_schema.get("$defs", {})
-    root = inline_refs({k: v for k, v in model_schema.items() if k != "$defs"}, defs)
+    root = inline_refs(_without(model_schema, "$defs"), model_schema.get("$defs", {}))
 
-    def rewrite(node: Schema) -> Schema:  # children first, so collapse_nullable merges a done X
+    def rewrite(node: Schema) -> Schema:  # children first: collapse_nullable merges a done X
         node = _map_children(node, rewrite)
         for fn in REWRITES:
             node = fn(node)
@@ -222,7 +196,7 @@ def to_structural(model_schema: Schema) -> Schema:
 
 
 def _at(schema: Schema, *path: str) -> Schema:
-    """The sub-schema of a property path; a KeyError here means a model field was renamed."""
+    """The sub-schema at a property path; a KeyError here means a model field was renamed."""
     for name in path:
         schema = schema["properties"][name]
     return schema
@@ -230,17 +204,16 @@ def _at(schema: Schema, *path: str) -> Schema:
 
 def spec_schema() -> Schema:
     spec = to_structural(AdversarialGameSpec.model_json_schema(by_alias=True))
-    _at(spec, "rounds")  # the rules below name these fields
-    _at(spec, "storage")
+    for name in ("rounds", "storage"):  # fail here, not in the API server, if one is renamed
+        _at(spec, name)
     spec["x-kubernetes-validations"] = [
-        {
-            # `rounds` has a default, so it is always present; the has() guards keep the rule
-            # from erroring should that ever change.
+        {  # rounds has a default, so it is always there; has() keeps the rule safe if not
             "rule": "!has(oldSelf.rounds) || (has(self.rounds) && self.rounds >= oldSelf.rounds)",
             "message": "spec.rounds may grow but never shrink: played rounds cannot be undone",
         },
         {
-            "rule": "!has(oldSelf.storage) || (has(self.storage) && self.storage == oldSelf.storage)",
+            "rule": "!has(oldSelf.storage) || "
+            "(has(self.storage) && self.storage == oldSelf.storage)",
             "message": "spec.storage is immutable once set: changing the store would orphan "
             "the game's checkpoints",
         },
@@ -250,8 +223,8 @@ def spec_schema() -> Schema:
 
 def status_schema() -> Schema:
     status = to_structural(AdversarialGameStatus.model_json_schema(by_alias=True))
-    # Conditions are keyed by type (metav1 convention), so a merge patch of one condition does
-    # not replace the others. Round history is replaced as a whole.
+    # Conditions are keyed by type (metav1 convention), so a patch of one condition does not
+    # replace the others; the round history is replaced as a whole.
     conditions = _at(status, "conditions")
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]
@@ -266,14 +239,14 @@ def root_schema() -> Schema:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            # The API server owns metadata's schema; a CRD may only say it is an object.
-            "metadata": {"type": "object"},
+            "metadata": {"type": "object"},  # the API server owns metadata's schema
             "spec": spec_schema(),
             "status": status_schema(),
         },
         "required": ["spec"],
-        # Only the root may look at metadata.name. Job names "{game}-r0001-update-adversary-a99"
-        # must fit in 63 characters and be DNS labels: the same limits as api.ObjectMeta.
+        # Only rules on the root may read metadata.name. Job names built from it
+        # ("{name}-r0001-update-adversary-a99") must be DNS labels of at most 63 characters:
+        # the limits of api.ObjectMeta.
         "x-kubernetes-validations": [
             {
                 "rule": f"self.metadata.name.size() <= {MAX_GAME_NAME}",
@@ -289,44 +262,25 @@ def root_schema() -> Schema:
     }
 
 
-def printer_columns(status: Schema) -> list[Schema]:
-    columns = []
-    for name, path, type_ in PRINTER_COLUMNS:
-        column: Schema = {"name": name, "type": type_, "jsonPath": path}
-        if path.startswith(".status."):
-            column["description"] = _at(status, path.removeprefix(".status."))["description"]
-        columns.append(column)
-    return columns
-
-
 def build_crd() -> Schema:
     """The CustomResourceDefinition (apiextensions.k8s.io/v1) as a plain dict."""
     schema = root_schema()
+    columns = []
+    for name, path, type_ in PRINTER_COLUMNS:
+        columns.append({"name": name, "type": type_, "jsonPath": path})
+        if path.startswith(".status."):
+            status_field = _at(schema, "status", path.removeprefix(".status."))
+            columns[-1]["description"] = status_field["description"]
+    names = {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
+             "shortNames": list(SHORT_NAMES)}  # fmt: skip
+    version = {"name": VERSION, "served": True, "storage": True, "subresources": {"status": {}},
+               "additionalPrinterColumns": columns,
+               "schema": {"openAPIV3Schema": schema}}  # fmt: skip
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {"name": CRD_NAME},
-        "spec": {
-            "group": GROUP,
-            "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
-            },
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": printer_columns(schema["properties"]["status"]),
-                    "schema": {"openAPIV3Schema": schema},
-                }
-            ],
-        },
+        "spec": {"group": GROUP, "names": names, "scope": "Namespaced", "versions": [version]},
     }
 
 
@@ -342,6 +296,7 @@ class _Dumper(yaml.SafeDumper):
 
 
 def render_crd() -> str:
-    """The CRD as YAML with a stable key order, preceded by the GENERATED header."""
-    body = yaml.dump(build_crd(), Dumper=_Dumper, sort_keys=False, width=1 << 16, allow_unicode=True)
-    return HEADER + body
+    """The CRD as YAML (stable key order, no line wrapping) after the GENERATED header."""
+    return HEADER + yaml.dump(
+        build_crd(), Dumper=_Dumper, sort_keys=False, width=1 << 16, allow_unicode=True
+    )

@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sparring_trainer.store import open_store
+from sparring_trainer.store import StoreError, open_store
 
 from sparring_operator.api import AdversarialGame, AdversarialGameStatus
 from sparring_operator.machine import EarlyStop, GameDone, RunPhase, completed_rounds, next_step
@@ -124,3 +124,44 @@ def summary_table(status: AdversarialGameStatus) -> Table:
     for r in status.rounds:
         table.add_row(str(r.round), *[f"{r.metrics[m]:.4f}" if m in r.metrics else "-" for m in shown])
     return table
+
+
+def run_file(path: Path, store_uri: str | None, output: str, verbose: bool) -> int:
+    """`sparring run`: validate, play, report. Returns the exit code."""
+    from sparring_operator.validate import InvalidGameFile, load_game
+
+    # Progress and the table go to stderr so that `--output json` keeps stdout clean.
+    console = Console(stderr=True)
+    try:
+        game = load_game(path)
+    except InvalidGameFile as exc:
+        for line in exc.errors:
+            console.print(line, markup=False, highlight=False)
+        return 1
+    if store_uri is not None:
+        try:
+            storage = game.spec.storage.model_validate(
+                game.spec.storage.model_dump(by_alias=True) | {"uri": store_uri}
+            )
+        except ValueError as exc:
+            console.print(f"--store: {exc}", markup=False)
+            return 1
+        game = game.model_copy(update={"spec": game.spec.model_copy(update={"storage": storage})})
+    console.print(f"Playing {game.metadata.name} ({game.spec.game.kind}, {game.spec.rounds} rounds) "
+                  f"with store {game.spec.storage.uri}")  # fmt: skip
+    try:
+        status, _ = run_game(game, console, verbose)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: committed phases are kept; run again to continue")
+        return 130
+    except StoreError as exc:
+        console.print(f"[red]store error[/]: {exc}", highlight=False)
+        return 1
+    console.print(summary_table(status))
+    if status.phase == "Failed":
+        console.print(f"[red]failed[/]: {status.message}", highlight=False)
+    elif status.latest_checkpoint:
+        console.print(f"latest policy checkpoint: {status.latest_checkpoint}", highlight=False)
+    if output == "json":
+        print(status.model_dump_json(by_alias=True, exclude_none=True, indent=2))
+    return 0 if status.phase == "Succeeded" else 1

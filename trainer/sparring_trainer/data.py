@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import importlib.resources
 import io
+import itertools
 import json
 import logging
 import re
@@ -86,7 +87,10 @@ def parse_hh_transcript(text: str, where: str) -> tuple[tuple[Message, ...], str
     parts = _TURN.split(text)
     if parts[0].strip():
         raise DataError(f"{where}: transcript must start with 'Human:', not {parts[0][:40]!r}")
-    turns = [(_ROLES[role], content.strip()) for role, content in zip(parts[1::2], parts[2::2])]
+    turns = [
+        (_ROLES[role], content.strip())
+        for role, content in zip(parts[1::2], parts[2::2], strict=True)
+    ]
     if not turns or turns[-1][0] != "assistant":
         raise DataError(f"{where}: transcript does not end with an 'Assistant:' turn")
     prompt = tuple({"role": role, "content": content} for role, content in turns[:-1])
@@ -112,6 +116,21 @@ def builtin_resource(name: str) -> Traversable:
     return root / BUILTINS[name]
 
 
+def bucket_storage(uri: str, storage: StorageSpec | None) -> tuple[StorageSpec, str]:
+    """``s3://bucket/key`` -> (a StorageSpec for the bucket, key); endpoint, region, addressing
+    style and credentials come from the game's own storage spec."""
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    base = storage if storage is not None else StorageSpec()
+    spec = StorageSpec(
+        uri=f"s3://{bucket}",
+        endpoint=base.endpoint,
+        region=base.region,
+        path_style=base.path_style,
+        secret_ref=base.secret_ref,
+    )
+    return spec, key
+
+
 def _read_bytes(source: DataSource, storage: StorageSpec | None) -> bytes:
     path = source.path
     if path.startswith("builtin:"):
@@ -120,22 +139,16 @@ def _read_bytes(source: DataSource, storage: StorageSpec | None) -> bytes:
     if path.startswith("s3://"):
         from sparring_trainer import store as store_mod
 
-        bucket, _, key = path[len("s3://") :].partition("/")
-        base = storage if storage is not None else StorageSpec()
-        spec = StorageSpec(
-            uri=f"s3://{bucket}",
-            endpoint=base.endpoint,
-            region=base.region,
-            path_style=base.path_style,
-            secret_ref=base.secret_ref,
-        )
+        spec, key = bucket_storage(path, storage)
         try:
             return store_mod.open_store(spec).get_bytes(key)
         except store_mod.StoreError as error:
             raise DataError(f"{path}: cannot read: {error}") from error
     local = Path(path[len("file://") :] if path.startswith("file://") else path).expanduser()
     if "://" in path and not path.startswith("file://"):
-        raise DataError(f"{path}: unsupported data path (use builtin:NAME, a path, file:// or s3://)")
+        raise DataError(
+            f"{path}: unsupported data path (use builtin:NAME, a path, file:// or s3://)"
+        )
     try:
         return local.read_bytes()
     except FileNotFoundError as error:
@@ -259,10 +272,14 @@ def read_prompts(
 # ----------------------------------------------------------------------------- split
 
 
+def _rank(pair: PreferencePair) -> tuple[str, str, str]:
+    return pair.chosen, pair.rejected, pair.origin
+
+
 def split_apo(pairs: Sequence[PreferencePair], spec: APODataSpec) -> APOSplits:
     """Deterministic, order-independent split by prompt hash; all parts disjoint by prompt.
 
-    Unique prompts (duplicates: the smallest (chosen, rejected) pair wins) that fit in
+    Unique prompts (duplicates: the smallest (chosen, rejected, origin) wins) that fit in
     `max_prompt_chars` are sorted by key and dealt out: test pairs (their first `test_queries`
     prompts are the test queries), human pairs, gold queries (gold = chosen), train queries.
     """
@@ -278,7 +295,7 @@ def split_apo(pairs: Sequence[PreferencePair], spec: APODataSpec) -> APOSplits:
             continue
         key = pair.key
         kept = unique.get(key)
-        if kept is None or (pair.chosen, pair.rejected) < (kept.chosen, kept.rejected):
+        if kept is None or _rank(pair) < _rank(kept):
             unique[key] = pair
     ordered = [unique[key] for key in sorted(unique)]
     sizes = (spec.test_pairs, spec.human_pairs, spec.gold_queries, spec.train_queries)
@@ -290,10 +307,8 @@ def split_apo(pairs: Sequence[PreferencePair], spec: APODataSpec) -> APOSplits:
             f"only {len(ordered)} are available (of {len(pairs)} pairs, after removing duplicate "
             f"prompts and prompts longer than {spec.max_prompt_chars} characters)"
         )
-    bounds = [0]
-    for size in sizes:
-        bounds.append(bounds[-1] + size)
-    test, human, gold, train = (ordered[a:b] for a, b in zip(bounds, bounds[1:]))
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    test, human, gold, train = (ordered[a:b] for a, b in itertools.pairwise(bounds))
 
     def query(pair: PreferencePair, gold: bool) -> Query:
         return Query(id=pair.key[:16], prompt=pair.prompt, gold=pair.chosen if gold else None)

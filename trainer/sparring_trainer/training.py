@@ -163,7 +163,7 @@ def _optimise(
             optimizer.step()
             scheduler.step()
             step += 1
-            for key, value in {"loss": float(loss), **stats}.items():
+            for key, value in {"loss": float(loss.detach()), **stats}.items():
                 sums[key] = sums.get(key, 0.0) + value
             if progress:
                 progress(step, total)

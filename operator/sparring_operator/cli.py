@@ -1,0 +1,102 @@
+"""The `sparring` command line. Each command is a thin shell over a module that does the work.
+
+sparring validate examples/*.yaml     # check game files (exit 1 on any error)
+sparring crd > crds/adversarialgames.sparring.dev.yaml
+sparring crd --check crds/adversarialgames.sparring.dev.yaml
+"""
+
+import difflib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sparring_operator import crdgen, validate
+
+app = typer.Typer(
+    name="sparring",
+    help="Adversarial preference games (APO, APL) for LLM alignment, on Kubernetes or locally.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def main() -> None:
+    """Keep `sparring COMMAND` a command group however many commands there are."""
+
+
+@app.command("validate")
+def validate_cmd(
+    files: Annotated[
+        list[Path], typer.Argument(help="Game files (YAML or JSON).", metavar="FILE...")
+    ],
+) -> None:
+    """Check game files against the AdversarialGame schema; print every error (to stderr)."""
+    failed = False
+    for path in files:
+        report = validate.check_file(path)
+        for error in report.errors:
+            typer.echo(error, err=True)
+        for game in report.games:
+            typer.echo(
+                f"{path}: " + typer.style("valid", fg="green") + f" ({validate.summary(game)})"
+            )
+        failed = failed or bool(report.errors)
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command("run")
+def run_cmd(
+    file: Annotated[Path, typer.Argument(help="Game file (YAML or JSON).", metavar="FILE")],
+    store: Annotated[
+        str | None,
+        typer.Option("--store", help="Store URI overriding spec.storage.uri (file://... or s3://...)."),
+    ] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="table, or json: print the final .status to stdout.")
+    ] = "table",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the phases' logs.")] = False,
+) -> None:
+    """Play a game locally, each phase as the same command a phase Job runs; resumable."""
+    from sparring_operator.local import run_file
+
+    if output not in ("table", "json"):
+        typer.echo(f"--output: expected 'table' or 'json', got {output!r}", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(run_file(file, store, output, verbose))
+
+
+@app.command("crd")
+def crd_cmd(
+    check: Annotated[
+        Path | None,
+        typer.Option(
+            "--check", metavar="PATH", help="Compare PATH with the generated CRD instead."
+        ),
+    ] = None,
+) -> None:
+    """Print the AdversarialGame CustomResourceDefinition generated from the models."""
+    rendered = crdgen.render_crd()
+    if check is None:
+        typer.echo(rendered, nl=False)
+        return
+    fix = f"run: sparring crd > {check}"
+    if not check.is_file():
+        typer.echo(f"{check}: missing; {fix}", err=True)
+        raise typer.Exit(1)
+    current = check.read_text(encoding="utf-8")
+    if current == rendered:
+        typer.echo(f"{check}: up to date")
+        return
+    diff = list(difflib.unified_diff(
+        current.splitlines(), rendered.splitlines(), str(check), "generated", lineterm="", n=1
+    ))  # fmt: skip
+    changed = sum(1 for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---"))
+    typer.echo(f"{check}: differs from the models ({changed} lines); {fix}", err=True)
+    for line in diff[:40]:
+        typer.echo(line, err=True)
+    if len(diff) > 40:
+        typer.echo(f"... {len(diff) - 40} more diff lines", err=True)
+    raise typer.Exit(1)

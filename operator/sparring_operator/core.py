@@ -1,0 +1,266 @@
+"""The operator's pure decision core: (spec, status, observed Jobs, store) -> actions + status.
+
+No API calls and no clock reads happen here: `reconcile.py` observes the world, calls `decide`,
+and carries out the actions. That makes every lifecycle rule (retries with backoff, preemption,
+suspend, deadlines, growing rounds, GitOps re-creation) a plain unit test.
+
+Reconcile, in numbered steps (kubebuilder's shape):
+1. the spec is valid, or the game fails with the field named and no Jobs;
+2. the game machine says which (round, phase) is next, from committed store markers alone;
+3. the Jobs of that phase say whether it runs, failed (retry after backoff or give up), or has
+   not started; preempted pods never use up the retry budget;
+4. suspend and deadlines override;
+5. status is recomputed from all of the above; conditions keep their transition times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from sparring_operator.api import (
+    ActiveJob,
+    AdversarialGame,
+    AdversarialGameStatus,
+    Condition,
+)
+from sparring_operator.machine import EarlyStop, GameDone, RunPhase, completed_rounds, next_step
+from sparring_operator.observed import StoreView, build_status
+
+# ---- what reconcile observes --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObservedJob:
+    """A phase Job as seen in the API (plus its pod's termination message when it ended)."""
+
+    name: str
+    round: int
+    phase: str
+    attempt: int
+    state: str  # Active | Succeeded | Failed
+    created_at: float  # epoch seconds
+    finished_at: float | None = None
+    reason: str = ""  # Job condition reason, e.g. BackoffLimitExceeded, DeadlineExceeded
+    message: str = ""  # the pod's termination message (error summary) or condition message
+
+
+# ---- what reconcile does ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    round: int
+    phase: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    name: str
+
+
+@dataclass(frozen=True)
+class RecordEvent:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class WriteComplete:
+    """Mark the game finished in the store with a hash of its spec (GitOps re-creation)."""
+
+    spec_hash: str
+
+
+Action = CreateJob | DeleteJob | RecordEvent | WriteComplete
+
+
+@dataclass
+class Decision:
+    status: AdversarialGameStatus
+    actions: list[Action] = field(default_factory=list)
+    requeue_after: float | None = None  # seconds; None: wait for the next event or timer
+
+
+def spec_hash(game: AdversarialGame) -> str:
+    """Hash of what the game computes. Rounds, suspend, scheduling and phase settings are left
+    out: they change how and how long it runs, not what a committed phase means."""
+    essence = {"storage": game.spec.storage.model_dump(), "game": game.spec.game.model_dump()}
+    return hashlib.sha256(json.dumps(essence, sort_keys=True).encode()).hexdigest()
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _keep_transition_times(new: list[Condition], old: list[Condition]) -> list[Condition]:
+    """A condition's lastTransitionTime changes only when its status does (metav1 rule)."""
+    previous = {c.type: c for c in old}
+    kept = []
+    for cond in new:
+        before = previous.get(cond.type)
+        if before is not None and before.status == cond.status:
+            cond = cond.model_copy(update={"last_transition_time": before.last_transition_time})
+        kept.append(cond)
+    return kept
+
+
+def _with_condition(status: AdversarialGameStatus, cond: Condition) -> AdversarialGameStatus:
+    others = [c for c in status.conditions if c.type != cond.type]
+    return status.model_copy(update={"conditions": [*others, cond]})
+
+
+def _cond(type_: str, ok: bool, reason: str, message: str, now: float, gen: int | None) -> Condition:
+    return Condition(
+        type=type_, status="True" if ok else "False", reason=reason, message=message,
+        last_transition_time=_iso(now), observed_generation=gen,
+    )  # fmt: skip
+
+
+def invalid_spec_status(message: str, old: AdversarialGameStatus, now: float, gen: int | None) -> AdversarialGameStatus:
+    """A game that slipped past the schema: Failed, with the field named, and no Jobs."""
+    status = AdversarialGameStatus(
+        phase="Failed", observed_generation=gen, message=message,
+        completed_rounds=old.completed_rounds, rounds=old.rounds,
+        latest_checkpoint=old.latest_checkpoint,
+        conditions=[_cond(t, t == "Failed", "InvalidSpec", message, now, gen)
+                    for t in ("Ready", "Running", "Succeeded", "Failed")],
+    )  # fmt: skip
+    return status.model_copy(update={"conditions": _keep_transition_times(status.conditions, old.conditions)})
+
+
+def decide(
+    game: AdversarialGame,
+    generation: int | None,
+    old: AdversarialGameStatus,
+    jobs: list[ObservedJob],
+    view: StoreView,
+    complete_hash: str | None,
+    created_at: float,
+    now: float,
+) -> Decision:
+    spec = game.spec
+    kind = spec.game.kind
+    early = EarlyStop(spec.early_stop.metric, spec.early_stop.threshold, spec.early_stop.direction) if spec.early_stop else None
+    done = completed_rounds(kind, view.committed)
+    step = next_step(kind, spec.rounds, view.committed, view.round_metrics(), early)
+    actions: list[Action] = []
+    requeue: float | None = None
+    active = [j for j in jobs if j.state == "Active"]
+
+    if isinstance(step, GameDone):
+        status = build_status(view, step, done, generation=generation)
+        actions += [DeleteJob(j.name) for j in active]  # e.g. rounds shrank below a running one
+        this_hash = spec_hash(game)
+        if complete_hash != this_hash:
+            actions.append(WriteComplete(this_hash))
+        if old.phase != "Succeeded":
+            actions.append(RecordEvent("Normal", "GameSucceeded", step.message))
+        return _finish(status, old, actions, None)
+
+    assert isinstance(step, RunPhase)
+    phase_jobs = sorted((j for j in jobs if (j.round, j.phase) == (step.round, step.phase)), key=lambda j: j.attempt)
+    stale = [j for j in active if (j.round, j.phase) != (step.round, step.phase)]
+    actions += [DeleteJob(j.name) for j in stale]  # a phase that committed but whose Job lingers
+    retry = spec.phases.for_phase(step.phase).retry
+    failures = [j for j in phase_jobs if j.state == "Failed"]
+    # A phase's Job that "succeeded" without committing its outputs counts as a failure too.
+    failures += [j for j in phase_jobs if j.state == "Succeeded"]
+    running = next((j for j in reversed(phase_jobs) if j.state == "Active"), None)
+    # Attempts continue from the highest seen, in the API or in status, so that a Job deleted
+    # by someone is recreated as the next attempt instead of reusing its name.
+    last_attempt = max([j.attempt for j in phase_jobs] + [_status_attempt(old, step)], default=0)
+    failed_message: str | None = None
+    suspended = False
+
+    if spec.active_deadline_seconds and now - created_at > spec.active_deadline_seconds:
+        failed_message = f"game exceeded activeDeadlineSeconds={spec.active_deadline_seconds}"
+        actions += [DeleteJob(j.name) for j in active]
+    elif spec.suspend:
+        suspended = True
+        actions += [DeleteJob(j.name) for j in active if j not in stale]
+    elif running is not None:
+        pass
+    elif len(failures) > retry.limit:
+        last = failures[-1]
+        failed_message = (
+            f"round {step.round} {step.phase}: Job {last.name} failed after {len(failures)} "
+            f"attempt(s): {last.message or last.reason or 'no message'}"
+        )
+    elif failures:
+        last = max(failures, key=lambda j: j.finished_at or j.created_at)
+        delay = retry.backoff_seconds * 2 ** (len(failures) - 1)
+        ready_at = (last.finished_at or last.created_at) + delay
+        if now >= ready_at and last_attempt == last.attempt:
+            actions.append(CreateJob(step.round, step.phase, last_attempt + 1))
+            actions.append(RecordEvent("Warning", "PhaseRetried",
+                                       f"round {step.round} {step.phase}: attempt {last_attempt + 1} after "
+                                       f"{last.name} failed: {last.message or last.reason}"))  # fmt: skip
+        elif now >= ready_at:  # the failed Job is gone already; a newer attempt is due
+            actions.append(CreateJob(step.round, step.phase, last_attempt + 1))
+        else:
+            requeue = ready_at - now
+    else:
+        attempt = last_attempt + 1 if last_attempt and not phase_jobs else max(1, last_attempt)
+        actions.append(CreateJob(step.round, step.phase, attempt))
+        actions.append(RecordEvent("Normal", "PhaseStarted", f"round {step.round} {step.phase} (attempt {attempt})"))
+
+    status = build_status(view, step, done, failed=failed_message, generation=generation)
+    creating = next((a for a in actions if isinstance(a, CreateJob)), None)
+    if failed_message is None and not suspended:
+        job_name, attempt, started = None, 0, None
+        if running is not None:
+            job_name, attempt, started = running.name, running.attempt, _iso(running.created_at)
+        elif creating is not None:
+            attempt, started = creating.attempt, _iso(now)
+        elif failures:
+            attempt = last_attempt
+        if attempt:
+            from sparring_operator.jobs import job_name as make_name
+
+            job_name = job_name or make_name(game.metadata.name, step.round, step.phase, attempt)
+            status = status.model_copy(update={"active_job": ActiveJob(
+                name=job_name, round=step.round, phase=step.phase, attempt=attempt, started_at=started)})  # fmt: skip
+        if requeue is not None:
+            status = _with_condition(status, _cond("Stalled", True, "BackingOff",
+                                                   f"retrying round {step.round} {step.phase} in {requeue:.0f} s", now, generation))  # fmt: skip
+    if suspended:
+        msg = f"suspended before round {step.round} {step.phase}"
+        status = status.model_copy(update={"phase": "Suspended", "conditions": [
+            _cond("Ready", False, "Suspended", msg, now, generation),
+            _cond("Running", False, "Suspended", msg, now, generation),
+            _cond("Suspended", True, "Suspended", msg, now, generation),
+            _cond("Succeeded", False, "Suspended", msg, now, generation),
+            _cond("Failed", False, "Suspended", msg, now, generation),
+        ]})  # fmt: skip
+        if old.phase != "Suspended":
+            actions.append(RecordEvent("Normal", "GameSuspended", msg))
+    if failed_message is not None and old.phase != "Failed":
+        actions.append(RecordEvent("Warning", "GameFailed", failed_message))
+    return _finish(status, old, actions, requeue)
+
+
+def _status_attempt(old: AdversarialGameStatus, step: RunPhase) -> int:
+    job = old.active_job
+    if job is not None and (job.round, job.phase) == (step.round, step.phase):
+        return job.attempt
+    return 0
+
+
+def _finish(status: AdversarialGameStatus, old: AdversarialGameStatus, actions: list[Action],
+            requeue: float | None) -> Decision:  # fmt: skip
+    types = {c.type for c in status.conditions}
+    for needed in ("Suspended", "Stalled"):
+        if needed not in types:
+            status = _with_condition(status, Condition(
+                type=needed, status="False", reason="AsExpected", message="",
+                last_transition_time=status.conditions[0].last_transition_time if status.conditions else _iso(0),
+                observed_generation=status.observed_generation))  # fmt: skip
+    order = ["Ready", "Running", "Suspended", "Succeeded", "Failed", "Stalled"]
+    conditions = sorted(status.conditions, key=lambda c: order.index(c.type) if c.type in order else 99)
+    status = status.model_copy(update={"conditions": _keep_transition_times(conditions, old.conditions)})
+    return Decision(status, actions, requeue)

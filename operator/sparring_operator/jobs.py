@@ -1,0 +1,330 @@
+"""Phase Jobs and the game ConfigMap as plain Kubernetes manifests (pure functions, no API calls).
+
+Each phase of each round runs as one ``batch/v1`` Job whose single container runs the phase
+contract's command (``python -m sparring_trainer PHASE --game /etc/sparring/game.json --round N``,
+the same command ``sparring run`` runs locally). The game document reaches the pod through a
+ConfigMap mounted at ``/etc/sparring``; S3 credentials reach it only as ``secretKeyRef``s.
+
+The kopf handlers create these objects and add owner references with ``kopf.adopt``; nothing here
+talks to a server, so every choice below is unit-tested (and schema-checked) without a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sparring_trainer.config import ALL_PHASES
+
+from sparring_operator.api import API_VERSION, KIND, AdversarialGame
+
+GAME_DIR = "/etc/sparring"
+GAME_KEY = "game.json"
+GAME_FILE = f"{GAME_DIR}/{GAME_KEY}"
+SCRATCH_DIR = "/scratch"
+TERMINATION_LOG = "/dev/termination-log"
+CONTAINER = "phase"
+GPU_RESOURCE = "nvidia.com/gpu"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+MAX_NAME = 63
+
+LABEL_GAME = "sparring.dev/game"
+LABEL_ROUND = "sparring.dev/round"
+LABEL_PHASE = "sparring.dev/phase"
+LABEL_ATTEMPT = "sparring.dev/attempt"
+
+# Exit codes of the phase container that no retry can fix: 1 is the trainer's "the phase failed"
+# (bad game file, missing data, unloadable model ...), 2 is a bad command line (an operator/image
+# version mismatch). Such a Job fails at once with reason PodFailurePolicy, which tells the
+# operator not to spend its retry budget on it. Caveat: an uncaught exception in the trainer and
+# a failed torchrun worker also exit with 1 today (see the module's report).
+NON_RETRYABLE_EXIT_CODES = (1, 2)
+
+# The non-root identity of phase pods; the trainer image creates this user.
+RUN_AS = 1000
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """Operator-wide settings that shape phase Jobs (from the operator's flags/env)."""
+
+    trainer_image: str = "ghcr.io/sparring-dev/sparring-trainer:0.1.0"
+    phase_service_account: str | None = None
+    image_pull_policy: str = "IfNotPresent"
+    scratch_size_limit: str = "50Gi"
+
+
+def job_name(game: str, round: int, phase: str, attempt: int) -> str:
+    """``{game}-r{round:04d}-{phase}-a{attempt}``: deterministic, so a create after a crash gets a
+    409 and the operator adopts the existing Job instead of starting a duplicate."""
+    if phase not in ALL_PHASES:
+        raise ValueError(f"unknown phase {phase!r}; expected one of {', '.join(ALL_PHASES)}")
+    if round < 0 or attempt < 1:
+        raise ValueError(f"round must be >= 0 and attempt >= 1 (got round {round}, attempt {attempt})")
+    name = f"{game}-r{round:04d}-{phase}-a{attempt}"
+    if len(name) > MAX_NAME:
+        # The Job controller copies the name into the pods' job-name label, and label values are
+        # limited to 63 characters: a longer name would be accepted here and fail at pod creation.
+        raise ValueError(
+            f"job name {name!r} is {len(name)} characters; Kubernetes allows at most {MAX_NAME} "
+            "(game names are limited to 36 characters and attempts to 99 so that names fit)"
+        )
+    return name
+
+
+def configmap_name(game: str) -> str:
+    return f"{game}-game"
+
+
+def game_json(game: AdversarialGame) -> str:
+    """The document the trainer reads from ``/etc/sparring/game.json``.
+
+    Only apiVersion, kind, name, namespace and spec: never the status (it changes on every
+    reconcile and would churn the ConfigMap) nor labels/annotations (kubectl's last-applied
+    annotation alone can be large). Credentials cannot appear: the models reject them inline and
+    ``storage.secretRef`` holds only the Secret's name and key names.
+    """
+    doc = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": game.metadata.name, "namespace": game.metadata.namespace},
+        "spec": game.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def _base_labels(game: AdversarialGame, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "sparring",
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "sparring-operator",
+        LABEL_GAME: game.metadata.name,
+    }
+
+
+def phase_labels(game: AdversarialGame, round: int, phase: str, attempt: int) -> dict[str, str]:
+    """Labels of a phase Job and its pods; the operator lists a game's Jobs by these."""
+    return _base_labels(game, "phase") | {
+        LABEL_ROUND: str(round),
+        LABEL_PHASE: phase,
+        LABEL_ATTEMPT: str(attempt),
+    }
+
+
+def build_configmap(game: AdversarialGame) -> dict[str, Any]:
+    """The ConfigMap mounted into every phase pod. Not immutable: ``spec.rounds`` may grow and
+    the operator then updates it in place (pods read the file once, at phase start)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name(game.metadata.name),
+            "namespace": game.metadata.namespace,
+            "labels": _base_labels(game, "game"),
+        },
+        "data": {GAME_KEY: game_json(game)},
+    }
+
+
+def phase_args(phase: str, round: int, game_file: str = GAME_FILE) -> list[str]:
+    """The trainer's arguments; ``sparring_operator.local.phase_command`` runs the same ones."""
+    return ["-m", "sparring_trainer", phase, "--game", game_file, "--round", str(round)]
+
+
+def container_command(phase: str, round: int, gpu: int) -> list[str]:
+    """``python -m sparring_trainer ...``, or under ``torchrun`` with one worker per GPU.
+
+    ``--standalone`` runs a local rendezvous inside the pod: phases use one node, so there is no
+    rendezvous service to deploy or to fail.
+    """
+    if gpu > 1:
+        return ["torchrun", "--standalone", "--nproc-per-node", str(gpu), *phase_args(phase, round)]
+    return ["python", *phase_args(phase, round)]
+
+
+def _env(game: AdversarialGame, attempt: int) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        # The trainer writes its <= 4 KiB summary here; the kubelet turns it into the container's
+        # termination message, which the operator reads from the pod status without logs access.
+        {"name": "SPARRING_TERMINATION_LOG", "value": TERMINATION_LOG},
+        {"name": "SPARRING_SCRATCH", "value": SCRATCH_DIR},
+        {"name": "SPARRING_CACHE", "value": f"{SCRATCH_DIR}/cache"},
+        # The root filesystem is read-only: every library that writes under $HOME (caches,
+        # torch compile artifacts, Hugging Face) must land on the scratch volume instead.
+        {"name": "HOME", "value": SCRATCH_DIR},
+        {"name": "HF_HOME", "value": f"{SCRATCH_DIR}/hf"},
+        # Progress lines reach `kubectl logs` as they happen, not when a buffer fills.
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "SPARRING_ATTEMPT", "value": str(attempt)},
+    ]
+    storage = game.spec.storage
+    if storage.region:
+        env.append({"name": "AWS_REGION", "value": storage.region})
+    if storage.secret_ref is not None:
+        # Credentials only ever as references: the kubelet resolves them at pod start, so their
+        # values never appear in the Job, in the operator's memory, logs, or events, and the
+        # operator needs no RBAC to read Secrets. Without a secretRef boto3 falls back to the
+        # pod's own identity (IRSA / workload identity via the phase service account).
+        ref = storage.secret_ref
+        for var, key in (
+            ("AWS_ACCESS_KEY_ID", ref.access_key_id_key),
+            ("AWS_SECRET_ACCESS_KEY", ref.secret_access_key_key),
+        ):
+            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}})
+    return env
+
+
+def _resources(cpu: str | None, memory: str | None, gpu: int) -> dict[str, Any]:
+    """Requests equal limits: with cpu and memory both set the pod is in the Guaranteed QoS class,
+    the last to be evicted under node pressure (hours of training lost otherwise), and a memory
+    leak ends in an OOM kill of this pod rather than of its neighbours."""
+    amounts: dict[str, str] = {}
+    if cpu:
+        amounts["cpu"] = cpu
+    if memory:
+        amounts["memory"] = memory
+    if gpu > 0:
+        amounts[GPU_RESOURCE] = str(gpu)  # extended resources: requests must equal limits
+    return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
+
+
+def build_job(
+    game: AdversarialGame, round: int, phase: str, attempt: int, settings: OperatorSettings
+) -> dict[str, Any]:
+    """The Job that runs one attempt of one phase. Owner references are added by the caller."""
+    spec = game.spec
+    phase_spec = spec.phases.for_phase(phase)
+    res = phase_spec.resources
+    sched = spec.scheduling
+    name = job_name(game.metadata.name, round, phase, attempt)
+    labels = phase_labels(game, round, phase, attempt)
+    job_labels = dict(labels)
+    if sched.queue_name:
+        # Kueue admits the Job: its webhook suspends it on creation and unsuspends it when quota
+        # is free, so spec.suspend is deliberately never set here (we would fight over it).
+        job_labels[KUEUE_QUEUE_LABEL] = sched.queue_name
+
+    mounts: list[dict[str, Any]] = [
+        {"name": "game", "mountPath": GAME_DIR, "readOnly": True},
+        {"name": "scratch", "mountPath": SCRATCH_DIR},
+        # /tmp on the scratch volume: the root filesystem is read-only, and sharing the scratch
+        # volume keeps one size limit for everything the phase writes locally.
+        {"name": "scratch", "mountPath": "/tmp", "subPath": "tmp"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "game",
+            "configMap": {
+                "name": configmap_name(game.metadata.name),
+                "items": [{"key": GAME_KEY, "path": GAME_KEY}],
+                "defaultMode": 0o444,
+            },
+        },
+        # Bounded so a runaway phase is evicted instead of filling the node's disk.
+        {"name": "scratch", "emptyDir": {"sizeLimit": settings.scratch_size_limit}},
+    ]
+    if res.gpu > 0:
+        # The runtime's default /dev/shm is 64 MiB: PyTorch dataloader workers and NCCL need far
+        # more. Memory-backed, so it is charged to the container's memory limit.
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": phase_spec.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": container_command(phase, round, res.gpu),
+        # Relative paths (e.g. a file:// store) resolve on the writable scratch volume.
+        "workingDir": SCRATCH_DIR,
+        "env": _env(game, attempt),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        # A crash before the trainer wrote its summary still leaves the operator a reason: the
+        # tail of the log becomes the termination message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        # The Pod Security "restricted" profile: a compromised model loader or data file cannot
+        # gain privileges, load kernel capabilities, or persist anything in the image.
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    resources = _resources(res.cpu, res.memory, res.gpu)
+    if resources:
+        container["resources"] = resources
+
+    pod_spec: dict[str, Any] = {
+        # Never restart in place: a failed attempt is a new Job, created by the operator with
+        # backoff, so each attempt's pod, logs and termination message stay inspectable.
+        "restartPolicy": "Never",
+        # Phases never call the Kubernetes API: a mounted token would only be something to steal.
+        "automountServiceAccountToken": False,
+        # No service-discovery env vars: nothing to read, and thousands of Services in a
+        # namespace would otherwise bloat the environment (and slow pod start).
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            # Volumes (scratch, shm) become group-writable by the phase's user.
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if settings.phase_service_account:
+        pod_spec["serviceAccountName"] = settings.phase_service_account
+    if sched.priority_class_name:
+        pod_spec["priorityClassName"] = sched.priority_class_name
+    if sched.node_selector:
+        pod_spec["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        pod_spec["tolerations"] = [
+            t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in sched.tolerations
+        ]
+
+    job_spec: dict[str, Any] = {
+        # The operator counts attempts itself (one Job per attempt, exponential backoff between
+        # them, visible in status); a pod-level retry loop inside the Job would hide failures.
+        "backoffLimit": 0,
+        "podFailurePolicy": {
+            "rules": [
+                # Preemption, eviction, node drain: not the phase's fault, so the Job controller
+                # replaces the pod without using up the retry budget. First, so that it wins when
+                # an evicted container also exits non-zero.
+                {
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
+                # A user or configuration error: fail the Job at once with reason
+                # PodFailurePolicy, so the operator reports it instead of retrying in vain.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": list(NON_RETRYABLE_EXIT_CODES),
+                    },
+                },
+            ]
+        },
+        # A replacement pod starts only once the old one has fully terminated: never two pods
+        # of one phase writing to the same store prefix or holding GPUs at once.
+        "podReplacementPolicy": "Failed",
+        # No ttlSecondsAfterFinished: the operator reads finished Jobs (outcome, termination
+        # message); the owner reference garbage-collects them with the game.
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if phase_spec.deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = phase_spec.deadline_seconds
+
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": game.metadata.namespace, "labels": job_labels},
+        "spec": job_spec,
+    }

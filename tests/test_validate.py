@@ -1,0 +1,157 @@
+"""`sparring validate`: broken game files are rejected with the file, line and camelCase field
+path of each problem; every example game is accepted.
+
+Each file under tests/bad_games/ starts with `# expect: <text>`: a part of the error that the
+CLI must print for it. The CLI runs once over all of them (a subprocess costs ~1 s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sparring_operator.cli import app
+from sparring_operator.validate import InvalidGameFile, check_file, load_game, validate_file
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+BAD_GAMES = sorted((ROOT / "tests" / "bad_games").glob("*.yaml"))
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+MINIMAL = (ROOT / "examples" / "apo-minimal.yaml").read_text(encoding="utf-8")
+
+
+def sparring(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "sparring_operator", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def expected_error(path: Path) -> str:
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# expect: "), f"{path.name}: first line must be '# expect: ...'"
+    return first.removeprefix("# expect: ")
+
+
+@pytest.fixture(scope="module")
+def bad_run() -> subprocess.CompletedProcess[str]:
+    return sparring("validate", *map(rel, BAD_GAMES))
+
+
+def test_bad_games_exist() -> None:
+    assert len(BAD_GAMES) >= 14
+
+
+def test_cli_fails_on_bad_games(bad_run: subprocess.CompletedProcess[str]) -> None:
+    assert bad_run.returncode == 1, bad_run.stderr
+    assert bad_run.stdout == "", "no bad game may be reported valid"
+
+
+@pytest.mark.parametrize("path", BAD_GAMES, ids=lambda p: p.name)
+def test_bad_game_error(path: Path, bad_run: subprocess.CompletedProcess[str]) -> None:
+    # Every error line starts with the file's path, so a file's errors can be picked out.
+    own = [line for line in bad_run.stderr.splitlines() if line.startswith(f"{rel(path)}:")]
+    assert own, f"no error for {path.name} in:\n{bad_run.stderr}"
+    assert any(expected_error(path) in line for line in own), "\n".join(own)
+
+
+@pytest.mark.parametrize("path", BAD_GAMES, ids=lambda p: p.name)
+def test_bad_game_alone_exits_1(path: Path) -> None:
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert expected_error(path) in result.stderr
+
+
+def test_examples_are_valid() -> None:
+    assert EXAMPLES, "examples/ holds no *.yaml game"
+    result = sparring("validate", *map(rel, EXAMPLES))
+    assert (result.returncode, result.stderr) == (0, "")
+    for path in EXAMPLES:
+        assert f"{rel(path)}: valid (game " in result.stdout
+
+
+def test_valid_line_and_mixed_exit_code(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MINIMAL.replace("rounds: 1 ", "rounds: 0 "), encoding="utf-8")
+    result = CliRunner().invoke(
+        app, ["validate", str(ROOT / "examples" / "apo-minimal.yaml"), str(bad)]
+    )
+    assert result.exit_code == 1
+    assert "apo-minimal.yaml: valid (game apo-minimal, kind apo, 1 round)" in result.stdout
+    assert f"{bad}:" in result.stderr and "spec.rounds" in result.stderr
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    assert validate_file(tmp_path / "nope.yaml") == [f"{tmp_path / 'nope.yaml'}: no such file"]
+    assert "is a directory" in validate_file(tmp_path)[0]
+
+
+def test_json_game_with_tabs_and_line_numbers(tmp_path: Path) -> None:
+    game = {
+        "apiVersion": "sparring.dev/v1alpha1", "kind": "AdversarialGame",
+        "metadata": {"name": "json-game"},
+        "spec": {"rounds": 2, "game": {"policy": {"model": "tiny-random"},
+                                       "adversary": {"model": "tiny-random"}}},
+    }  # fmt: skip
+    path = tmp_path / "game.json"
+    path.write_text(json.dumps(game, indent="\t"), encoding="utf-8")
+    assert [g.spec.rounds for g in check_file(path).games] == [2]
+    game["spec"]["rounds"] = 0  # type: ignore[index]
+    path.write_text(json.dumps(game, indent=2), encoding="utf-8")
+    [error] = validate_file(path)
+    assert error.startswith(f"{path}:8: spec.rounds: Input should be greater than or equal to 1")
+    path.write_text('{"kind": }', encoding="utf-8")
+    assert validate_file(path) == [f"{path}:1:10: JSON syntax error: Expecting value"]
+
+
+def test_several_documents(tmp_path: Path) -> None:
+    path = tmp_path / "games.yaml"
+    second = MINIMAL.replace("name: apo-minimal", "name: second")
+    path.write_text(f"{MINIMAL}---\n{second}---\n", encoding="utf-8")  # trailing empty document
+    assert [g.metadata.name for g in check_file(path).games] == ["apo-minimal", "second"]
+    with pytest.raises(InvalidGameFile, match="holds 2 games"):
+        load_game(path)
+    path.write_text(f"{MINIMAL}---\n{MINIMAL}", encoding="utf-8")
+    [error] = validate_file(path)
+    assert (
+        ": document 2: metadata.name: game 'apo-minimal' in namespace 'default' is already" in error
+    )
+
+
+def test_load_game(tmp_path: Path) -> None:
+    assert load_game(ROOT / "examples" / "apo-minimal.yaml").metadata.name == "apo-minimal"
+    with pytest.raises(InvalidGameFile) as info:
+        load_game(tmp_path / "nope.yaml")
+    assert info.value.errors == [f"{tmp_path / 'nope.yaml'}: no such file"]
+
+
+def test_unknown_field_without_close_match_lists_the_known_ones(tmp_path: Path) -> None:
+    path = tmp_path / "game.yaml"
+    path.write_text(MINIMAL.replace("  rounds: 1 ", "  zzz: 1\n  rounds: 1 "), encoding="utf-8")
+    [error] = validate_file(path)
+    assert "spec.zzz: unknown field (known: rounds, suspend, activeDeadlineSeconds" in error
+
+
+def test_crd_check(tmp_path: Path) -> None:
+    runner = CliRunner()
+    good = ROOT / "crds" / "adversarialgames.sparring.dev.yaml"
+    assert runner.invoke(app, ["crd", "--check", str(good)]).exit_code == 0
+    stale = tmp_path / "crd.yaml"
+    stale.write_text(good.read_text(encoding="utf-8").replace("maximum: 9999", "maximum: 99"))
+    result = runner.invoke(app, ["crd", "--check", str(stale)])
+    assert result.exit_code == 1
+    assert (
+        f"{stale}: differs from the models (2 lines); run: sparring crd > {stale}" in result.stderr
+    )
+    assert "+                  maximum: 9999" in result.stderr
+    assert runner.invoke(app, ["crd", "--check", str(tmp_path / "none.yaml")]).exit_code == 1
+    assert runner.invoke(app, ["crd"]).stdout == good.read_text(encoding="utf-8")
