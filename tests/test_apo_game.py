@@ -24,8 +24,12 @@ PHASES = ("sample", "update-adversary", "score", "update-policy", "evaluate")
 def sparring(*args: str, cwd: Path, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sparring_operator", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=600, **kw,
-    )  # fmt: skip
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kw,
+    )
 
 
 def all_markers(rounds: int) -> list[tuple[int, str]]:
@@ -46,12 +50,16 @@ def committed_at(store_dir: Path, game: str = "apo-tiny") -> dict[tuple[int, str
 def finished_game(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """The tiny example played once to the end; several tests read its store."""
     work = tmp_path_factory.mktemp("game")
-    result = sparring("run", str(TINY), "--store", f"file://{work}/store", "--output", "json", cwd=work)
+    result = sparring(
+        "run", str(TINY), "--store", f"file://{work}/store", "--output", "json", cwd=work
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return work / "store", json.loads(result.stdout)
 
 
-def test_tiny_game_succeeds_with_metrics_for_every_round(finished_game: tuple[Path, dict[str, Any]]) -> None:
+def test_tiny_game_succeeds_with_metrics_for_every_round(
+    finished_game: tuple[Path, dict[str, Any]],
+) -> None:
     store_dir, status = finished_game
     assert status["phase"] == "Succeeded"
     assert status["completedRounds"] == 2
@@ -71,7 +79,9 @@ def test_rerun_of_a_finished_game_redoes_nothing(
 ) -> None:
     store_dir, _ = finished_game
     before = committed_at(store_dir)
-    result = sparring("run", str(TINY), "--store", f"file://{store_dir}", "--output", "json", cwd=tmp_path)
+    result = sparring(
+        "run", str(TINY), "--store", f"file://{store_dir}", "--output", "json", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["phase"] == "Succeeded"
     assert committed_at(store_dir) == before
@@ -96,8 +106,12 @@ def test_update_phases_change_the_models(finished_game: tuple[Path, dict[str, An
     store_dir, _ = finished_game
     game = store_dir / "default" / "apo-tiny"
     assert _changed(game / "round-0000/prepare/base-rm", game / "round-0001/update-adversary/rm")
-    assert _changed(game / "round-0000/prepare/base-policy", game / "round-0001/update-policy/policy")
-    assert _changed(game / "round-0001/update-policy/policy", game / "round-0002/update-policy/policy")
+    assert _changed(
+        game / "round-0000/prepare/base-policy", game / "round-0001/update-policy/policy"
+    )
+    assert _changed(
+        game / "round-0001/update-policy/policy", game / "round-0002/update-policy/policy"
+    )
 
 
 @pytest.mark.parametrize("method", ["rjs", "rrhf"])
@@ -109,7 +123,9 @@ def test_rjs_and_rrhf_update_the_policy(
 
     store_dir, _ = finished_game
     copy = tmp_path / "store"
-    shutil.copytree(store_dir / "default" / "apo-tiny" / "round-0000", copy / "default/apo-tiny/round-0000")
+    shutil.copytree(
+        store_dir / "default" / "apo-tiny" / "round-0000", copy / "default/apo-tiny/round-0000"
+    )
     for phase in ("sample", "update-adversary", "score"):
         src = store_dir / "default/apo-tiny/round-0001" / phase
         shutil.copytree(src, copy / "default/apo-tiny/round-0001" / phase)
@@ -119,22 +135,46 @@ def test_rjs_and_rrhf_update_the_policy(
     game_file = tmp_path / "game.yaml"
     game_file.write_text(yaml.safe_dump(doc))
     result = subprocess.run(
-        [sys.executable, "-m", "sparring_trainer", "update-policy", "--game", str(game_file), "--round", "1"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "sparring_trainer",
+            "update-policy",
+            "--game",
+            str(game_file),
+            "--round",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads(result.stdout)["metrics"]
     assert metrics["train_steps"] >= 1
     game = copy / "default/apo-tiny"
-    assert _changed(game / "round-0000/prepare/base-policy", game / "round-0001/update-policy/policy")
+    assert _changed(
+        game / "round-0000/prepare/base-policy", game / "round-0001/update-policy/policy"
+    )
 
 
 def test_killed_mid_game_resumes_without_redoing_committed_phases(tmp_path: Path) -> None:
     store_dir = tmp_path / "store"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sparring_operator", "run", str(TINY), "--store", f"file://{store_dir}"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "sparring_operator",
+            "run",
+            str(TINY),
+            "--store",
+            f"file://{store_dir}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while (1, "update-adversary") not in committed_at(store_dir):
@@ -146,7 +186,9 @@ def test_killed_mid_game_resumes_without_redoing_committed_phases(tmp_path: Path
         proc.wait()
     before = committed_at(store_dir)
     assert (2, "evaluate") not in before
-    result = sparring("run", str(TINY), "--store", f"file://{store_dir}", "--output", "json", cwd=tmp_path)
+    result = sparring(
+        "run", str(TINY), "--store", f"file://{store_dir}", "--output", "json", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["phase"] == "Succeeded"
     after = committed_at(store_dir)
@@ -157,7 +199,11 @@ def test_killed_mid_game_resumes_without_redoing_committed_phases(tmp_path: Path
 def test_game_on_s3(s3_storage: StorageSpec, tmp_path: Path) -> None:
     doc = yaml.safe_load(TINY.read_text())
     doc["spec"]["rounds"] = 1
-    doc["spec"]["storage"] = {"uri": s3_storage.uri, "endpoint": s3_storage.endpoint, "pathStyle": True}
+    doc["spec"]["storage"] = {
+        "uri": s3_storage.uri,
+        "endpoint": s3_storage.endpoint,
+        "pathStyle": True,
+    }
     game_file = tmp_path / "game.yaml"
     game_file.write_text(yaml.safe_dump(doc))
     result = sparring("run", str(game_file), "--output", "json", cwd=tmp_path)

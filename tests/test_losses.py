@@ -57,8 +57,13 @@ def test_rrhf_ignores_ties() -> None:
 
 def test_dpo_loss_by_hand() -> None:
     # logits = (-1 - -2) - (-3 - -2.5) = 1.5; beta 0.1 -> -log sigmoid(0.15)
-    loss = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]),
-                    torch.tensor([-2.5]), beta=0.1)  # fmt: skip
+    loss = dpo_loss(
+        torch.tensor([-1.0]),
+        torch.tensor([-3.0]),
+        torch.tensor([-2.0]),
+        torch.tensor([-2.5]),
+        beta=0.1,
+    )
     assert loss.item() == pytest.approx(_nls(0.15), rel=1e-6)
 
 
@@ -76,7 +81,9 @@ def test_dpo_pairs_take_best_and_worst_and_skip_ties() -> None:
 
 
 def test_preference_accuracy_counts_ties_half() -> None:
-    acc = preference_accuracy(torch.tensor([1.0, 0.0, 2.0, 1.0]), torch.tensor([0.0, 1.0, 2.0, 0.5]))
+    acc = preference_accuracy(
+        torch.tensor([1.0, 0.0, 2.0, 1.0]), torch.tensor([0.0, 1.0, 2.0, 0.5])
+    )
     assert acc == pytest.approx((1 + 0 + 0.5 + 1) / 4)
 
 
@@ -95,7 +102,9 @@ def test_ece_uniform_bins_by_hand() -> None:
 def test_ece_of_a_perfectly_calibrated_set_is_zero() -> None:
     # Two pairs at confidence ~0.5 (diff 0) in the same bin: accuracy 1 (p >= 0.5 counts
     # "chosen"), confidence 0.5 -> gap 0.5. Then add one confident correct pair: gap ~0.
-    assert expected_calibration_error(torch.tensor([30.0]), torch.tensor([0.0])) == pytest.approx(0, abs=1e-9)
+    assert expected_calibration_error(torch.tensor([30.0]), torch.tensor([0.0])) == pytest.approx(
+        0, abs=1e-9
+    )
 
 
 def test_win_rate() -> None:

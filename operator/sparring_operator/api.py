@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
-
 from sparring_trainer.config import GameConfig, StorageSpec
 
 GROUP = "sparring.dev"

@@ -52,12 +52,17 @@ def run_cmd(
     file: Annotated[Path, typer.Argument(help="Game file (YAML or JSON).", metavar="FILE")],
     store: Annotated[
         str | None,
-        typer.Option("--store", help="Store URI overriding spec.storage.uri (file://... or s3://...)."),
+        typer.Option(
+            "--store", help="Store URI overriding spec.storage.uri (file://... or s3://...)."
+        ),
     ] = None,
     output: Annotated[
-        str, typer.Option("--output", "-o", help="table, or json: print the final .status to stdout.")
+        str,
+        typer.Option("--output", "-o", help="table, or json: print the final .status to stdout."),
     ] = "table",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the phases' logs.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the phases' logs.")
+    ] = False,
 ) -> None:
     """Play a game locally, each phase as the same command a phase Job runs; resumable."""
     from sparring_operator.local import run_file

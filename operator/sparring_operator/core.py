@@ -114,23 +114,38 @@ def _with_condition(status: AdversarialGameStatus, cond: Condition) -> Adversari
     return status.model_copy(update={"conditions": [*others, cond]})
 
 
-def _cond(type_: str, ok: bool, reason: str, message: str, now: float, gen: int | None) -> Condition:
+def _cond(
+    type_: str, ok: bool, reason: str, message: str, now: float, gen: int | None
+) -> Condition:
     return Condition(
-        type=type_, status="True" if ok else "False", reason=reason, message=message,
-        last_transition_time=_iso(now), observed_generation=gen,
-    )  # fmt: skip
+        type=type_,
+        status="True" if ok else "False",
+        reason=reason,
+        message=message,
+        last_transition_time=_iso(now),
+        observed_generation=gen,
+    )
 
 
-def invalid_spec_status(message: str, old: AdversarialGameStatus, now: float, gen: int | None) -> AdversarialGameStatus:
+def invalid_spec_status(
+    message: str, old: AdversarialGameStatus, now: float, gen: int | None
+) -> AdversarialGameStatus:
     """A game that slipped past the schema: Failed, with the field named, and no Jobs."""
     status = AdversarialGameStatus(
-        phase="Failed", observed_generation=gen, message=message,
-        completed_rounds=old.completed_rounds, rounds=old.rounds,
+        phase="Failed",
+        observed_generation=gen,
+        message=message,
+        completed_rounds=old.completed_rounds,
+        rounds=old.rounds,
         latest_checkpoint=old.latest_checkpoint,
-        conditions=[_cond(t, t == "Failed", "InvalidSpec", message, now, gen)
-                    for t in ("Ready", "Running", "Succeeded", "Failed")],
-    )  # fmt: skip
-    return status.model_copy(update={"conditions": _keep_transition_times(status.conditions, old.conditions)})
+        conditions=[
+            _cond(t, t == "Failed", "InvalidSpec", message, now, gen)
+            for t in ("Ready", "Running", "Succeeded", "Failed")
+        ],
+    )
+    return status.model_copy(
+        update={"conditions": _keep_transition_times(status.conditions, old.conditions)}
+    )
 
 
 def decide(
@@ -145,7 +160,11 @@ def decide(
 ) -> Decision:
     spec = game.spec
     kind = spec.game.kind
-    early = EarlyStop(spec.early_stop.metric, spec.early_stop.threshold, spec.early_stop.direction) if spec.early_stop else None
+    early = (
+        EarlyStop(spec.early_stop.metric, spec.early_stop.threshold, spec.early_stop.direction)
+        if spec.early_stop
+        else None
+    )
     done = completed_rounds(kind, view.committed)
     step = next_step(kind, spec.rounds, view.committed, view.round_metrics(), early)
     actions: list[Action] = []
@@ -163,7 +182,9 @@ def decide(
         return _finish(status, old, actions, None)
 
     assert isinstance(step, RunPhase)
-    phase_jobs = sorted((j for j in jobs if (j.round, j.phase) == (step.round, step.phase)), key=lambda j: j.attempt)
+    phase_jobs = sorted(
+        (j for j in jobs if (j.round, j.phase) == (step.round, step.phase)), key=lambda j: j.attempt
+    )
     stale = [j for j in active if (j.round, j.phase) != (step.round, step.phase)]
     actions += [DeleteJob(j.name) for j in stale]  # a phase that committed but whose Job lingers
     retry = spec.phases.for_phase(step.phase).retry
@@ -197,9 +218,14 @@ def decide(
         ready_at = (last.finished_at or last.created_at) + delay
         if now >= ready_at and last_attempt == last.attempt:
             actions.append(CreateJob(step.round, step.phase, last_attempt + 1))
-            actions.append(RecordEvent("Warning", "PhaseRetried",
-                                       f"round {step.round} {step.phase}: attempt {last_attempt + 1} after "
-                                       f"{last.name} failed: {last.message or last.reason}"))  # fmt: skip
+            actions.append(
+                RecordEvent(
+                    "Warning",
+                    "PhaseRetried",
+                    f"round {step.round} {step.phase}: attempt {last_attempt + 1} after "
+                    f"{last.name} failed: {last.message or last.reason}",
+                )
+            )
         elif now >= ready_at:  # the failed Job is gone already; a newer attempt is due
             actions.append(CreateJob(step.round, step.phase, last_attempt + 1))
         else:
@@ -207,7 +233,11 @@ def decide(
     else:
         attempt = last_attempt + 1 if last_attempt and not phase_jobs else max(1, last_attempt)
         actions.append(CreateJob(step.round, step.phase, attempt))
-        actions.append(RecordEvent("Normal", "PhaseStarted", f"round {step.round} {step.phase} (attempt {attempt})"))
+        actions.append(
+            RecordEvent(
+                "Normal", "PhaseStarted", f"round {step.round} {step.phase} (attempt {attempt})"
+            )
+        )
 
     status = build_status(view, step, done, failed=failed_message, generation=generation)
     creating = next((a for a in actions if isinstance(a, CreateJob)), None)
@@ -223,20 +253,43 @@ def decide(
             from sparring_operator.jobs import job_name as make_name
 
             job_name = job_name or make_name(game.metadata.name, step.round, step.phase, attempt)
-            status = status.model_copy(update={"active_job": ActiveJob(
-                name=job_name, round=step.round, phase=step.phase, attempt=attempt, started_at=started)})  # fmt: skip
+            status = status.model_copy(
+                update={
+                    "active_job": ActiveJob(
+                        name=job_name,
+                        round=step.round,
+                        phase=step.phase,
+                        attempt=attempt,
+                        started_at=started,
+                    )
+                }
+            )
         if requeue is not None:
-            status = _with_condition(status, _cond("Stalled", True, "BackingOff",
-                                                   f"retrying round {step.round} {step.phase} in {requeue:.0f} s", now, generation))  # fmt: skip
+            status = _with_condition(
+                status,
+                _cond(
+                    "Stalled",
+                    True,
+                    "BackingOff",
+                    f"retrying round {step.round} {step.phase} in {requeue:.0f} s",
+                    now,
+                    generation,
+                ),
+            )
     if suspended:
         msg = f"suspended before round {step.round} {step.phase}"
-        status = status.model_copy(update={"phase": "Suspended", "conditions": [
-            _cond("Ready", False, "Suspended", msg, now, generation),
-            _cond("Running", False, "Suspended", msg, now, generation),
-            _cond("Suspended", True, "Suspended", msg, now, generation),
-            _cond("Succeeded", False, "Suspended", msg, now, generation),
-            _cond("Failed", False, "Suspended", msg, now, generation),
-        ]})  # fmt: skip
+        status = status.model_copy(
+            update={
+                "phase": "Suspended",
+                "conditions": [
+                    _cond("Ready", False, "Suspended", msg, now, generation),
+                    _cond("Running", False, "Suspended", msg, now, generation),
+                    _cond("Suspended", True, "Suspended", msg, now, generation),
+                    _cond("Succeeded", False, "Suspended", msg, now, generation),
+                    _cond("Failed", False, "Suspended", msg, now, generation),
+                ],
+            }
+        )
         if old.phase != "Suspended":
             actions.append(RecordEvent("Normal", "GameSuspended", msg))
     if failed_message is not None and old.phase != "Failed":
@@ -251,16 +304,33 @@ def _status_attempt(old: AdversarialGameStatus, step: RunPhase) -> int:
     return 0
 
 
-def _finish(status: AdversarialGameStatus, old: AdversarialGameStatus, actions: list[Action],
-            requeue: float | None) -> Decision:  # fmt: skip
+def _finish(
+    status: AdversarialGameStatus,
+    old: AdversarialGameStatus,
+    actions: list[Action],
+    requeue: float | None,
+) -> Decision:
     types = {c.type for c in status.conditions}
     for needed in ("Suspended", "Stalled"):
         if needed not in types:
-            status = _with_condition(status, Condition(
-                type=needed, status="False", reason="AsExpected", message="",
-                last_transition_time=status.conditions[0].last_transition_time if status.conditions else _iso(0),
-                observed_generation=status.observed_generation))  # fmt: skip
+            status = _with_condition(
+                status,
+                Condition(
+                    type=needed,
+                    status="False",
+                    reason="AsExpected",
+                    message="",
+                    last_transition_time=status.conditions[0].last_transition_time
+                    if status.conditions
+                    else _iso(0),
+                    observed_generation=status.observed_generation,
+                ),
+            )
     order = ["Ready", "Running", "Suspended", "Succeeded", "Failed", "Stalled"]
-    conditions = sorted(status.conditions, key=lambda c: order.index(c.type) if c.type in order else 99)
-    status = status.model_copy(update={"conditions": _keep_transition_times(conditions, old.conditions)})
+    conditions = sorted(
+        status.conditions, key=lambda c: order.index(c.type) if c.type in order else 99
+    )
+    status = status.model_copy(
+        update={"conditions": _keep_transition_times(conditions, old.conditions)}
+    )
     return Decision(status, actions, requeue)

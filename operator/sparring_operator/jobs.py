@@ -34,12 +34,11 @@ LABEL_ROUND = "sparring.dev/round"
 LABEL_PHASE = "sparring.dev/phase"
 LABEL_ATTEMPT = "sparring.dev/attempt"
 
-# Exit codes of the phase container that no retry can fix: 1 is the trainer's "the phase failed"
-# (bad game file, missing data, unloadable model ...), 2 is a bad command line (an operator/image
-# version mismatch). Such a Job fails at once with reason PodFailurePolicy, which tells the
-# operator not to spend its retry budget on it. Caveat: an uncaught exception in the trainer and
-# a failed torchrun worker also exit with 1 today (see the module's report).
-NON_RETRYABLE_EXIT_CODES = (1, 2)
+# Exit codes of the phase container that no retry can fix: 2 is a bad command line (an
+# operator/image version mismatch), 3 is the trainer's "bad input" (game file, model or data
+# reference, malformed data row). Such a Job fails at once with reason PodFailurePolicy, and the
+# operator spends no retry on it. Exit 1 (a crash, an unreachable store) stays retryable.
+NON_RETRYABLE_EXIT_CODES = (2, 3)
 
 # The non-root identity of phase pods; the trainer image creates this user.
 RUN_AS = 1000
@@ -61,7 +60,9 @@ def job_name(game: str, round: int, phase: str, attempt: int) -> str:
     if phase not in ALL_PHASES:
         raise ValueError(f"unknown phase {phase!r}; expected one of {', '.join(ALL_PHASES)}")
     if round < 0 or attempt < 1:
-        raise ValueError(f"round must be >= 0 and attempt >= 1 (got round {round}, attempt {attempt})")
+        raise ValueError(
+            f"round must be >= 0 and attempt >= 1 (got round {round}, attempt {attempt})"
+        )
     name = f"{game}-r{round:04d}-{phase}-a{attempt}"
     if len(name) > MAX_NAME:
         # The Job controller copies the name into the pods' job-name label, and label values are
@@ -320,6 +321,7 @@ def build_job(
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     }
     if phase_spec.deadline_seconds is not None:
+        # Time suspended (queued in Kueue) does not count: the timer restarts on resume.
         job_spec["activeDeadlineSeconds"] = phase_spec.deadline_seconds
 
     return {

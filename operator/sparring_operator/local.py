@@ -28,7 +28,9 @@ from sparring_operator.api import AdversarialGame, AdversarialGameStatus
 from sparring_operator.machine import EarlyStop, GameDone, RunPhase, completed_rounds, next_step
 from sparring_operator.observed import build_status, observe_store
 
-_PROGRESS_LINE = re.compile(r"^\[(?P<phase>[\w-]+)\] (?P<unit>[\w -]+) (?P<step>\d+)/(?P<total>\d+)$")
+_PROGRESS_LINE = re.compile(
+    r"^\[(?P<phase>[\w-]+)\] (?P<unit>[\w -]+) (?P<step>\d+)/(?P<total>\d+)$"
+)
 
 
 @dataclass
@@ -39,7 +41,16 @@ class PhaseOutcome:
 
 
 def phase_command(game_file: Path, phase: str, round: int) -> list[str]:
-    return [sys.executable, "-m", "sparring_trainer", phase, "--game", str(game_file), "--round", str(round)]
+    return [
+        sys.executable,
+        "-m",
+        "sparring_trainer",
+        phase,
+        "--game",
+        str(game_file),
+        "--round",
+        str(round),
+    ]
 
 
 def _run_child(cmd: list[str], label: str, console: Console, verbose: bool) -> PhaseOutcome:
@@ -50,18 +61,29 @@ def _run_child(cmd: list[str], label: str, console: Console, verbose: bool) -> P
         tail: collections.deque[str] = collections.deque(maxlen=40)
         started = time.monotonic()
         with Progress(
-            TextColumn(f"[bold]{label}[/]"), BarColumn(), TextColumn("{task.description}"),
-            TimeElapsedColumn(), console=console, transient=not console.is_terminal,
-        ) as bar:  # fmt: skip
+            TextColumn(f"[bold]{label}[/]"),
+            BarColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=not console.is_terminal,
+        ) as bar:
             task = bar.add_task("starting", total=None)
-            proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+            proc = subprocess.Popen(
+                cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+            )
             assert proc.stderr is not None
             for line in proc.stderr:
                 line = line.rstrip()
                 match = _PROGRESS_LINE.match(line)
                 if match:
                     step, total = int(match["step"]), int(match["total"])
-                    bar.update(task, completed=step, total=total, description=f"{match['unit']} {step}/{total}")
+                    bar.update(
+                        task,
+                        completed=step,
+                        total=total,
+                        description=f"{match['unit']} {step}/{total}",
+                    )
                 else:
                     tail.append(line)
                     if verbose:
@@ -105,7 +127,9 @@ def run_game(
                 return build_status(view, decision, done), timings
             assert isinstance(decision, RunPhase)
             label = f"round {decision.round} {decision.phase:<16}"
-            outcome = _run_child(phase_command(game_file, decision.phase, decision.round), label, console, verbose)
+            outcome = _run_child(
+                phase_command(game_file, decision.phase, decision.round), label, console, verbose
+            )
             timings[(decision.round, decision.phase)] = outcome.seconds
             if not outcome.ok:
                 failed = f"round {decision.round} {decision.phase} failed: {outcome.message}"
@@ -122,7 +146,9 @@ def summary_table(status: AdversarialGameStatus) -> Table:
     for name in shown:
         table.add_column(name, justify="right")
     for r in status.rounds:
-        table.add_row(str(r.round), *[f"{r.metrics[m]:.4f}" if m in r.metrics else "-" for m in shown])
+        table.add_row(
+            str(r.round), *[f"{r.metrics[m]:.4f}" if m in r.metrics else "-" for m in shown]
+        )
     return table
 
 
@@ -147,8 +173,10 @@ def run_file(path: Path, store_uri: str | None, output: str, verbose: bool) -> i
             console.print(f"--store: {exc}", markup=False)
             return 1
         game = game.model_copy(update={"spec": game.spec.model_copy(update={"storage": storage})})
-    console.print(f"Playing {game.metadata.name} ({game.spec.game.kind}, {game.spec.rounds} rounds) "
-                  f"with store {game.spec.storage.uri}")  # fmt: skip
+    console.print(
+        f"Playing {game.metadata.name} ({game.spec.game.kind}, {game.spec.rounds} rounds) "
+        f"with store {game.spec.storage.uri}"
+    )
     try:
         status, _ = run_game(game, console, verbose)
     except KeyboardInterrupt:

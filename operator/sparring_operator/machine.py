@@ -76,10 +76,11 @@ def next_step(
             if early_stop.triggered(round_metrics.get(r, {})):
                 value = round_metrics[r][early_stop.metric]
                 return GameDone(
-                    r, "EarlyStopped",
+                    r,
+                    "EarlyStopped",
                     f"round {r}: {early_stop.metric}={value:.4g} is {early_stop.direction} "
                     f"{early_stop.threshold:g}",
-                )  # fmt: skip
+                )
     for marker in phase_sequence(kind, rounds):
         if marker not in committed:
             return RunPhase(*marker)

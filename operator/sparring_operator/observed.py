@@ -62,9 +62,13 @@ def now() -> str:
 
 def condition(type_: str, ok: bool, reason: str, message: str, generation: int | None) -> Condition:
     return Condition(
-        type=type_, status="True" if ok else "False", reason=reason, message=message,
-        last_transition_time=now(), observed_generation=generation,
-    )  # fmt: skip
+        type=type_,
+        status="True" if ok else "False",
+        reason=reason,
+        message=message,
+        last_transition_time=now(),
+        observed_generation=generation,
+    )
 
 
 def build_status(
@@ -81,9 +85,13 @@ def build_status(
         artifacts = {p: uri for (rr, p), uri in view.uris.items() if rr == r}
         finished = [view.committed_at[m] for m in view.committed if m[0] == r]
         rounds.append(
-            RoundStatus(round=r, metrics=round_metrics.get(r, {}), artifacts=artifacts,
-                        completed_at=max(finished) if finished else None)
-        )  # fmt: skip
+            RoundStatus(
+                round=r,
+                metrics=round_metrics.get(r, {}),
+                artifacts=artifacts,
+                completed_at=max(finished) if finished else None,
+            )
+        )
     policies = sorted(m for m in view.committed if m[1] == "update-policy")
     latest = view.uris[policies[-1]] + "policy/" if policies else None
     if failed is not None:

@@ -7,8 +7,9 @@ Multi-GPU phases run the same module under torchrun:
 
     torchrun --nproc-per-node 8 -m sparring_trainer update-policy --game game.json --round 2
 
-Exit status: 0 committed (or already committed), 1 the phase failed (message on stderr and in
-the termination log), 2 bad arguments.
+Exit status: 0 committed (or already committed); 1 a fault worth retrying (store unreachable,
+a crash); 2 bad arguments; 3 bad input a retry cannot fix (game file, model or data reference,
+malformed data row). The message goes to stderr and to the termination log.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from pathlib import Path
 from sparring_trainer.config import ALL_PHASES
 
 
-
 # Errors a user can fix: reported as one clear line, never a traceback.
 def _user_errors() -> tuple[type[BaseException], ...]:
     from sparring_trainer.contract import GameFileError
@@ -30,14 +30,28 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from sparring_trainer.generation import EngineUnavailable
     from sparring_trainer.models import ModelLoadError
     from sparring_trainer.phases import PhaseError
-    from sparring_trainer.store import StoreError
 
-    return (GameFileError, DataError, EngineUnavailable, ModelLoadError, PhaseError, StoreError)
+    return (GameFileError, DataError, EngineUnavailable, ModelLoadError, PhaseError)
+
+
+EXIT_RETRYABLE, EXIT_BAD_INPUT = 1, 3
+
+
+def _report(args: argparse.Namespace, exc: BaseException, code: int) -> int:
+    from sparring_trainer.contract import write_termination_log
+
+    message = f"{args.phase} round {args.round} failed: {exc}"
+    print(f"error: {message}", file=sys.stderr)
+    write_termination_log(json.dumps({"error": message[:3900], "exitCode": code}))
+    return code
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sparring_trainer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m sparring_trainer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("phase", choices=ALL_PHASES, help="phase to run")
     parser.add_argument("--game", required=True, type=Path, help="game file (YAML or JSON)")
     parser.add_argument("--round", required=True, type=int, help="round number (0 = prepare)")
@@ -54,15 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # the phase reports its own progress lines
     from sparring_trainer.contract import load_game_document, write_termination_log
     from sparring_trainer.phases import print_result, run_phase
+    from sparring_trainer.store import StoreError
 
     try:
         doc = load_game_document(args.game)
         metrics, noop = run_phase(doc, args.phase, args.round, args.scratch)
     except _user_errors() as exc:
-        message = f"{args.phase} round {args.round} failed: {exc}"
-        print(f"error: {message}", file=sys.stderr)
-        write_termination_log(json.dumps({"error": message[:3900]}))
-        return 1
+        return _report(args, exc, EXIT_BAD_INPUT)
+    except StoreError as exc:  # the store may come back: let the operator retry with backoff
+        return _report(args, exc, EXIT_RETRYABLE)
     except Exception as exc:
         # A bug or an infrastructure fault: keep the traceback for the logs, but still leave
         # the operator a one-line reason in the termination message.

@@ -81,22 +81,31 @@ def _sample_answers(
     if engine == "vllm":
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
         prompts = [render_prompt(tokenizer, q.prompt) for q in queries]
         return generate_vllm(model_dir, prompts, decoding, ctx.seed, ctx.game.policy.dtype)
     model, tokenizer = load_checkpoint(model_dir, "causal")
     prompts = [render_prompt(tokenizer, q.prompt) for q in queries]
     return generate_transformers(
-        model, tokenizer, prompts, decoding, sampling.batch_size, ctx.seed,
+        model,
+        tokenizer,
+        prompts,
+        decoding,
+        sampling.batch_size,
+        ctx.seed,
         progress=lambda done, total: ctx.progress(done, total, "prompts"),
-    )  # fmt: skip
+    )
 
 
 def _rewards(
     ctx: PhaseContext, rm_dir: Path, queries: list[Query], answers: list[list[str]]
 ) -> list[list[float]]:
     model, tokenizer = load_checkpoint(rm_dir, "reward")
-    texts = [render_conversation(tokenizer, q.prompt, a) for q, group in zip(queries, answers) for a in group]
+    texts = [
+        render_conversation(tokenizer, q.prompt, a)
+        for q, group in zip(queries, answers, strict=True)
+        for a in group
+    ]
     flat = score_texts(model, tokenizer, texts, ctx.game.adversary.update.max_length)
     out, i = [], 0
     for group in answers:
@@ -105,13 +114,18 @@ def _rewards(
     return out
 
 
-def _test_answers(ctx: PhaseContext, policy_dir: Path, eval_rm: Path) -> tuple[list[dict[str, Any]], list[float]]:
+def _test_answers(
+    ctx: PhaseContext, policy_dir: Path, eval_rm: Path
+) -> tuple[list[dict[str, Any]], list[float]]:
     """Greedy answers to the held-out queries and their rewards under the fixed RM."""
     queries = splits(ctx).test_queries
     decoding = Decoding(n=1, max_new_tokens=ctx.game.evaluation.max_new_tokens, greedy=True)
     answers = _sample_answers(ctx, policy_dir, queries, decoding)
     rewards = [r[0] for r in _rewards(ctx, eval_rm, queries, answers)]
-    rows = [{"id": q.id, "answer": a[0], "reward": r} for q, a, r in zip(queries, answers, rewards)]
+    rows = [
+        {"id": q.id, "answer": a[0], "reward": r}
+        for q, a, r in zip(queries, answers, rewards, strict=True)
+    ]
     ctx.write_jsonl("answers.jsonl", rows)
     return rows, rewards
 
@@ -121,8 +135,18 @@ def _rm_accuracy(ctx: PhaseContext, rm_dir: Path, prefix: str) -> dict[str, floa
 
     model, tokenizer = load_checkpoint(rm_dir, "reward")
     pairs = splits(ctx).test_pairs
-    chosen = score_texts(model, tokenizer, [render_conversation(tokenizer, p.prompt, p.chosen) for p in pairs], ctx.game.adversary.update.max_length)
-    rejected = score_texts(model, tokenizer, [render_conversation(tokenizer, p.prompt, p.rejected) for p in pairs], ctx.game.adversary.update.max_length)
+    chosen = score_texts(
+        model,
+        tokenizer,
+        [render_conversation(tokenizer, p.prompt, p.chosen) for p in pairs],
+        ctx.game.adversary.update.max_length,
+    )
+    rejected = score_texts(
+        model,
+        tokenizer,
+        [render_conversation(tokenizer, p.prompt, p.rejected) for p in pairs],
+        ctx.game.adversary.update.max_length,
+    )
     good, bad = torch.tensor(chosen), torch.tensor(rejected)
     return {
         f"{prefix}_accuracy": preference_accuracy(good, bad),
@@ -147,14 +171,22 @@ def prepare(ctx: PhaseContext) -> dict[str, float]:
     else:
         # No fixed evaluation RM given: train one on all human pairs, once, and never again.
         human = [
-            WeightedPair(render_conversation(rm_tok, p.prompt, p.chosen),
-                         render_conversation(rm_tok, p.prompt, p.rejected), 1.0, "human")
+            WeightedPair(
+                render_conversation(rm_tok, p.prompt, p.chosen),
+                render_conversation(rm_tok, p.prompt, p.rejected),
+                1.0,
+                "human",
+            )
             for p in data.human_pairs
-        ]  # fmt: skip
+        ]
         train_metrics = train_reward_model(
-            rm, rm_tok, human, game.evaluation.eval_rm_train, ctx.seed,
+            rm,
+            rm_tok,
+            human,
+            game.evaluation.eval_rm_train,
+            ctx.seed,
             progress=lambda s, t: ctx.progress(s, t, "eval-rm steps"),
-        )  # fmt: skip
+        )
         metrics |= {f"eval_rm_{k}": v for k, v in train_metrics.items()}
     save_checkpoint(rm, rm_tok, eval_rm := ctx.new_dir("eval-rm"))
     ctx.upload_dir(eval_rm, "eval-rm")
@@ -169,16 +201,20 @@ def sample(ctx: PhaseContext) -> dict[str, float]:
     data, sampling = splits(ctx), ctx.game.sampling
     queries = [*data.gold_queries, *data.train_queries]
     decoding = Decoding(
-        n=sampling.samples_per_query, max_new_tokens=sampling.max_new_tokens,
-        temperature=sampling.temperature, top_p=sampling.top_p,
-    )  # fmt: skip
+        n=sampling.samples_per_query,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+    )
     answers = _sample_answers(ctx, ctx.policy_dir(ctx.round), queries, decoding)
     gold_ids = {q.id for q in data.gold_queries}
     ctx.write_jsonl(
         "samples.jsonl",
-        ({"id": q.id, "split": "gold" if q.id in gold_ids else "train", "responses": a}
-         for q, a in zip(queries, answers)),
-    )  # fmt: skip
+        (
+            {"id": q.id, "split": "gold" if q.id in gold_ids else "train", "responses": a}
+            for q, a in zip(queries, answers, strict=True)
+        ),
+    )
     lengths = [len(r.split()) for group in answers for r in group]
     return {
         "samples": float(len(lengths)),
@@ -197,25 +233,37 @@ def update_adversary(ctx: PhaseContext) -> dict[str, float]:
     pairs: list[WeightedPair] = []
     if update.mode != "gail":  # D_P keeps the RM anchored to human preferences
         pairs += [
-            WeightedPair(render_conversation(tokenizer, p.prompt, p.chosen),
-                         render_conversation(tokenizer, p.prompt, p.rejected),
-                         update.human_weight, "human")
+            WeightedPair(
+                render_conversation(tokenizer, p.prompt, p.chosen),
+                render_conversation(tokenizer, p.prompt, p.rejected),
+                update.human_weight,
+                "human",
+            )
             for p in data.human_pairs
-        ]  # fmt: skip
+        ]
     if update.mode != "baseline":  # D_APO: gold answer preferred over each policy sample
-        samples = {row["id"]: row["responses"] for row in ctx.read_jsonl(ctx.round, "sample", "samples.jsonl")}
+        samples = {
+            row["id"]: row["responses"]
+            for row in ctx.read_jsonl(ctx.round, "sample", "samples.jsonl")
+        }
         per_pair = update.apo_coeff / ctx.game.sampling.samples_per_query
         for q in data.gold_queries:
             assert q.gold is not None, f"gold query {q.id} has no gold answer"
             gold_text = render_conversation(tokenizer, q.prompt, q.gold)
             pairs += [
-                WeightedPair(gold_text, render_conversation(tokenizer, q.prompt, s), per_pair, "apo")
+                WeightedPair(
+                    gold_text, render_conversation(tokenizer, q.prompt, s), per_pair, "apo"
+                )
                 for s in samples[q.id]
             ]
     metrics = train_reward_model(
-        model, tokenizer, pairs, update, ctx.seed,
+        model,
+        tokenizer,
+        pairs,
+        update,
+        ctx.seed,
         progress=lambda s, t: ctx.progress(s, t, "rm steps"),
-    )  # fmt: skip
+    )
     save_checkpoint(model, tokenizer, out := ctx.new_dir("rm"))
     ctx.upload_dir(out, "rm")
     return metrics | {
@@ -232,7 +280,10 @@ def score(ctx: PhaseContext) -> dict[str, float]:
     rewards = _rewards(ctx, ctx.fetch_dir(ctx.round, "update-adversary", "rm"), queries, answers)
     ctx.write_jsonl(
         "scores.jsonl",
-        ({"id": q.id, "responses": a, "rewards": r} for q, a, r in zip(queries, answers, rewards)),
+        (
+            {"id": q.id, "responses": a, "rewards": r}
+            for q, a, r in zip(queries, answers, rewards, strict=True)
+        ),
     )
     flat = [x for group in rewards for x in group]
     spread = [max(g) - min(g) for g in rewards]
@@ -259,13 +310,17 @@ def update_policy(ctx: PhaseContext) -> dict[str, float]:
             for p in best_vs_worst(groups)
         ]
         ref_model = copy.deepcopy(model).eval()
-        metrics = train_dpo(model, ref_model, tokenizer, pairs, update, ctx.seed, ctx.new_dir("dpo"), progress)
+        metrics = train_dpo(
+            model, ref_model, tokenizer, pairs, update, ctx.seed, ctx.new_dir("dpo"), progress
+        )
     elif update.method == "rjs":
         examples = [(prompt_of[g.query_id], best_sample(g)) for g in groups]
         metrics = train_sft(model, tokenizer, examples, update, ctx.seed, progress)
     else:
         ranked = [RankedGroup(prompt_of[g.query_id], g.responses, g.rewards) for g in groups]
-        metrics = train_rrhf(model, tokenizer, ranked, update, update.rrhf_sft_weight, ctx.seed, progress)
+        metrics = train_rrhf(
+            model, tokenizer, ranked, update, update.rrhf_sft_weight, ctx.seed, progress
+        )
     save_checkpoint(model, tokenizer, out := ctx.new_dir("policy"))
     ctx.upload_dir(out, "policy")
     return metrics

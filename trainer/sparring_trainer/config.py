@@ -239,14 +239,18 @@ class GameConfig(_Model):
         return ROUND_PHASES[self.kind]
 
 
-_S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?P<prefix>(/[\w.\-/]*)?)$")
+_S3_URI = re.compile(
+    r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?P<prefix>(/[\w.\-/]*)?)$"
+)
 _FILE_URI = re.compile(r"^file://(?P<path>[^\s]+)$")
 
 
 class SecretRef(_Model):
     """Where the S3 credentials are: a Secret in the game's own namespace."""
 
-    name: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+    name: Annotated[
+        str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    ]
     """Secret name (same namespace as the game)."""
     access_key_id_key: str = "AWS_ACCESS_KEY_ID"
     """Key in the Secret holding the access key id."""
@@ -292,7 +296,9 @@ class _Lenient(BaseModel):
 
 
 class GameMeta(_Lenient):
-    name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+    name: Annotated[
+        str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    ]
     namespace: Annotated[
         str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     ] = "default"

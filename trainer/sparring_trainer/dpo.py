@@ -15,7 +15,7 @@ from sparring_trainer.config import PolicyUpdateSpec
 ProgressFn = Callable[[int, int], None]
 
 
-class _Progress(TrainerCallback):  # type: ignore[misc]
+class _Progress(TrainerCallback):
     """Forwards the HF Trainer's step counter to the phase's progress reporter."""
 
     def __init__(self, progress: ProgressFn) -> None:

@@ -64,7 +64,7 @@ def generate_transformers(
         batch = list(prompts[start : start + batch_size])
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(model.device)
-        out = model.generate(
+        out = model.generate(  # type: ignore[operator]
             **enc,
             do_sample=not decoding.greedy,
             temperature=None if decoding.greedy else decoding.temperature,

@@ -99,9 +99,7 @@ def best_vs_worst(groups: Sequence[ScoredGroup]) -> list[PreferencePairOut]:
         if margin <= 0 or group.responses[best] == group.responses[worst]:
             continue
         pairs.append(
-            PreferencePairOut(
-                group.query_id, group.responses[best], group.responses[worst], margin
-            )
+            PreferencePairOut(group.query_id, group.responses[best], group.responses[worst], margin)
         )
     return pairs
 
@@ -146,5 +144,8 @@ def expected_calibration_error(
 def win_rate(new_rewards: Sequence[float], old_rewards: Sequence[float]) -> float:
     """Share of queries where the new answer out-scores the old one (ties count half)."""
     assert len(new_rewards) == len(old_rewards) and new_rewards, "need paired, non-empty rewards"
-    wins = sum(1.0 if n > o else 0.5 if n == o else 0.0 for n, o in zip(new_rewards, old_rewards))
+    wins = sum(
+        1.0 if n > o else 0.5 if n == o else 0.0
+        for n, o in zip(new_rewards, old_rewards, strict=True)
+    )
     return wins / len(new_rewards)

@@ -83,7 +83,11 @@ def encode_for_lm(
         ids[i, :n] = torch.tensor(p + r)
         mask[i, :n] = 1
         labels[i, len(p) : n] = torch.tensor(r)
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "labels": labels.to(device),
+    }
 
 
 def sequence_logprobs(
@@ -94,9 +98,9 @@ def sequence_logprobs(
     logits = logits[:, :-1].float()  # (n, T-1, V): position t predicts token t+1
     labels = batch["labels"][:, 1:]  # (n, T-1)
     mask = labels != IGNORE
-    token_logp = torch.gather(
-        logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)
-    ).squeeze(-1)  # (n, T-1)
+    token_logp = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(
+        -1
+    )  # (n, T-1)
     return (token_logp * mask).sum(-1), mask.sum(-1)
 
 
@@ -116,7 +120,9 @@ def score_texts(
     model.eval()
     scores: list[float] = []
     for start in range(0, len(texts), batch_size):
-        batch = encode_for_reward(tokenizer, texts[start : start + batch_size], max_length, model.device)
+        batch = encode_for_reward(
+            tokenizer, texts[start : start + batch_size], max_length, model.device
+        )
         scores.extend(rewards_of(model, batch).tolist())
     return scores
 
@@ -184,7 +190,10 @@ def train_reward_model(
 
     def batch_loss(batch: list[WeightedPair]) -> tuple[torch.Tensor, dict[str, float]]:
         enc = encode_for_reward(
-            tokenizer, [p.good for p in batch] + [p.bad for p in batch], spec.max_length, model.device
+            tokenizer,
+            [p.good for p in batch] + [p.bad for p in batch],
+            spec.max_length,
+            model.device,
         )
         rewards = rewards_of(model, enc)  # (2n,): goods then bads
         good, bad = rewards[: len(batch)], rewards[len(batch) :]
@@ -206,7 +215,9 @@ def train_sft(
     """RJS: supervised fine-tuning on (prompt, best answer) pairs (token-mean NLL)."""
 
     def batch_loss(batch: list[tuple[str, str]]) -> tuple[torch.Tensor, dict[str, float]]:
-        enc = encode_for_lm(tokenizer, [p for p, _ in batch], [r for _, r in batch], spec.max_length, model.device)
+        enc = encode_for_lm(
+            tokenizer, [p for p, _ in batch], [r for _, r in batch], spec.max_length, model.device
+        )
         logp, count = sequence_logprobs(model, enc)
         return -(logp.sum() / count.sum().clamp(min=1)), {}
 
@@ -228,7 +239,9 @@ def train_rrhf(
         losses = []
         for group in batch:
             k = len(group.responses)
-            enc = encode_for_lm(tokenizer, [group.prompt] * k, list(group.responses), spec.max_length, model.device)
+            enc = encode_for_lm(
+                tokenizer, [group.prompt] * k, list(group.responses), spec.max_length, model.device
+            )
             logp, count = sequence_logprobs(model, enc)  # (k,), (k,)
             rewards = torch.tensor(group.rewards, device=logp.device)
             best = int(torch.argmax(rewards))
