@@ -73,6 +73,38 @@ def run_cmd(
     raise typer.Exit(run_file(file, store, output, verbose))
 
 
+@app.command("operator")
+def operator_cmd(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option("--namespace", "-n", help="Namespace to watch (repeatable; globs allowed)."),
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Watch the whole cluster.")
+    ] = False,
+    liveness: Annotated[
+        str | None,
+        typer.Option("--liveness", help="Liveness endpoint, e.g. http://0.0.0.0:8080/healthz."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the operator: play every AdversarialGame in the watched namespaces through Jobs."""
+    if bool(namespace) == all_namespaces:
+        typer.echo("give --namespace NS (one or more) or --all-namespaces", err=True)
+        raise typer.Exit(2)
+    import kopf
+
+    from sparring_operator import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.configure(verbose=verbose)
+    kopf.run(
+        standalone=True,  # one replica, no peering: the Deployment uses strategy Recreate
+        clusterwide=all_namespaces,
+        namespaces=namespace or (),
+        liveness_endpoint=liveness,
+    )
+
+
 @app.command("crd")
 def crd_cmd(
     check: Annotated[

@@ -166,6 +166,25 @@ def decide(
         else None
     )
     done = completed_rounds(kind, view.committed)
+    if complete_hash is not None and complete_hash != spec_hash(game):
+        # The store holds a finished game of this name that computed something else: replaying
+        # on top of its artifacts would mix two games. GitOps re-creation must keep the spec.
+        message = (
+            "the store holds a finished game of this name with a different spec.game/storage; "
+            "use a new game name (or remove its store prefix) to play a different game"
+        )
+        status = invalid_spec_status(message, old, now, generation)
+        status = status.model_copy(
+            update={
+                "conditions": [
+                    c.model_copy(update={"reason": "SpecConflict"}) for c in status.conditions
+                ]
+            }
+        )
+        events: list[Action] = (
+            [] if old.phase == "Failed" else [RecordEvent("Warning", "SpecConflict", message)]
+        )
+        return _finish(status, old, events, None)
     step = next_step(kind, spec.rounds, view.committed, view.round_metrics(), early)
     actions: list[Action] = []
     requeue: float | None = None
@@ -206,6 +225,12 @@ def decide(
         actions += [DeleteJob(j.name) for j in active if j not in stale]
     elif running is not None:
         pass
+    elif fatal := [j for j in failures if j.reason == "PodFailurePolicy"]:
+        # The trainer exited "bad input" (exit 3): the same input fails again, so no retry.
+        failed_message = (
+            f"round {step.round} {step.phase}: Job {fatal[-1].name} failed on bad input: "
+            f"{fatal[-1].message or fatal[-1].reason}"
+        )
     elif len(failures) > retry.limit:
         last = failures[-1]
         failed_message = (

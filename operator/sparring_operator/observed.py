@@ -39,20 +39,38 @@ class StoreView:
         return rounds
 
 
+CommittedPhase = tuple[str, str, dict[str, float]]  # (uri, committed_at, metrics)
+
+
 def observe_store(
-    store: ArtifactStore, namespace: str, game: str, kind: str, rounds: int
+    store: ArtifactStore,
+    namespace: str,
+    game: str,
+    kind: str,
+    rounds: int,
+    cache: dict[tuple[str, int, str], CommittedPhase] | None = None,
 ) -> StoreView:
-    """Reads the committed markers and metrics of every phase of the game."""
+    """Reads the committed markers and metrics of the game's phases, in play order.
+
+    Stops at the first uncommitted phase: that is the one the machine runs next, and nothing
+    after it can count before it commits. A committed phase never changes, so `cache` (keyed by
+    phase URI) saves the operator from reading its marker and metrics again on every pass.
+    """
     view = StoreView()
     for marker in phase_sequence(kind, rounds):
         prefix = phase_prefix(namespace, game, *marker)
-        if not is_committed(store, prefix):
-            continue
+        key = (store.uri_for(prefix), *marker)
+        hit = cache.get(key) if cache is not None else None
+        if hit is None:
+            if not is_committed(store, prefix):
+                break
+            manifest = json.loads(store.get_bytes(prefix + "_SUCCESS"))
+            metrics = json.loads(store.get_bytes(prefix + "metrics.json"))
+            hit = (store.uri_for(prefix), str(manifest.get("committed_at", "")), metrics)
+            if cache is not None:
+                cache[key] = hit
         view.committed.add(marker)
-        view.uris[marker] = store.uri_for(prefix)
-        manifest = json.loads(store.get_bytes(prefix + "_SUCCESS"))
-        view.committed_at[marker] = str(manifest.get("committed_at", ""))
-        view.metrics[marker] = json.loads(store.get_bytes(prefix + "metrics.json"))
+        view.uris[marker], view.committed_at[marker], view.metrics[marker] = hit
     return view
 
 

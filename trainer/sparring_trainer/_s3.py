@@ -55,6 +55,7 @@ class S3Store(ArtifactStore):
         *,
         multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
         multipart_chunksize: int | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         bucket, _, root = storage.uri[len("s3://") :].partition("/")
         root = "/".join(s for s in root.split("/") if s)
@@ -81,7 +82,16 @@ class S3Store(ArtifactStore):
         )
         # A private session: boto3's default session is shared global state (not thread-safe to
         # create clients from); credentials still come from the standard chain (env, files, IRSA).
-        self._client: S3Client = boto3.session.Session().client(
+        # Explicit credentials are for the operator, which reads each game's Secret itself;
+        # phase pods get theirs as env vars from the same Secret.
+        session = (
+            boto3.session.Session(
+                aws_access_key_id=credentials[0], aws_secret_access_key=credentials[1]
+            )
+            if credentials
+            else boto3.session.Session()
+        )
+        self._client: S3Client = session.client(
             "s3",
             endpoint_url=storage.endpoint,
             region_name=storage.region or "us-east-1",

@@ -311,17 +311,21 @@ class FileStore(ArtifactStore):
 
 
 def open_store(
-    storage: StorageSpec, *, multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
+    storage: StorageSpec,
+    *,
+    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+    credentials: tuple[str, str] | None = None,
 ) -> ArtifactStore:
     """The store a `StorageSpec` describes. For S3 this checks that the bucket exists (a
-    StoreError naming it if not); credentials come only from boto3's standard chain."""
+    StoreError naming it if not). Credentials come from boto3's standard chain unless given
+    (the operator passes those of the game's own Secret)."""
     uri = storage.uri
     if uri.startswith("file://"):
         return FileStore(Path(uri[len("file://") :]))
     if uri.startswith("s3://"):
         from ._s3 import S3Store  # boto3 is imported only when S3 is used
 
-        return S3Store(storage, multipart_threshold=multipart_threshold)
+        return S3Store(storage, multipart_threshold=multipart_threshold, credentials=credentials)
     raise StoreError(f"unsupported storage uri {uri!r}: use s3://bucket[/prefix] or file://path")
 
 

@@ -1,0 +1,270 @@
+"""One reconcile pass of one game: observe the API and the store, decide, act, write status.
+
+The decisions live in `core.decide`; this module only does I/O, through the official
+`kubernetes` client (sync; the kopf handlers call it in a worker thread).
+
+1. load the resource and validate its spec (an invalid one fails with the field named);
+2. observe the game's Jobs (by label) and, for ended ones, their pod's termination message;
+3. observe the store: committed markers and metrics (cached: committed phases never change);
+4. decide; 5. act (create/adopt Jobs, delete Jobs, events, `_COMPLETE`);
+6. write status once, only when it changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+from pydantic import ValidationError
+from sparring_trainer.store import ArtifactStore, StoreError, game_prefix, open_store
+
+from sparring_operator.api import GROUP, PLURAL, VERSION, AdversarialGame, AdversarialGameStatus
+from sparring_operator.core import (
+    CreateJob,
+    Decision,
+    DeleteJob,
+    ObservedJob,
+    RecordEvent,
+    WriteComplete,
+    decide,
+    invalid_spec_status,
+)
+from sparring_operator.jobs import (
+    LABEL_ATTEMPT,
+    LABEL_GAME,
+    LABEL_PHASE,
+    LABEL_ROUND,
+    OperatorSettings,
+    build_configmap,
+    build_job,
+    job_name,
+)
+from sparring_operator.observed import CommittedPhase, condition, observe_store
+
+log = logging.getLogger("sparring.reconcile")
+COMPLETE = "_COMPLETE"
+
+
+@dataclass
+class Reconciler:
+    """Holds the API client, operator settings and the per-process caches."""
+
+    api: k8s.ApiClient
+    settings: OperatorSettings = field(default_factory=OperatorSettings)
+    store_cache: dict[tuple[str, int, str], CommittedPhase] = field(default_factory=dict)
+
+    # ---- observe ------------------------------------------------------------------------
+    def observe_jobs(self, namespace: str, game: str) -> list[ObservedJob]:
+        batch = k8s.BatchV1Api(self.api)
+        items = batch.list_namespaced_job(namespace, label_selector=f"{LABEL_GAME}={game}").items
+        observed = []
+        for job in items:
+            labels = job.metadata.labels or {}
+            try:
+                rnd, phase, attempt = (
+                    int(labels[LABEL_ROUND]),
+                    labels[LABEL_PHASE],
+                    int(labels[LABEL_ATTEMPT]),
+                )
+            except (KeyError, ValueError):
+                continue  # not one of ours (or tampered with): never act on it
+            if job.metadata.deletion_timestamp is not None:
+                continue
+            state, reason, message, finished = "Active", "", "", None
+            for cond in job.status.conditions or [] if job.status else []:
+                if cond.status == "True" and cond.type in ("Complete", "Failed"):
+                    state = "Succeeded" if cond.type == "Complete" else "Failed"
+                    reason, message = cond.reason or "", cond.message or ""
+                    finished = _epoch(cond.last_transition_time)
+            if state != "Active":
+                message = self.pod_message(namespace, job.metadata.name) or message
+            observed.append(ObservedJob(
+                name=job.metadata.name, round=rnd, phase=phase, attempt=attempt, state=state,
+                created_at=_epoch(job.metadata.creation_timestamp) or time.time(),
+                finished_at=finished, reason=reason, message=message,
+            ))  # fmt: skip
+        return observed
+
+    def pod_message(self, namespace: str, job: str) -> str:
+        """The newest pod's termination message: the phase's summary or its error."""
+        pods = (
+            k8s.CoreV1Api(self.api)
+            .list_namespaced_pod(namespace, label_selector=f"job-name={job}")
+            .items
+        )
+        pods.sort(key=lambda p: _epoch(p.metadata.creation_timestamp) or 0.0)
+        for pod in reversed(pods):
+            for status in (pod.status.container_statuses or []) if pod.status else []:
+                terminated = status.state.terminated if status.state else None
+                if terminated is not None and terminated.message:
+                    text = str(terminated.message)
+                    try:  # the trainer writes JSON; show its error line, not the JSON
+                        return str(json.loads(text).get("error") or text)
+                    except (ValueError, AttributeError):
+                        return text
+        return ""
+
+    def open_game_store(self, game: AdversarialGame) -> ArtifactStore:
+        storage = game.spec.storage
+        credentials = None
+        if storage.secret_ref is not None:
+            # Only a Secret in the game's own namespace: a game cannot borrow another team's keys.
+            secret = k8s.CoreV1Api(self.api).read_namespaced_secret(
+                storage.secret_ref.name, game.metadata.namespace
+            )
+            data = secret.data or {}
+            try:
+                credentials = (
+                    base64.b64decode(data[storage.secret_ref.access_key_id_key]).decode(),
+                    base64.b64decode(data[storage.secret_ref.secret_access_key_key]).decode(),
+                )
+            except KeyError as exc:
+                raise kopf.PermanentError(
+                    f"spec.storage.secretRef: Secret {storage.secret_ref.name!r} has no key {exc.args[0]!r}"
+                ) from None
+        return open_store(storage, credentials=credentials)
+
+    # ---- reconcile ----------------------------------------------------------------------
+    def reconcile(self, body: dict[str, Any]) -> Decision:
+        meta = body.get("metadata", {})
+        namespace, name = meta["namespace"], meta["name"]
+        generation = meta.get("generation")
+        old = _old_status(body)
+        now = time.time()
+        try:
+            game = AdversarialGame.model_validate(
+                {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                 "metadata": {"name": name, "namespace": namespace}, "spec": body.get("spec") or {}}
+            )  # fmt: skip
+        except ValidationError as exc:
+            errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            decision = Decision(
+                invalid_spec_status(f"invalid spec: {errors}", old, now, generation)
+            )
+            self.write_status(namespace, name, old, decision.status)
+            return decision
+        jobs = self.observe_jobs(namespace, name)
+        try:
+            store = self.open_game_store(game)
+            view = observe_store(
+                store, namespace, name, game.spec.game.kind, game.spec.rounds, self.store_cache
+            )
+            complete = _read_complete(store, namespace, name)
+        except StoreError as exc:
+            # The store is down: say so in status and let kopf retry with backoff.
+            stalled = old.model_copy(update={"conditions": [
+                *[c for c in old.conditions if c.type != "Stalled"],
+                condition("Stalled", True, "StoreUnavailable", str(exc)[:500], generation)]})  # fmt: skip
+            self.write_status(namespace, name, old, stalled)
+            raise kopf.TemporaryError(f"store unavailable: {exc}", delay=10) from exc
+        created = _epoch(meta.get("creationTimestamp")) or now
+        decision = decide(game, generation, old, jobs, view, complete, created, now)
+        for action in decision.actions:
+            self.act(body, game, action, store)
+        self.write_status(namespace, name, old, decision.status)
+        return decision
+
+    def act(
+        self, body: dict[str, Any], game: AdversarialGame, action: Any, store: ArtifactStore
+    ) -> None:
+        namespace = game.metadata.namespace
+        if isinstance(action, CreateJob):
+            self.ensure_configmap(body, game)
+            job = build_job(game, action.round, action.phase, action.attempt, self.settings)
+            kopf.adopt(job, owner=body)
+            try:
+                k8s.BatchV1Api(self.api).create_namespaced_job(namespace, job)
+                log.info("created Job %s", job["metadata"]["name"])
+            except ApiException as exc:
+                if exc.status != 409:  # 409: it exists already (e.g. we restarted): adopt it
+                    raise
+        elif isinstance(action, DeleteJob):
+            try:
+                k8s.BatchV1Api(self.api).delete_namespaced_job(
+                    action.name, namespace, propagation_policy="Background"
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        elif isinstance(action, WriteComplete):
+            body_json = json.dumps({"specHash": action.spec_hash, "completedAt": time.time()})
+            store.put_bytes(
+                game_prefix(namespace, game.metadata.name) + COMPLETE, body_json.encode()
+            )
+        elif isinstance(action, RecordEvent):
+            self.event(body, action)
+
+    def ensure_configmap(self, body: dict[str, Any], game: AdversarialGame) -> None:
+        cm = build_configmap(game)
+        kopf.adopt(cm, owner=body)
+        core = k8s.CoreV1Api(self.api)
+        try:
+            core.create_namespaced_config_map(game.metadata.namespace, cm)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            # Keep it in step with the spec (rounds may have grown since it was written).
+            core.patch_namespaced_config_map(
+                cm["metadata"]["name"], game.metadata.namespace, {"data": cm["data"]}
+            )
+
+    def event(self, body: dict[str, Any], action: RecordEvent) -> None:
+        meta = body["metadata"]
+        stamp = datetime.now().astimezone().isoformat()
+        event = {
+            "metadata": {"generateName": f"{meta['name']}-", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "AdversarialGame",
+                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "reason": action.reason, "message": action.message[:1024], "type": action.type,
+            "source": {"component": "sparring-operator"}, "firstTimestamp": stamp, "lastTimestamp": stamp,
+            "count": 1, "reportingComponent": "sparring-operator",
+        }  # fmt: skip
+        try:
+            k8s.CoreV1Api(self.api).create_namespaced_event(meta["namespace"], event)
+        except ApiException as exc:  # events are informational: never fail a reconcile on them
+            log.warning("event %s not posted: %s", action.reason, exc.reason)
+
+    def write_status(
+        self, namespace: str, name: str, old: AdversarialGameStatus, new: AdversarialGameStatus
+    ) -> None:
+        if new == old:
+            return
+        patch = {"status": new.model_dump(by_alias=True, exclude_none=True)}
+        k8s.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, patch)  # fmt: skip
+
+
+def _old_status(body: dict[str, Any]) -> AdversarialGameStatus:
+    try:
+        return AdversarialGameStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        return AdversarialGameStatus()  # unreadable (hand-edited?) status: recompute from scratch
+
+
+def _read_complete(store: ArtifactStore, namespace: str, game: str) -> str | None:
+    key = game_prefix(namespace, game) + COMPLETE
+    if not store.exists(key):
+        return None
+    return str(json.loads(store.get_bytes(key)).get("specHash") or "")
+
+
+def _epoch(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+__all__ = ["Reconciler", "job_name"]

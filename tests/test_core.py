@@ -1,0 +1,155 @@
+"""The operator's pure decision core, one lifecycle rule per test, no server involved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparring_operator.api import AdversarialGame, AdversarialGameStatus
+from sparring_operator.core import (
+    CreateJob,
+    DeleteJob,
+    ObservedJob,
+    RecordEvent,
+    WriteComplete,
+    decide,
+    spec_hash,
+)
+from sparring_operator.machine import phase_sequence
+from sparring_operator.observed import StoreView
+
+T0 = 1_700_000_000.0
+
+
+def game(**spec: Any) -> AdversarialGame:
+    body = {
+        "apiVersion": "sparring.dev/v1alpha1",
+        "kind": "AdversarialGame",
+        "metadata": {"name": "g", "namespace": "ns"},
+        "spec": {
+            "rounds": 1,
+            "storage": {"uri": "s3://bucket"},
+            "game": {"policy": {"model": "tiny-random"}, "adversary": {"model": "tiny-random"}},
+            "phases": {"default": {"retry": {"limit": 2, "backoffSeconds": 10}}},
+            **spec,
+        },
+    }
+    return AdversarialGame.model_validate(body)
+
+
+def view(*markers: tuple[int, str], metrics: dict[int, dict[str, float]] | None = None) -> StoreView:
+    v = StoreView()
+    for m in markers:
+        v.committed.add(m)
+        v.uris[m] = f"s3://bucket/ns/g/round-{m[0]:04d}/{m[1]}/"
+        v.committed_at[m] = "2026-01-01T00:00:00Z"
+        v.metrics[m] = (metrics or {}).get(m[0], {}) if m[1] == "evaluate" else {}
+    return v
+
+
+def job(phase: str, attempt: int, state: str, rnd: int = 1, finished: float | None = None,
+        reason: str = "", message: str = "") -> ObservedJob:  # fmt: skip
+    return ObservedJob(f"g-r{rnd:04d}-{phase}-a{attempt}", rnd, phase, attempt, state,
+                       created_at=T0, finished_at=finished, reason=reason, message=message)  # fmt: skip
+
+
+def run(g: AdversarialGame, jobs: list[ObservedJob], v: StoreView, now: float = T0,
+        old: AdversarialGameStatus | None = None, complete: str | None = None) -> Any:  # fmt: skip
+    return decide(g, 1, old or AdversarialGameStatus(), jobs, v, complete, T0, now)
+
+
+def creates(decision: Any) -> list[CreateJob]:
+    return [a for a in decision.actions if isinstance(a, CreateJob)]
+
+
+def test_a_new_game_starts_with_prepare() -> None:
+    d = run(game(), [], view())
+    assert creates(d) == [CreateJob(0, "prepare", 1)]
+    assert d.status.phase == "Running" and d.status.current_phase == "prepare"
+    assert d.status.active_job is not None and d.status.active_job.name == "g-r0000-prepare-a1"
+
+
+def test_a_running_job_is_left_alone() -> None:
+    d = run(game(), [job("prepare", 1, "Active", rnd=0)], view())
+    assert d.actions == []
+    assert d.status.active_job is not None and d.status.active_job.attempt == 1
+
+
+def test_failure_is_retried_after_exponential_backoff_then_gives_up() -> None:
+    g, v = game(), view((0, "prepare"))
+    first = [job("sample", 1, "Failed", finished=T0, message="boom")]
+    waiting = run(g, first, v, now=T0 + 5)
+    assert creates(waiting) == [] and waiting.requeue_after == 5
+    stalled = {c.type: c for c in waiting.status.conditions}["Stalled"]
+    assert stalled.status == "True" and stalled.reason == "BackingOff"
+    assert creates(run(g, first, v, now=T0 + 10)) == [CreateJob(1, "sample", 2)]
+    second = [*first, job("sample", 2, "Failed", finished=T0 + 20)]
+    assert creates(run(g, second, v, now=T0 + 39)) == []  # 10 s * 2**1 after the 2nd failure
+    assert creates(run(g, second, v, now=T0 + 40)) == [CreateJob(1, "sample", 3)]
+    third = [*second, job("sample", 3, "Failed", finished=T0 + 50, message="still boom")]
+    d = run(g, third, v, now=T0 + 1000)
+    assert creates(d) == [] and d.status.phase == "Failed"
+    assert "g-r0001-sample-a3" in (d.status.message or "") and "still boom" in (d.status.message or "")
+    assert any(isinstance(a, RecordEvent) and a.reason == "GameFailed" for a in d.actions)
+
+
+def test_bad_input_is_not_retried() -> None:
+    jobs = [job("sample", 1, "Failed", finished=T0, reason="PodFailurePolicy", message="no such file")]
+    d = run(game(), jobs, view((0, "prepare")), now=T0 + 1000)
+    assert creates(d) == [] and d.status.phase == "Failed" and "no such file" in (d.status.message or "")
+
+
+def test_a_deleted_job_is_recreated_as_the_next_attempt() -> None:
+    old = run(game(), [], view((0, "prepare"))).status  # status remembers attempt 1 of sample
+    assert old.active_job is not None and old.active_job.attempt == 1
+    d = run(game(), [], view((0, "prepare")), old=old)  # the Job vanished
+    assert creates(d) == [CreateJob(1, "sample", 2)]
+
+
+def test_suspend_deletes_the_running_job_and_resume_starts_the_phase_again() -> None:
+    running = [job("sample", 1, "Active")]
+    d = run(game(suspend=True), running, view((0, "prepare")))
+    assert DeleteJob("g-r0001-sample-a1") in d.actions and d.status.phase == "Suspended"
+    resumed = run(game(), [], view((0, "prepare")), old=d.status)
+    assert resumed.status.phase == "Running" and len(creates(resumed)) == 1
+
+
+def test_success_writes_complete_and_rounds_may_grow() -> None:
+    done = view(*phase_sequence("apo", 1), metrics={1: {"rm_accuracy": 0.6}})
+    d = run(game(), [], done)
+    assert d.status.phase == "Succeeded" and d.status.completed_rounds == 1
+    assert WriteComplete(spec_hash(game())) in d.actions
+    assert d.status.rounds[-1].metrics["rm_accuracy"] == 0.6
+    grown = run(game(rounds=2), [], done, old=d.status, complete=spec_hash(game()))
+    assert creates(grown) == [CreateJob(2, "sample", 1)] and grown.status.phase == "Running"
+
+
+def test_recreated_game_with_the_same_spec_is_succeeded_without_jobs() -> None:
+    done = view(*phase_sequence("apo", 1))
+    d = run(game(), [], done, complete=spec_hash(game()))
+    assert d.status.phase == "Succeeded" and not creates(d)
+    assert not any(isinstance(a, WriteComplete) for a in d.actions)
+
+
+def test_recreated_game_with_another_spec_fails_instead_of_mixing_artifacts() -> None:
+    other = game(game={"seed": 7, "policy": {"model": "tiny-random"}, "adversary": {"model": "tiny-random"}})
+    d = run(other, [], view(*phase_sequence("apo", 1)), complete=spec_hash(game()))
+    assert d.status.phase == "Failed" and not creates(d)
+    assert {c.reason for c in d.status.conditions if c.type == "Failed"} == {"SpecConflict"}
+
+
+def test_game_deadline_fails_and_stops_the_job() -> None:
+    d = run(game(activeDeadlineSeconds=60), [job("sample", 1, "Active")], view((0, "prepare")), now=T0 + 61)
+    assert d.status.phase == "Failed" and DeleteJob("g-r0001-sample-a1") in d.actions
+
+
+def test_early_stop() -> None:
+    g = game(rounds=3, earlyStop={"metric": "rm_accuracy", "threshold": 0.5})
+    d = run(g, [], view(*phase_sequence("apo", 1), metrics={1: {"rm_accuracy": 0.7}}))
+    assert d.status.phase == "Succeeded" and not creates(d)
+    assert {c.reason for c in d.status.conditions if c.type == "Succeeded"} == {"EarlyStopped"}
+
+
+def test_condition_transition_time_only_moves_when_status_changes() -> None:
+    first = run(game(), [job("prepare", 1, "Active", rnd=0)], view())
+    later = run(game(), [job("prepare", 1, "Active", rnd=0)], view(), now=T0 + 500, old=first.status)
+    assert later.status == first.status
