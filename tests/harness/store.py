@@ -158,10 +158,10 @@ class Store:
     def list(self, rdef: ResourceDef, namespace: str | None,
              predicate: Predicate = lambda obj: True) -> tuple[list[dict[str, Any]], int]:
         with self.lock:
-            items = [copy.deepcopy(obj) for (rkey, ns, _), obj in sorted(self.objects.items(),
-                                                                          key=lambda kv: kv[0][1:])
-                     if rkey == rdef.key and (namespace is None or ns == namespace)
-                     and predicate(obj)]
+            keys = sorted((k for k in self.objects if k[0] == rdef.key),
+                          key=lambda k: (k[1] or "", k[2]))
+            items = [copy.deepcopy(self.objects[k]) for k in keys
+                     if (namespace is None or k[1] == namespace) and predicate(self.objects[k])]
             return items, self.rv
 
     # -- writes ------------------------------------------------------------------------------
