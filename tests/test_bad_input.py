@@ -45,7 +45,9 @@ def test_missing_model_path_is_named(tmp_path: Path) -> None:
 
 
 def test_unknown_dataset_file_is_named(tmp_path: Path) -> None:
-    game = write_game(tmp_path, tmp_path / "store", data={"preferences": {"path": "data/nope.jsonl"}})
+    game = write_game(
+        tmp_path, tmp_path / "store", data={"preferences": {"path": "data/nope.jsonl"}}
+    )
     result = phase(game, "prepare", 0, tmp_path)
     assert result.returncode == EXIT_BAD_INPUT
     assert "data/nope.jsonl" in result.stderr and "Traceback" not in result.stderr
@@ -63,7 +65,10 @@ def test_malformed_row_fails_the_phase_with_file_and_line_and_keeps_committed_wo
     prepared: Path, tmp_path: Path
 ) -> None:
     rows = [
-        {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go"},
+        {
+            "chosen": "\n\nHuman: hi\n\nAssistant: hello",
+            "rejected": "\n\nHuman: hi\n\nAssistant: go",
+        },
         {"chosen": "\n\nHuman: hey", "rejected": 3},  # line 2: not a string
     ]
     data = tmp_path / "pairs.jsonl"

@@ -36,7 +36,9 @@ def game(**spec: Any) -> AdversarialGame:
     return AdversarialGame.model_validate(body)
 
 
-def view(*markers: tuple[int, str], metrics: dict[int, dict[str, float]] | None = None) -> StoreView:
+def view(
+    *markers: tuple[int, str], metrics: dict[int, dict[str, float]] | None = None
+) -> StoreView:
     v = StoreView()
     for m in markers:
         v.committed.add(m)
@@ -88,14 +90,22 @@ def test_failure_is_retried_after_exponential_backoff_then_gives_up() -> None:
     third = [*second, job("sample", 3, "Failed", finished=T0 + 50, message="still boom")]
     d = run(g, third, v, now=T0 + 1000)
     assert creates(d) == [] and d.status.phase == "Failed"
-    assert "g-r0001-sample-a3" in (d.status.message or "") and "still boom" in (d.status.message or "")
+    assert "g-r0001-sample-a3" in (d.status.message or "") and "still boom" in (
+        d.status.message or ""
+    )
     assert any(isinstance(a, RecordEvent) and a.reason == "GameFailed" for a in d.actions)
 
 
 def test_bad_input_is_not_retried() -> None:
-    jobs = [job("sample", 1, "Failed", finished=T0, reason="PodFailurePolicy", message="no such file")]
+    jobs = [
+        job("sample", 1, "Failed", finished=T0, reason="PodFailurePolicy", message="no such file")
+    ]
     d = run(game(), jobs, view((0, "prepare")), now=T0 + 1000)
-    assert creates(d) == [] and d.status.phase == "Failed" and "no such file" in (d.status.message or "")
+    assert (
+        creates(d) == []
+        and d.status.phase == "Failed"
+        and "no such file" in (d.status.message or "")
+    )
 
 
 def test_a_deleted_job_is_recreated_as_the_next_attempt() -> None:
@@ -131,14 +141,21 @@ def test_recreated_game_with_the_same_spec_is_succeeded_without_jobs() -> None:
 
 
 def test_recreated_game_with_another_spec_fails_instead_of_mixing_artifacts() -> None:
-    other = game(game={"seed": 7, "policy": {"model": "tiny-random"}, "adversary": {"model": "tiny-random"}})
+    other = game(
+        game={"seed": 7, "policy": {"model": "tiny-random"}, "adversary": {"model": "tiny-random"}}
+    )
     d = run(other, [], view(*phase_sequence("apo", 1)), complete=spec_hash(game()))
     assert d.status.phase == "Failed" and not creates(d)
     assert {c.reason for c in d.status.conditions if c.type == "Failed"} == {"SpecConflict"}
 
 
 def test_game_deadline_fails_and_stops_the_job() -> None:
-    d = run(game(activeDeadlineSeconds=60), [job("sample", 1, "Active")], view((0, "prepare")), now=T0 + 61)
+    d = run(
+        game(activeDeadlineSeconds=60),
+        [job("sample", 1, "Active")],
+        view((0, "prepare")),
+        now=T0 + 61,
+    )
     assert d.status.phase == "Failed" and DeleteJob("g-r0001-sample-a1") in d.actions
 
 
@@ -151,5 +168,7 @@ def test_early_stop() -> None:
 
 def test_condition_transition_time_only_moves_when_status_changes() -> None:
     first = run(game(), [job("prepare", 1, "Active", rnd=0)], view())
-    later = run(game(), [job("prepare", 1, "Active", rnd=0)], view(), now=T0 + 500, old=first.status)
+    later = run(
+        game(), [job("prepare", 1, "Active", rnd=0)], view(), now=T0 + 500, old=first.status
+    )
     assert later.status == first.status
