@@ -29,10 +29,21 @@ def write_game(tmp: Path, store: Path, **game: Any) -> Path:
 
 def phase(game_file: Path, name: str, rnd: int, tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sparring_trainer", name, "--game", str(game_file), "--round", str(rnd)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "sparring_trainer",
+            name,
+            "--game",
+            str(game_file),
+            "--round",
+            str(rnd),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**__import__("os").environ, "SPARRING_TERMINATION_LOG": str(tmp / "termination-log")},
-    )  # fmt: skip
+    )
 
 
 def test_missing_model_path_is_named(tmp_path: Path) -> None:

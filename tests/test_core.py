@@ -48,14 +48,36 @@ def view(
     return v
 
 
-def job(phase: str, attempt: int, state: str, rnd: int = 1, finished: float | None = None,
-        reason: str = "", message: str = "") -> ObservedJob:  # fmt: skip
-    return ObservedJob(f"g-r{rnd:04d}-{phase}-a{attempt}", rnd, phase, attempt, state,
-                       created_at=T0, finished_at=finished, reason=reason, message=message)  # fmt: skip
+def job(
+    phase: str,
+    attempt: int,
+    state: str,
+    rnd: int = 1,
+    finished: float | None = None,
+    reason: str = "",
+    message: str = "",
+) -> ObservedJob:
+    return ObservedJob(
+        f"g-r{rnd:04d}-{phase}-a{attempt}",
+        rnd,
+        phase,
+        attempt,
+        state,
+        created_at=T0,
+        finished_at=finished,
+        reason=reason,
+        message=message,
+    )
 
 
-def run(g: AdversarialGame, jobs: list[ObservedJob], v: StoreView, now: float = T0,
-        old: AdversarialGameStatus | None = None, complete: str | None = None) -> Any:  # fmt: skip
+def run(
+    g: AdversarialGame,
+    jobs: list[ObservedJob],
+    v: StoreView,
+    now: float = T0,
+    old: AdversarialGameStatus | None = None,
+    complete: str | None = None,
+) -> Any:
     return decide(g, 1, old or AdversarialGameStatus(), jobs, v, complete, T0, now)
 
 

@@ -63,7 +63,9 @@ async def _reconcile(memo: kopf.Memo, body: Any) -> None:
         decision = await asyncio.to_thread(memo.reconciler.reconcile, dict(body))
     if decision.requeue_after is not None and decision.requeue_after < RESYNC_SECONDS:
         # A retry backoff ends before the next timer tick: come back exactly then.
-        raise kopf.TemporaryError("waiting for retry backoff", delay=max(1.0, decision.requeue_after))
+        raise kopf.TemporaryError(
+            "waiting for retry backoff", delay=max(1.0, decision.requeue_after)
+        )
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes import client as k8s
@@ -61,9 +61,20 @@ class Reconciler:
     settings: OperatorSettings = field(default_factory=OperatorSettings)
     store_cache: dict[tuple[str, int, str], CommittedPhase] = field(default_factory=dict)
 
+    # The generated client's type stubs want its model classes; we send plain dicts (which it
+    # accepts) and read attributes, so the handles are typed loosely on purpose.
+    def _batch(self) -> Any:
+        return k8s.BatchV1Api(self.api)
+
+    def _core(self) -> Any:
+        return k8s.CoreV1Api(self.api)
+
+    def _custom(self) -> Any:
+        return k8s.CustomObjectsApi(self.api)
+
     # ---- observe ------------------------------------------------------------------------
     def observe_jobs(self, namespace: str, game: str) -> list[ObservedJob]:
-        batch = k8s.BatchV1Api(self.api)
+        batch = self._batch()
         items = batch.list_namespaced_job(namespace, label_selector=f"{LABEL_GAME}={game}").items
         observed = []
         for job in items:
@@ -86,20 +97,24 @@ class Reconciler:
                     finished = _epoch(cond.last_transition_time)
             if state != "Active":
                 message = self.pod_message(namespace, job.metadata.name) or message
-            observed.append(ObservedJob(
-                name=job.metadata.name, round=rnd, phase=phase, attempt=attempt, state=state,
-                created_at=_epoch(job.metadata.creation_timestamp) or time.time(),
-                finished_at=finished, reason=reason, message=message,
-            ))  # fmt: skip
+            observed.append(
+                ObservedJob(
+                    name=job.metadata.name,
+                    round=rnd,
+                    phase=phase,
+                    attempt=attempt,
+                    state=state,
+                    created_at=_epoch(job.metadata.creation_timestamp) or time.time(),
+                    finished_at=finished,
+                    reason=reason,
+                    message=message,
+                )
+            )
         return observed
 
     def pod_message(self, namespace: str, job: str) -> str:
         """The newest pod's termination message: the phase's summary or its error."""
-        pods = (
-            k8s.CoreV1Api(self.api)
-            .list_namespaced_pod(namespace, label_selector=f"job-name={job}")
-            .items
-        )
+        pods = self._core().list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
         pods.sort(key=lambda p: _epoch(p.metadata.creation_timestamp) or 0.0)
         for pod in reversed(pods):
             for status in (pod.status.container_statuses or []) if pod.status else []:
@@ -117,7 +132,7 @@ class Reconciler:
         credentials = None
         if storage.secret_ref is not None:
             # Only a Secret in the game's own namespace: a game cannot borrow another team's keys.
-            secret = k8s.CoreV1Api(self.api).read_namespaced_secret(
+            secret = self._core().read_namespaced_secret(
                 storage.secret_ref.name, game.metadata.namespace
             )
             data = secret.data or {}
@@ -128,7 +143,8 @@ class Reconciler:
                 )
             except KeyError as exc:
                 raise kopf.PermanentError(
-                    f"spec.storage.secretRef: Secret {storage.secret_ref.name!r} has no key {exc.args[0]!r}"
+                    f"spec.storage.secretRef: Secret {storage.secret_ref.name!r} "
+                    f"has no key {exc.args[0]!r}"
                 ) from None
         return open_store(storage, credentials=credentials)
 
@@ -141,9 +157,13 @@ class Reconciler:
         now = time.time()
         try:
             game = AdversarialGame.model_validate(
-                {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-                 "metadata": {"name": name, "namespace": namespace}, "spec": body.get("spec") or {}}
-            )  # fmt: skip
+                {
+                    "apiVersion": body.get("apiVersion"),
+                    "kind": body.get("kind"),
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": body.get("spec") or {},
+                }
+            )
         except ValidationError as exc:
             errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             decision = Decision(
@@ -160,9 +180,14 @@ class Reconciler:
             complete = _read_complete(store, namespace, name)
         except StoreError as exc:
             # The store is down: say so in status and let kopf retry with backoff.
-            stalled = old.model_copy(update={"conditions": [
-                *[c for c in old.conditions if c.type != "Stalled"],
-                condition("Stalled", True, "StoreUnavailable", str(exc)[:500], generation)]})  # fmt: skip
+            stalled = old.model_copy(
+                update={
+                    "conditions": [
+                        *[c for c in old.conditions if c.type != "Stalled"],
+                        condition("Stalled", True, "StoreUnavailable", str(exc)[:500], generation),
+                    ]
+                }
+            )
             self.write_status(namespace, name, old, stalled)
             raise kopf.TemporaryError(f"store unavailable: {exc}", delay=10) from exc
         created = _epoch(meta.get("creationTimestamp")) or now
@@ -179,16 +204,16 @@ class Reconciler:
         if isinstance(action, CreateJob):
             self.ensure_configmap(body, game)
             job = build_job(game, action.round, action.phase, action.attempt, self.settings)
-            kopf.adopt(job, owner=body)
+            kopf.adopt(job, owner=cast(Any, body))
             try:
-                k8s.BatchV1Api(self.api).create_namespaced_job(namespace, job)
+                self._batch().create_namespaced_job(namespace, job)
                 log.info("created Job %s", job["metadata"]["name"])
             except ApiException as exc:
                 if exc.status != 409:  # 409: it exists already (e.g. we restarted): adopt it
                     raise
         elif isinstance(action, DeleteJob):
             try:
-                k8s.BatchV1Api(self.api).delete_namespaced_job(
+                self._batch().delete_namespaced_job(
                     action.name, namespace, propagation_policy="Background"
                 )
             except ApiException as exc:
@@ -204,8 +229,8 @@ class Reconciler:
 
     def ensure_configmap(self, body: dict[str, Any], game: AdversarialGame) -> None:
         cm = build_configmap(game)
-        kopf.adopt(cm, owner=body)
-        core = k8s.CoreV1Api(self.api)
+        kopf.adopt(cm, owner=cast(Any, body))
+        core = self._core()
         try:
             core.create_namespaced_config_map(game.metadata.namespace, cm)
         except ApiException as exc:
@@ -221,14 +246,24 @@ class Reconciler:
         stamp = datetime.now().astimezone().isoformat()
         event = {
             "metadata": {"generateName": f"{meta['name']}-", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "AdversarialGame",
-                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
-            "reason": action.reason, "message": action.message[:1024], "type": action.type,
-            "source": {"component": "sparring-operator"}, "firstTimestamp": stamp, "lastTimestamp": stamp,
-            "count": 1, "reportingComponent": "sparring-operator",
-        }  # fmt: skip
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "AdversarialGame",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "reason": action.reason,
+            "message": action.message[:1024],
+            "type": action.type,
+            "source": {"component": "sparring-operator"},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "reportingComponent": "sparring-operator",
+        }
         try:
-            k8s.CoreV1Api(self.api).create_namespaced_event(meta["namespace"], event)
+            self._core().create_namespaced_event(meta["namespace"], event)
         except ApiException as exc:  # events are informational: never fail a reconcile on them
             log.warning("event %s not posted: %s", action.reason, exc.reason)
 
@@ -238,8 +273,9 @@ class Reconciler:
         if new == old:
             return
         patch = {"status": new.model_dump(by_alias=True, exclude_none=True)}
-        k8s.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, patch)  # fmt: skip
+        self._custom().patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, patch
+        )
 
 
 def _old_status(body: dict[str, Any]) -> AdversarialGameStatus:

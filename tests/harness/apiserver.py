@@ -63,8 +63,11 @@ class Fault:
     retry_after: int | None = None
 
     def matches(self, method: str, path_qs: str) -> bool:
-        return (self.times > 0 and (self.method is None or self.method == method)
-                and (self.path is None or self.path.search(path_qs) is not None))
+        return (
+            self.times > 0
+            and (self.method is None or self.method == method)
+            and (self.path is None or self.path.search(path_qs) is not None)
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +109,12 @@ def _verb(method: str, kp: K8sPath | None, query: dict[str, str]) -> str:
 
 def _json(data: Any, status: int = 200, warnings: list[str] | None = None) -> aiohttp.web.Response:
     headers = {"Warning": ", ".join(f'299 - "{w}"' for w in warnings)} if warnings else None
-    return aiohttp.web.Response(body=json.dumps(data).encode(), status=status, headers=headers,
-                                content_type="application/json")
+    return aiohttp.web.Response(
+        body=json.dumps(data).encode(),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
 
 
 @attrs.define(kw_only=True)
@@ -129,9 +136,14 @@ class HarnessHandler(kmock.KubernetesScaffold):
     def _declare(self, rdef: ResourceDef) -> None:
         """Make a resource discoverable through kmock's discovery endpoints."""
         self.resources[kmock.resource(rdef.group, rdef.version, rdef.plural)] = kmock.ResourceInfo(
-            namespaced=rdef.namespaced, kind=rdef.kind, singular=rdef.singular or rdef.kind.lower(),
-            verbs=set(resources.VERBS), shortnames=set(rdef.short_names),
-            categories=set(rdef.categories), subresources=set(rdef.subresources))
+            namespaced=rdef.namespaced,
+            kind=rdef.kind,
+            singular=rdef.singular or rdef.kind.lower(),
+            verbs=set(resources.VERBS),
+            shortnames=set(rdef.short_names),
+            categories=set(rdef.categories),
+            subresources=set(rdef.subresources),
+        )
 
     async def _serve_version(self, request: Any) -> Any:
         """kmock 0.8 says ``groupVersion: "/v1"`` for the core group; the real API says "v1"."""
@@ -165,20 +177,28 @@ class HarnessHandler(kmock.KubernetesScaffold):
         query = dict(raw_request.query)
         kp = parse_k8s_path(raw_request.path)
         record = RequestRecord(
-            method=raw_request.method, path=raw_request.path, query=query, body_size=len(body),
+            method=raw_request.method,
+            path=raw_request.path,
+            query=query,
+            body_size=len(body),
             user_agent=raw_request.headers.get("User-Agent", ""),
             verb=_verb(raw_request.method, kp, query),
-            api_group=kp.group if kp else None, namespace=kp.namespace if kp else None,
+            api_group=kp.group if kp else None,
+            namespace=kp.namespace if kp else None,
             resource=(kp.plural + (f"/{kp.subresource}" if kp.subresource else "")) if kp else None,
-            name=kp.name if kp else None)
+            name=kp.name if kp else None,
+        )
         with self._log_lock:
             self.records.append(record)
         fault = self._take_fault(raw_request.method, raw_request.path_qs)
         if fault is not None:
             record.injected = True
             self._finish(record, fault.status)
-            error = ApiError(fault.status, "TooManyRequests" if fault.status == 429 else
-                             "InternalError", "fault injected by the test harness")
+            error = ApiError(
+                fault.status,
+                "TooManyRequests" if fault.status == 429 else "InternalError",
+                "fault injected by the test harness",
+            )
             response = _json(error.status(), fault.status)
             if fault.retry_after is not None:
                 response.headers["Retry-After"] = str(fault.retry_after)
@@ -191,19 +211,25 @@ class HarnessHandler(kmock.KubernetesScaffold):
             except ApiError as e:
                 response = _json(e.status(), e.code)
             except Exception as e:  # a harness bug: answer like the real API, keep it for tests
-                self.server_errors.append(f"{raw_request.method} {raw_request.path_qs}:\n"
-                                          + traceback.format_exc())
+                self.server_errors.append(
+                    f"{raw_request.method} {raw_request.path_qs}:\n" + traceback.format_exc()
+                )
                 response = _json(ApiError(500, "InternalError", repr(e)).status(), 500)
         if record.status is None:
             self._finish(record, response.status)
         return response
 
-    async def _serve(self, raw: aiohttp.web.BaseRequest, kp: K8sPath, body: bytes,
-                     record: RequestRecord) -> aiohttp.web.StreamResponse:
+    async def _serve(
+        self, raw: aiohttp.web.BaseRequest, kp: K8sPath, body: bytes, record: RequestRecord
+    ) -> aiohttp.web.StreamResponse:
         rdef = self.store.resource(kp.group, kp.version, kp.plural)
         if rdef is None:
-            raise ApiError(404, "NotFound", f"the server could not find the requested resource"
-                           f" ({kp.group}/{kp.version}/{kp.plural})")
+            raise ApiError(
+                404,
+                "NotFound",
+                f"the server could not find the requested resource"
+                f" ({kp.group}/{kp.version}/{kp.plural})",
+            )
         if kp.namespace is not None and not rdef.namespaced:
             raise ApiError(404, "NotFound", f"{kp.plural} is not namespaced")
         if kp.name is not None and rdef.namespaced and kp.namespace is None:
@@ -227,8 +253,14 @@ class HarnessHandler(kmock.KubernetesScaffold):
                 for item in items:
                     item.pop("kind", None)
                     item.pop("apiVersion", None)
-            return _json({"kind": f"{rdef.kind}List", "apiVersion": rdef.api_version,
-                          "metadata": {"resourceVersion": str(rv)}, "items": items})
+            return _json(
+                {
+                    "kind": f"{rdef.kind}List",
+                    "apiVersion": rdef.api_version,
+                    "metadata": {"resourceVersion": str(rv)},
+                    "items": items,
+                }
+            )
         if method == "POST" and kp.name is None:
             if rdef.namespaced and ns is None:
                 raise ApiError(405, "MethodNotAllowed", "create needs a namespace in the path")
@@ -252,8 +284,11 @@ class HarnessHandler(kmock.KubernetesScaffold):
             for item in items:
                 meta = item["metadata"]
                 store.delete(rdef, meta.get("namespace"), meta["name"], options, warnings)
-            return _json({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                          "status": "Success"}, 200, sorted(set(warnings)))
+            return _json(
+                {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"},
+                200,
+                sorted(set(warnings)),
+            )
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on {raw.path}")
 
     @staticmethod
@@ -274,23 +309,34 @@ class HarnessHandler(kmock.KubernetesScaffold):
             fields = selectors.field_selector(query.get("fieldSelector"))
         except selectors.SelectorError as e:
             raise ApiError(400, "BadRequest", str(e)) from None
-        return lambda obj: (labels(obj) and fields(obj)
-                            and (name is None or obj["metadata"]["name"] == name))
+        return lambda obj: (
+            labels(obj) and fields(obj) and (name is None or obj["metadata"]["name"] == name)
+        )
 
     @staticmethod
     def _pod_log(pod: dict[str, Any], query: Any) -> aiohttp.web.Response:
         path = (pod["metadata"].get("annotations") or {}).get(LOG_PATH_ANNOTATION)
         if not path or not Path(path).exists():
-            raise ApiError(400, "BadRequest", f'container in pod "{pod["metadata"]["name"]}" is'
-                           " waiting to start: ContainerCreating")
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'container in pod "{pod["metadata"]["name"]}" is'
+                " waiting to start: ContainerCreating",
+            )
         text = Path(path).read_text(errors="replace")
         if query.get("tailLines"):
-            text = "".join(text.splitlines(keepends=True)[-int(query["tailLines"]):])
+            text = "".join(text.splitlines(keepends=True)[-int(query["tailLines"]) :])
         return aiohttp.web.Response(text=text, content_type="text/plain")
 
     # -- watch -------------------------------------------------------------------------------
-    async def _watch(self, raw: aiohttp.web.BaseRequest, rdef: ResourceDef, ns: str | None,
-                     name: str | None, record: RequestRecord) -> aiohttp.web.StreamResponse:
+    async def _watch(
+        self,
+        raw: aiohttp.web.BaseRequest,
+        rdef: ResourceDef,
+        ns: str | None,
+        name: str | None,
+        record: RequestRecord,
+    ) -> aiohttp.web.StreamResponse:
         predicate = self._predicate(raw.query, name)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -307,10 +353,19 @@ class HarnessHandler(kmock.KubernetesScaffold):
                 items, rv = self.store.list(rdef, ns, predicate)
                 initial = [{"type": "ADDED", "object": obj} for obj in items]
                 if raw.query.get("sendInitialEvents") == "true":
-                    initial.append({"type": "BOOKMARK", "object": {
-                        "kind": rdef.kind, "apiVersion": rdef.api_version, "metadata": {
-                            "resourceVersion": str(rv),
-                            "annotations": {"k8s.io/initial-events-end": "true"}}}})
+                    initial.append(
+                        {
+                            "type": "BOOKMARK",
+                            "object": {
+                                "kind": rdef.kind,
+                                "apiVersion": rdef.api_version,
+                                "metadata": {
+                                    "resourceVersion": str(rv),
+                                    "annotations": {"k8s.io/initial-events-end": "true"},
+                                },
+                            },
+                        }
+                    )
             else:
                 if not rv_param.isdigit():
                     raise ApiError(400, "BadRequest", f"invalid resourceVersion {rv_param!r}")
@@ -327,8 +382,9 @@ class HarnessHandler(kmock.KubernetesScaffold):
         await response.prepare(raw)
         self._finish(record, 200)
         if gone is not None:  # the real API answers 200, then an ERROR event with code 410
-            await response.write(json.dumps({"type": "ERROR", "object": gone.status()}).encode()
-                                 + b"\n")
+            await response.write(
+                json.dumps({"type": "ERROR", "object": gone.status()}).encode() + b"\n"
+            )
             return response
         self._watches.add(queue)
         timeout = float(raw.query.get("timeoutSeconds") or 0) or None
@@ -360,14 +416,18 @@ class HarnessHandler(kmock.KubernetesScaffold):
         return response
 
     @staticmethod
-    def _translate(event: Event, ns: str | None,
-                   predicate: selectors.Predicate) -> list[dict[str, Any]]:
+    def _translate(
+        event: Event, ns: str | None, predicate: selectors.Predicate
+    ) -> list[dict[str, Any]]:
         """An event as this watcher sees it: an object that starts or stops matching the
         selectors shows up as ADDED / DELETED, as in the real API."""
 
         def visible(obj: dict[str, Any] | None) -> bool:
-            return obj is not None and (ns is None or obj["metadata"].get("namespace") == ns) \
+            return (
+                obj is not None
+                and (ns is None or obj["metadata"].get("namespace") == ns)
                 and predicate(obj)
+            )
 
         now_ok, before_ok = visible(event.obj), visible(event.old)
         if event.type == "DELETED":
@@ -375,6 +435,13 @@ class HarnessHandler(kmock.KubernetesScaffold):
         elif event.type == "ADDED":
             etype = "ADDED" if now_ok else None
         else:
-            etype = ("MODIFIED" if now_ok and before_ok else "ADDED" if now_ok else
-                     "DELETED" if before_ok else None)
+            etype = (
+                "MODIFIED"
+                if now_ok and before_ok
+                else "ADDED"
+                if now_ok
+                else "DELETED"
+                if before_ok
+                else None
+            )
         return [{"type": etype, "object": event.obj}] if etype else []

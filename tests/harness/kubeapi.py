@@ -43,9 +43,14 @@ class KubeApi:
     * fault injection: :meth:`fail_next`, :meth:`drop_watches`, :meth:`compact_history`.
     """
 
-    def __init__(self, workdir: Path, *, extra_resources: Iterable[ResourceDef | dict[str, Any]]
-                 = (ADVERSARIAL_GAMES,), namespaces: Iterable[str] = ("default",),
-                 history_limit: int = 10000) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        extra_resources: Iterable[ResourceDef | dict[str, Any]] = (ADVERSARIAL_GAMES,),
+        namespaces: Iterable[str] = ("default",),
+        history_limit: int = 10000,
+    ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.kubeconfig = self.workdir / "kubeconfig.yaml"
@@ -76,8 +81,9 @@ class KubeApi:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._run, args=(sock,), daemon=True,
-                                        name=f"kube-api-{self.port}")
+        self._thread = threading.Thread(
+            target=self._run, args=(sock,), daemon=True, name=f"kube-api-{self.port}"
+        )
         self._thread.start()
         if not self._ready.wait(timeout) or self._error is not None:
             self.stop()
@@ -99,8 +105,9 @@ class KubeApi:
         self._stopping = asyncio.Event()
         self.handler = HarnessHandler(store=self.store, request_log_path=self.request_log_path)
         async with self.handler:
-            runner = aiohttp.web.ServerRunner(aiohttp.web.Server(self.handler),
-                                              shutdown_timeout=2.0)
+            runner = aiohttp.web.ServerRunner(
+                aiohttp.web.Server(self.handler), shutdown_timeout=2.0
+            )
             await runner.setup()
             await aiohttp.web.SockSite(runner, sock).start()
             self._ready.set()
@@ -131,11 +138,17 @@ class KubeApi:
 
     def _write_kubeconfig(self) -> None:
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "harness",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "harness",
             "clusters": [{"name": "harness", "cluster": {"server": self.url}}],
             "users": [{"name": "harness", "user": {"token": "harness-token"}}],
-            "contexts": [{"name": "harness", "context": {
-                "cluster": "harness", "user": "harness", "namespace": "default"}}],
+            "contexts": [
+                {
+                    "name": "harness",
+                    "context": {"cluster": "harness", "user": "harness", "namespace": "default"},
+                }
+            ],
         }
         self.kubeconfig.write_text(yaml.safe_dump(config))
 
@@ -147,7 +160,8 @@ class KubeApi:
     def new_client(self, user_agent: str = "harness-test") -> kubernetes.client.ApiClient:
         """A fresh ApiClient from the kubeconfig; never touches the global default config."""
         client = kubernetes.config.new_client_from_config(
-            config_file=str(self.kubeconfig), persist_config=False)
+            config_file=str(self.kubeconfig), persist_config=False
+        )
         client.user_agent = user_agent
         self._clients.append(client)
         return client
@@ -158,13 +172,17 @@ class KubeApi:
             self._client = self.new_client()
         return self._client
 
-    def http(self, method: str, path: str, body: Any = None,
-             content_type: str = "application/json") -> tuple[int, Any]:
+    def http(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> tuple[int, Any]:
         """A raw request (for what the typed client cannot send); returns (status, JSON)."""
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method,
-                                         headers={"Content-Type": content_type,
-                                                  "User-Agent": "harness-http"})
+        request = urllib.request.Request(
+            f"{self.url}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": content_type, "User-Agent": "harness-http"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 status, raw = response.status, response.read()
@@ -214,20 +232,36 @@ class KubeApi:
         """``(apiGroup, resource[/subresource], verb)`` of every resource request, by clients
         whose User-Agent starts with ``user_agent`` (default: all but the harness's own)."""
         return {
-            (r.api_group or "", r.resource or "", r.verb) for r in self.requests
-            if r.resource is not None and not r.injected
-            and (r.user_agent.startswith(user_agent) if user_agent is not None
-                 else not r.user_agent.startswith(HARNESS_USER_AGENT_PREFIX))
+            (r.api_group or "", r.resource or "", r.verb)
+            for r in self.requests
+            if r.resource is not None
+            and not r.injected
+            and (
+                r.user_agent.startswith(user_agent)
+                if user_agent is not None
+                else not r.user_agent.startswith(HARNESS_USER_AGENT_PREFIX)
+            )
         }
 
     # -- faults ------------------------------------------------------------------------------
-    def fail_next(self, times: int = 1, status: int = 500, method: str | None = None,
-                  path: str | None = None, retry_after: int | None = None) -> Fault:
+    def fail_next(
+        self,
+        times: int = 1,
+        status: int = 500,
+        method: str | None = None,
+        path: str | None = None,
+        retry_after: int | None = None,
+    ) -> Fault:
         """Answer the next ``times`` requests matching ``method`` and the regex ``path``
         (searched in path + query string) with ``status`` (a Status body, e.g. 429 or 500)."""
         assert self.handler is not None, "the server is not started"
-        fault = Fault(status=status, times=times, method=method and method.upper(),
-                      path=re.compile(path) if path else None, retry_after=retry_after)
+        fault = Fault(
+            status=status,
+            times=times,
+            method=method and method.upper(),
+            path=re.compile(path) if path else None,
+            retry_after=retry_after,
+        )
         with self.handler._log_lock:
             self.handler.faults.append(fault)
         return fault

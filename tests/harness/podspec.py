@@ -47,8 +47,9 @@ class Prepared:
 def _expand(text: str, env: dict[str, str]) -> str:
     """Kubernetes ``$(VAR)`` expansion: defined variables are substituted, undefined ones are
     left as they are, and ``$$`` is a literal ``$``."""
-    return _VAR_REF.sub(lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
-                        text)
+    return _VAR_REF.sub(
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text
+    )
 
 
 def _decoded(obj: dict[str, Any], secret: bool) -> dict[str, bytes]:
@@ -62,7 +63,8 @@ def _decoded(obj: dict[str, Any], secret: bool) -> dict[str, bytes]:
 def _write_volume(target: Path, files: dict[str, bytes], items: list[dict[str, Any]]) -> None:
     target.mkdir(parents=True, exist_ok=True)
     wanted = [(item["key"], item.get("path", item["key"])) for item in items] or [
-        (key, key) for key in files]
+        (key, key) for key in files
+    ]
     for key, rel in wanted:
         if key in files:
             (target / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -82,8 +84,10 @@ def _volumes(pod: dict[str, Any], pod_dir: Path, shared: Path, read: Reader) -> 
             obj = read("secrets" if secret else "configmaps", namespace, ref)
             if obj is None and not source.get("optional"):
                 kind = "secret" if secret else "configmap"
-                raise NotReady("ContainerCreating", f'MountVolume.SetUp failed for volume "{name}"'
-                               f': {kind} "{ref}" not found')
+                raise NotReady(
+                    "ContainerCreating",
+                    f'MountVolume.SetUp failed for volume "{name}": {kind} "{ref}" not found',
+                )
             _write_volume(local, _decoded(obj or {}, secret), source.get("items") or [])
         elif "persistentVolumeClaim" in volume:  # shared by every pod that mounts the claim
             local = shared / "pvc" / namespace / volume["persistentVolumeClaim"]["claimName"]
@@ -96,10 +100,15 @@ def _volumes(pod: dict[str, Any], pod_dir: Path, shared: Path, read: Reader) -> 
 
 def _field(pod: dict[str, Any], path: str) -> str:
     meta = pod["metadata"]
-    simple = {"metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace"),
-              "metadata.uid": meta.get("uid"), "spec.nodeName": pod["spec"].get("nodeName"),
-              "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
-              "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1"}
+    simple = {
+        "metadata.name": meta.get("name"),
+        "metadata.namespace": meta.get("namespace"),
+        "metadata.uid": meta.get("uid"),
+        "spec.nodeName": pod["spec"].get("nodeName"),
+        "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+        "status.podIP": "127.0.0.1",
+        "status.hostIP": "127.0.0.1",
+    }
     if path in simple:
         return str(simple[path] or "")
     match = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
@@ -115,14 +124,18 @@ def _key_ref(ref: dict[str, Any], plural: str, namespace: str, read: Reader) -> 
         if ref.get("optional"):
             return None
         what = "secret" if plural == "secrets" else "configmap"
-        missing = f'{what} "{ref.get("name")}" not found' if data is None else \
-            f'couldn\'t find key {ref.get("key")} in {what} {namespace}/{ref.get("name")}'
+        missing = (
+            f'{what} "{ref.get("name")}" not found'
+            if data is None
+            else f"couldn't find key {ref.get('key')} in {what} {namespace}/{ref.get('name')}"
+        )
         raise NotReady("CreateContainerConfigError", missing)
     return data[ref["key"]].decode(errors="replace")
 
 
-def _env(pod: dict[str, Any], container: dict[str, Any], read: Reader,
-         base: dict[str, str]) -> dict[str, str]:
+def _env(
+    pod: dict[str, Any], container: dict[str, Any], read: Reader, base: dict[str, str]
+) -> dict[str, str]:
     namespace = pod["metadata"]["namespace"]
     env: dict[str, str] = {}  # the container's own variables, for $(VAR) expansion
     for source in container.get("envFrom") or []:
@@ -130,8 +143,9 @@ def _env(pod: dict[str, Any], container: dict[str, Any], read: Reader,
         ref = source.get("secretRef") or source.get("configMapRef") or {}
         obj = read(plural, namespace, ref.get("name", ""))
         if obj is None and not ref.get("optional"):
-            raise NotReady("CreateContainerConfigError", f'{plural[:-1]} "{ref.get("name")}"'
-                           " not found")
+            raise NotReady(
+                "CreateContainerConfigError", f'{plural[:-1]} "{ref.get("name")}" not found'
+            )
         for key, value in _decoded(obj or {}, plural == "secrets").items():
             env[source.get("prefix", "") + key] = value.decode(errors="replace")
     for var in container.get("env") or []:
@@ -154,8 +168,9 @@ def _env(pod: dict[str, Any], container: dict[str, Any], read: Reader,
     return {**base, **env}
 
 
-def prepare(pod: dict[str, Any], pod_dir: Path, shared: Path, read: Reader,
-            extra_env: dict[str, str]) -> Prepared:
+def prepare(
+    pod: dict[str, Any], pod_dir: Path, shared: Path, read: Reader, extra_env: dict[str, str]
+) -> Prepared:
     """Everything needed to start the pod's first container; raises :class:`NotReady`."""
     container = pod["spec"]["containers"][0]
     volumes = _volumes(pod, pod_dir, shared, read)
@@ -175,26 +190,31 @@ def prepare(pod: dict[str, Any], pod_dir: Path, shared: Path, read: Reader,
             return f"{flag}={rewrite(value)}"
         for prefix in sorted(mounts, key=len, reverse=True):
             if text == prefix or text.startswith(prefix + "/"):
-                return str(mounts[prefix]) + text[len(prefix):]
+                return str(mounts[prefix]) + text[len(prefix) :]
         return text
 
     home = pod_dir / "home"
     home.mkdir(parents=True, exist_ok=True)
-    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
-            "HOSTNAME": pod["metadata"]["name"]}
+    base = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "HOSTNAME": pod["metadata"]["name"],
+    }
     base.update({k: os.environ[k] for k in PASS_THROUGH_ENV if k in os.environ})
     base.update(extra_env)
     env = {k: rewrite(v) for k, v in _env(pod, container, read, base).items()}
-    argv = [rewrite(_expand(str(a), env))
-            for a in (container.get("command") or []) + (container.get("args") or [])]
+    argv = [
+        rewrite(_expand(str(a), env))
+        for a in (container.get("command") or []) + (container.get("args") or [])
+    ]
     if not argv:
-        raise ValueError("the harness kubelet cannot run an image's entrypoint: the container"
-                         " needs a command")
+        raise ValueError(
+            "the harness kubelet cannot run an image's entrypoint: the container needs a command"
+        )
     if _PYTHON.fullmatch(os.path.basename(argv[0])):
         argv[0] = sys.executable
     cwd = Path(rewrite(container["workingDir"])) if container.get("workingDir") else Path()
     if not container.get("workingDir") or not cwd.is_dir():
         cwd = pod_dir / "work"
         cwd.mkdir(parents=True, exist_ok=True)
-    return Prepared(argv=argv, env=env, cwd=cwd, termination_path=termination_path,
-                    mounts=mounts)
+    return Prepared(argv=argv, env=env, cwd=cwd, termination_path=termination_path, mounts=mounts)

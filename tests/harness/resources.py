@@ -55,31 +55,64 @@ def _core(plural: str, kind: str, **kwargs: Any) -> ResourceDef:
 
 
 BUILTIN_RESOURCES: tuple[ResourceDef, ...] = (
-    _core("namespaces", "Namespace", namespaced=False, short_names=("ns",),
-          subresources=("status",), has_generation=False),
+    _core(
+        "namespaces",
+        "Namespace",
+        namespaced=False,
+        short_names=("ns",),
+        subresources=("status",),
+        has_generation=False,
+    ),
     _core("pods", "Pod", short_names=("po",), subresources=("status", "log")),
     _core("configmaps", "ConfigMap", short_names=("cm",), has_generation=False),
     _core("secrets", "Secret", has_generation=False),
     _core("serviceaccounts", "ServiceAccount", short_names=("sa",), has_generation=False),
-    _core("services", "Service", short_names=("svc",), subresources=("status",),
-          has_generation=False),
-    _core("persistentvolumeclaims", "PersistentVolumeClaim", short_names=("pvc",),
-          subresources=("status",), has_generation=False),
+    _core(
+        "services", "Service", short_names=("svc",), subresources=("status",), has_generation=False
+    ),
+    _core(
+        "persistentvolumeclaims",
+        "PersistentVolumeClaim",
+        short_names=("pvc",),
+        subresources=("status",),
+        has_generation=False,
+    ),
     _core("events", "Event", short_names=("ev",), has_generation=False),
-    ResourceDef("events.k8s.io", "v1", "events", "Event", singular="event",
-                short_names=("ev",), has_generation=False),
-    ResourceDef("batch", "v1", "jobs", "Job", singular="job", categories=("all",),
-                subresources=("status",)),
-    ResourceDef("coordination.k8s.io", "v1", "leases", "Lease", singular="lease",
-                has_generation=False),
-    ResourceDef("apiextensions.k8s.io", "v1", "customresourcedefinitions",
-                "CustomResourceDefinition", namespaced=False, singular="customresourcedefinition",
-                short_names=("crd", "crds"), subresources=("status",)),
+    ResourceDef(
+        "events.k8s.io",
+        "v1",
+        "events",
+        "Event",
+        singular="event",
+        short_names=("ev",),
+        has_generation=False,
+    ),
+    ResourceDef(
+        "batch", "v1", "jobs", "Job", singular="job", categories=("all",), subresources=("status",)
+    ),
+    ResourceDef(
+        "coordination.k8s.io", "v1", "leases", "Lease", singular="lease", has_generation=False
+    ),
+    ResourceDef(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        namespaced=False,
+        singular="customresourcedefinition",
+        short_names=("crd", "crds"),
+        subresources=("status",),
+    ),
 )
 
 ADVERSARIAL_GAMES = ResourceDef(
-    "sparring.dev", "v1alpha1", "adversarialgames", "AdversarialGame",
-    singular="adversarialgame", short_names=("ag", "advgame"), subresources=("status",),
+    "sparring.dev",
+    "v1alpha1",
+    "adversarialgames",
+    "AdversarialGame",
+    singular="adversarialgame",
+    short_names=("ag", "advgame"),
+    subresources=("status",),
     custom=True,
 )
 
@@ -90,11 +123,16 @@ def resource_from_crd(crd: dict[str, Any]) -> list[ResourceDef]:
     names = spec.get("names") or {}
     return [
         ResourceDef(
-            group=spec.get("group", ""), version=version["name"], plural=names.get("plural", ""),
-            kind=names.get("kind", ""), namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-            singular=names.get("singular", ""), short_names=tuple(names.get("shortNames", [])),
+            group=spec.get("group", ""),
+            version=version["name"],
+            plural=names.get("plural", ""),
+            kind=names.get("kind", ""),
+            namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+            singular=names.get("singular", ""),
+            short_names=tuple(names.get("shortNames", [])),
             categories=tuple(names.get("categories", [])),
-            subresources=tuple((version.get("subresources") or {}).keys()), custom=True,
+            subresources=tuple((version.get("subresources") or {}).keys()),
+            custom=True,
         )
         for version in spec.get("versions") or []
         if version.get("served", True)
@@ -147,23 +185,37 @@ def prepare_create(rdef: ResourceDef, obj: dict[str, Any]) -> None:
         pod_spec = template.setdefault("spec", {})
         _default_containers(pod_spec, "spec.template.spec")
         if pod_spec.get("restartPolicy") not in ("Never", "OnFailure"):
-            raise Invalid('spec.template.spec.restartPolicy: Unsupported value: must be '
-                          '"OnFailure" or "Never"')
+            raise Invalid(
+                "spec.template.spec.restartPolicy: Unsupported value: must be "
+                '"OnFailure" or "Never"'
+            )
         if spec.get("podFailurePolicy") and pod_spec["restartPolicy"] != "Never":
             raise Invalid("spec.podFailurePolicy: requires restartPolicy Never")
-        for key, value in (("completions", 1), ("parallelism", 1), ("backoffLimit", 6),
-                           ("suspend", False), ("completionMode", "NonIndexed"),
-                           ("manualSelector", False), ("podReplacementPolicy",
-                           "Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed")):
+        for key, value in (
+            ("completions", 1),
+            ("parallelism", 1),
+            ("backoffLimit", 6),
+            ("suspend", False),
+            ("completionMode", "NonIndexed"),
+            ("manualSelector", False),
+            (
+                "podReplacementPolicy",
+                "Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed",
+            ),
+        ):
             spec.setdefault(key, value)
         # The real API labels the pod template and sets the selector from the Job's uid.
-        uid_labels = {"batch.kubernetes.io/controller-uid": meta["uid"],
-                      "controller-uid": meta["uid"]}
+        uid_labels = {
+            "batch.kubernetes.io/controller-uid": meta["uid"],
+            "controller-uid": meta["uid"],
+        }
         name_labels = {"batch.kubernetes.io/job-name": meta["name"], "job-name": meta["name"]}
         template.setdefault("metadata", {}).setdefault("labels", {}).update(
-            {**uid_labels, **name_labels})
-        spec.setdefault("selector", {"matchLabels": {
-            "batch.kubernetes.io/controller-uid": meta["uid"]}})
+            {**uid_labels, **name_labels}
+        )
+        spec.setdefault(
+            "selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": meta["uid"]}}
+        )
     elif rdef.plural == "pods" and not rdef.custom:
         _default_containers(obj.setdefault("spec", {}), "spec")
         obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}

@@ -53,9 +53,16 @@ class ApiError(Exception):
         self.code, self.reason, self.message, self.details = code, reason, message, details
 
     def status(self) -> dict[str, Any]:
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": self.message, "reason": self.reason, "details": self.details,
-                "code": self.code}
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "details": self.details,
+            "code": self.code,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,21 +83,35 @@ def _qualified(rdef: ResourceDef) -> str:
 
 
 def _not_found(rdef: ResourceDef, name: str) -> ApiError:
-    return ApiError(404, "NotFound", f'{_qualified(rdef)} "{name}" not found', name=name,
-                    group=rdef.group, kind=rdef.plural)
+    return ApiError(
+        404,
+        "NotFound",
+        f'{_qualified(rdef)} "{name}" not found',
+        name=name,
+        group=rdef.group,
+        kind=rdef.plural,
+    )
 
 
 def _conflict(rdef: ResourceDef, name: str) -> ApiError:
-    return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {rdef.plural} "{name}":'
-                    " the object has been modified; please apply your changes to the latest"
-                    " version and try again", name=name, group=rdef.group, kind=rdef.plural)
+    return ApiError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {rdef.plural} "{name}":'
+        " the object has been modified; please apply your changes to the latest"
+        " version and try again",
+        name=name,
+        group=rdef.group,
+        kind=rdef.plural,
+    )
 
 
 def _spec_part(rdef: ResourceDef, obj: dict[str, Any]) -> dict[str, Any]:
     """What counts for metadata.generation: everything but metadata (and status if it is a
     subresource, since then status writes go elsewhere)."""
-    skip = {"metadata", "kind", "apiVersion"} | ({"status"} if "status" in rdef.subresources
-                                                 else set())
+    skip = {"metadata", "kind", "apiVersion"} | (
+        {"status"} if "status" in rdef.subresources else set()
+    )
     return {k: v for k, v in obj.items() if k not in skip}
 
 
@@ -118,8 +139,14 @@ class Store:
         return self.resources.get((group, version, plural))
 
     # -- events ------------------------------------------------------------------------------
-    def _commit(self, rdef: ResourceDef, key: ObjKey, obj: dict[str, Any] | None,
-                old: dict[str, Any] | None, etype: str) -> dict[str, Any]:
+    def _commit(
+        self,
+        rdef: ResourceDef,
+        key: ObjKey,
+        obj: dict[str, Any] | None,
+        old: dict[str, Any] | None,
+        etype: str,
+    ) -> dict[str, Any]:
         self.rv += 1
         final = copy.deepcopy(obj if obj is not None else old)
         assert final is not None
@@ -155,13 +182,18 @@ class Store:
                 raise _not_found(rdef, name)
             return copy.deepcopy(obj)
 
-    def list(self, rdef: ResourceDef, namespace: str | None,
-             predicate: Predicate = lambda obj: True) -> tuple[list[dict[str, Any]], int]:
+    def list(
+        self, rdef: ResourceDef, namespace: str | None, predicate: Predicate = lambda obj: True
+    ) -> tuple[list[dict[str, Any]], int]:
         with self.lock:
-            keys = sorted((k for k in self.objects if k[0] == rdef.key),
-                          key=lambda k: (k[1] or "", k[2]))
-            items = [copy.deepcopy(self.objects[k]) for k in keys
-                     if (namespace is None or k[1] == namespace) and predicate(self.objects[k])]
+            keys = sorted(
+                (k for k in self.objects if k[0] == rdef.key), key=lambda k: (k[1] or "", k[2])
+            )
+            items = [
+                copy.deepcopy(self.objects[k])
+                for k in keys
+                if (namespace is None or k[1] == namespace) and predicate(self.objects[k])
+            ]
             return items, self.rv
 
     # -- writes ------------------------------------------------------------------------------
@@ -173,19 +205,31 @@ class Store:
             meta = obj.setdefault("metadata", {})
             if rdef.namespaced:
                 if meta.get("namespace") not in (None, "", namespace):
-                    raise ApiError(400, "BadRequest", "the namespace of the provided object does"
-                                   " not match the namespace sent on the request")
+                    raise ApiError(
+                        400,
+                        "BadRequest",
+                        "the namespace of the provided object does"
+                        " not match the namespace sent on the request",
+                    )
                 meta["namespace"] = namespace
                 ns_key: ObjKey = (("", "v1", "namespaces"), None, namespace or "")
                 if ns_key[0] in self.resources and ns_key not in self.objects:
-                    raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found',
-                                   name=namespace, kind="namespaces")
+                    raise ApiError(
+                        404,
+                        "NotFound",
+                        f'namespaces "{namespace}" not found',
+                        name=namespace,
+                        kind="namespaces",
+                    )
             else:
                 meta.pop("namespace", None)
             if not meta.get("name"):
                 if not meta.get("generateName"):
-                    raise ApiError(422, "Invalid", "metadata.name: Required value: name or"
-                                   " generateName is required")
+                    raise ApiError(
+                        422,
+                        "Invalid",
+                        "metadata.name: Required value: name or generateName is required",
+                    )
                 while True:
                     suffix = "".join(random.choices(_NAME_CHARS, k=5))
                     meta["name"] = f"{meta['generateName']}{suffix}"
@@ -193,12 +237,21 @@ class Store:
                         break
             key: ObjKey = (rdef.key, meta.get("namespace"), meta["name"])
             if key in self.objects:
-                raise ApiError(409, "AlreadyExists", f'{_qualified(rdef)} "{meta["name"]}"'
-                               " already exists", name=meta["name"], group=rdef.group,
-                               kind=rdef.plural)
+                raise ApiError(
+                    409,
+                    "AlreadyExists",
+                    f'{_qualified(rdef)} "{meta["name"]}" already exists',
+                    name=meta["name"],
+                    group=rdef.group,
+                    kind=rdef.plural,
+                )
             obj["kind"], obj["apiVersion"] = rdef.kind, rdef.api_version
-            for field in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion",
-                          "managedFields"):
+            for field in (
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "resourceVersion",
+                "managedFields",
+            ):
                 meta.pop(field, None)
             meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = now()
@@ -210,16 +263,28 @@ class Store:
                 resources.prepare_create(rdef, obj)
                 resources.validate_metadata(rdef, obj)
             except resources.Invalid as e:
-                raise ApiError(422, "Invalid", f'{rdef.kind} "{meta["name"]}" is invalid: {e}',
-                               name=meta["name"], group=rdef.group, kind=rdef.kind) from None
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f'{rdef.kind} "{meta["name"]}" is invalid: {e}',
+                    name=meta["name"],
+                    group=rdef.group,
+                    kind=rdef.kind,
+                ) from None
             result = self._commit(rdef, key, obj, None, "ADDED")
             if rdef.plural == "customresourcedefinitions" and not rdef.custom:
                 for crd_resource in resources.resource_from_crd(obj):
                     self.register(crd_resource)
             return result
 
-    def replace(self, rdef: ResourceDef, namespace: str | None, name: str, body: Any,
-                subresource: str | None) -> dict[str, Any]:
+    def replace(
+        self,
+        rdef: ResourceDef,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        subresource: str | None,
+    ) -> dict[str, Any]:
         with self.lock:
             current = self.get(rdef, namespace, name)
             if not isinstance(body, dict):
@@ -229,14 +294,25 @@ class Store:
                 raise _conflict(rdef, name)
             return self._update(rdef, current, copy.deepcopy(body), subresource)
 
-    def patch(self, rdef: ResourceDef, namespace: str | None, name: str, patch: Any,
-              content_type: str, subresource: str | None) -> dict[str, Any]:
+    def patch(
+        self,
+        rdef: ResourceDef,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        content_type: str,
+        subresource: str | None,
+    ) -> dict[str, Any]:
         kind = content_type.split(";", 1)[0].strip().lower()
         if kind == patching.STRATEGIC_MERGE_PATCH and rdef.custom:
-            raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an"
-                           " unknown format - accepted media types include:"
-                           " application/json-patch+json, application/merge-patch+json,"
-                           " application/apply-patch+yaml")
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an"
+                " unknown format - accepted media types include:"
+                " application/json-patch+json, application/merge-patch+json,"
+                " application/apply-patch+yaml",
+            )
         with self.lock:
             current = self.get(rdef, namespace, name)
             if kind != patching.JSON_PATCH and isinstance(patch, dict):
@@ -249,8 +325,13 @@ class Store:
                 raise ApiError(422, "Invalid", str(e), name=name, kind=rdef.kind) from None
             return self._update(rdef, current, candidate, subresource)
 
-    def _update(self, rdef: ResourceDef, current: dict[str, Any], candidate: dict[str, Any],
-                subresource: str | None) -> dict[str, Any]:
+    def _update(
+        self,
+        rdef: ResourceDef,
+        current: dict[str, Any],
+        candidate: dict[str, Any],
+        subresource: str | None,
+    ) -> dict[str, Any]:
         meta = current["metadata"]
         key: ObjKey = (rdef.key, meta.get("namespace"), meta["name"])
         if subresource == "status":
@@ -265,8 +346,16 @@ class Store:
             new = candidate
             new["kind"], new["apiVersion"] = rdef.kind, rdef.api_version
             new_meta = new.setdefault("metadata", {})
-            for field in ("uid", "creationTimestamp", "deletionTimestamp", "generation",
-                          "deletionGracePeriodSeconds", "namespace", "name", "resourceVersion"):
+            for field in (
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "generation",
+                "deletionGracePeriodSeconds",
+                "namespace",
+                "name",
+                "resourceVersion",
+            ):
                 if field in meta:
                     new_meta[field] = meta[field]
                 else:
@@ -278,15 +367,24 @@ class Store:
             if meta.get("deletionTimestamp"):
                 added = set(new_meta.get("finalizers") or []) - set(meta.get("finalizers") or [])
                 if added:
-                    raise ApiError(422, "Invalid", f"metadata.finalizers: Forbidden: no new"
-                                   f" finalizers can be added if the object is being deleted,"
-                                   f" found new finalizers {sorted(added)}")
+                    raise ApiError(
+                        422,
+                        "Invalid",
+                        f"metadata.finalizers: Forbidden: no new"
+                        f" finalizers can be added if the object is being deleted,"
+                        f" found new finalizers {sorted(added)}",
+                    )
             try:
                 resources.check_update(rdef, current, new)
                 resources.validate_metadata(rdef, new)
             except resources.Invalid as e:
-                raise ApiError(422, "Invalid", f'{rdef.kind} "{meta["name"]}" is invalid: {e}',
-                               name=meta["name"], kind=rdef.kind) from None
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f'{rdef.kind} "{meta["name"]}" is invalid: {e}',
+                    name=meta["name"],
+                    kind=rdef.kind,
+                ) from None
             if rdef.has_generation and _spec_part(rdef, new) != _spec_part(rdef, current):
                 new_meta["generation"] = int(meta.get("generation") or 0) + 1
         if new == current:
@@ -296,8 +394,14 @@ class Store:
             return self._remove(rdef, key, new, policy)
         return self._commit(rdef, key, new, current, "MODIFIED")
 
-    def delete(self, rdef: ResourceDef, namespace: str | None, name: str,
-               options: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    def delete(
+        self,
+        rdef: ResourceDef,
+        namespace: str | None,
+        name: str,
+        options: dict[str, Any],
+        warnings: list[str],
+    ) -> dict[str, Any]:
         """Returns the object: with deletionTimestamp if finalizers hold it, else its last state."""
         with self.lock:
             current = self.get(rdef, namespace, name)
@@ -327,8 +431,9 @@ class Store:
                 return self._commit(rdef, key, new, current, "MODIFIED")
             return self._remove(rdef, key, current, policy)
 
-    def _remove(self, rdef: ResourceDef, key: ObjKey, obj: dict[str, Any],
-                policy: str) -> dict[str, Any]:
+    def _remove(
+        self, rdef: ResourceDef, key: ObjKey, obj: dict[str, Any], policy: str
+    ) -> dict[str, Any]:
         old = self.objects.get(key)
         final = self._commit(rdef, key, None, obj, "DELETED")
         if old is not None:
