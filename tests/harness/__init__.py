@@ -8,8 +8,8 @@
 """
 
 from .apiserver import RequestRecord
+from .errors import ApiError
 from .kubeapi import KubeApi
 from .resources import ADVERSARIAL_GAMES, ResourceDef
-from .store import ApiError
 
 __all__ = ["ADVERSARIAL_GAMES", "ApiError", "KubeApi", "RequestRecord", "ResourceDef"]

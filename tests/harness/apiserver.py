@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import re
 import threading
@@ -27,9 +28,11 @@ import attrs
 import kmock
 import yaml
 
-from . import resources, selectors
+from . import resources, watches
+from .errors import ApiError
 from .resources import ResourceDef
-from .store import ApiError, Event, Store
+from .store import Store
+from .watches import query_predicate
 
 LOG_PATH_ANNOTATION = "harness.sparring.dev/log-path"  # set by the kubelet, read for pods/log
 
@@ -242,13 +245,15 @@ class HarnessHandler(kmock.KubernetesScaffold):
         data = self._parse_body(raw, body)
         store, method = self.store, raw.method
         if record.verb == "watch":
-            return await self._watch(raw, rdef, ns, kp.name, record)
+            predicate = query_predicate(raw.query, kp.name)
+            started = functools.partial(self._finish, record)
+            return await watches.serve(raw, self.store, rdef, ns, predicate, self._watches, started)
         if method == "GET" and kp.subresource == "log":
             return self._pod_log(store.get(rdef, ns, kp.name or ""), raw.query)
         if method == "GET" and kp.name:
             return _json(store.get(rdef, ns, kp.name))
         if method == "GET":
-            items, rv = store.list(rdef, ns, self._predicate(raw.query, None))
+            items, rv = store.list(rdef, ns, query_predicate(raw.query, None))
             if not rdef.custom:  # typed lists of the real API omit these in items
                 for item in items:
                     item.pop("kind", None)
@@ -280,7 +285,7 @@ class HarnessHandler(kmock.KubernetesScaffold):
             if kp.name:
                 obj = store.delete(rdef, ns, kp.name, options, warnings)
                 return _json(obj, 200, warnings)
-            items, _ = store.list(rdef, ns, self._predicate(raw.query, None))
+            items, _ = store.list(rdef, ns, query_predicate(raw.query, None))
             for item in items:
                 meta = item["metadata"]
                 store.delete(rdef, meta.get("namespace"), meta["name"], options, warnings)
@@ -303,17 +308,6 @@ class HarnessHandler(kmock.KubernetesScaffold):
             raise ApiError(400, "BadRequest", f"the request body is not valid: {e}") from None
 
     @staticmethod
-    def _predicate(query: Any, name: str | None) -> selectors.Predicate:
-        try:
-            labels = selectors.label_selector(query.get("labelSelector"))
-            fields = selectors.field_selector(query.get("fieldSelector"))
-        except selectors.SelectorError as e:
-            raise ApiError(400, "BadRequest", str(e)) from None
-        return lambda obj: (
-            labels(obj) and fields(obj) and (name is None or obj["metadata"]["name"] == name)
-        )
-
-    @staticmethod
     def _pod_log(pod: dict[str, Any], query: Any) -> aiohttp.web.Response:
         path = (pod["metadata"].get("annotations") or {}).get(LOG_PATH_ANNOTATION)
         if not path or not Path(path).exists():
@@ -327,121 +321,3 @@ class HarnessHandler(kmock.KubernetesScaffold):
         if query.get("tailLines"):
             text = "".join(text.splitlines(keepends=True)[-int(query["tailLines"]) :])
         return aiohttp.web.Response(text=text, content_type="text/plain")
-
-    # -- watch -------------------------------------------------------------------------------
-    async def _watch(
-        self,
-        raw: aiohttp.web.BaseRequest,
-        rdef: ResourceDef,
-        ns: str | None,
-        name: str | None,
-        record: RequestRecord,
-    ) -> aiohttp.web.StreamResponse:
-        predicate = self._predicate(raw.query, name)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        rv_param = raw.query.get("resourceVersion", "")
-        initial: list[dict[str, Any]] = []
-        gone: ApiError | None = None
-
-        def listener(event: Event) -> None:
-            if event.rkey == rdef.key:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-
-        with self.store.lock:  # the snapshot/replay and the subscription are atomic
-            if raw.query.get("sendInitialEvents") == "true" or rv_param in ("", "0"):
-                items, rv = self.store.list(rdef, ns, predicate)
-                initial = [{"type": "ADDED", "object": obj} for obj in items]
-                if raw.query.get("sendInitialEvents") == "true":
-                    initial.append(
-                        {
-                            "type": "BOOKMARK",
-                            "object": {
-                                "kind": rdef.kind,
-                                "apiVersion": rdef.api_version,
-                                "metadata": {
-                                    "resourceVersion": str(rv),
-                                    "annotations": {"k8s.io/initial-events-end": "true"},
-                                },
-                            },
-                        }
-                    )
-            else:
-                if not rv_param.isdigit():
-                    raise ApiError(400, "BadRequest", f"invalid resourceVersion {rv_param!r}")
-                try:
-                    events = self.store.events_since(rdef.key, int(rv_param))
-                except ApiError as e:
-                    gone, events = e, []
-                for event in events:
-                    initial.extend(self._translate(event, ns, predicate))
-            if gone is None:
-                self.store.listeners.append(listener)
-        response = aiohttp.web.StreamResponse(status=200)
-        response.content_type = "application/json"
-        await response.prepare(raw)
-        self._finish(record, 200)
-        if gone is not None:  # the real API answers 200, then an ERROR event with code 410
-            await response.write(
-                json.dumps({"type": "ERROR", "object": gone.status()}).encode() + b"\n"
-            )
-            return response
-        self._watches.add(queue)
-        timeout = float(raw.query.get("timeoutSeconds") or 0) or None
-        deadline = loop.time() + timeout if timeout else None
-        try:
-            for line in initial:
-                await response.write(json.dumps(line).encode() + b"\n")
-            while deadline is None or loop.time() < deadline:
-                try:
-                    item = await asyncio.wait_for(queue.get(), 1.0)
-                except asyncio.TimeoutError:
-                    if raw.transport is None or raw.transport.is_closing():
-                        break  # the client has gone away
-                    continue
-                if item == "abort" and raw.transport is not None:
-                    raw.transport.abort()
-                    break
-                if item == "close":
-                    break
-                for line in self._translate(item, ns, predicate):
-                    await response.write(json.dumps(line).encode() + b"\n")
-        except (ConnectionError, RuntimeError):
-            pass  # the client disconnected while we were writing
-        finally:
-            self._watches.discard(queue)
-            with self.store.lock:
-                if listener in self.store.listeners:
-                    self.store.listeners.remove(listener)
-        return response
-
-    @staticmethod
-    def _translate(
-        event: Event, ns: str | None, predicate: selectors.Predicate
-    ) -> list[dict[str, Any]]:
-        """An event as this watcher sees it: an object that starts or stops matching the
-        selectors shows up as ADDED / DELETED, as in the real API."""
-
-        def visible(obj: dict[str, Any] | None) -> bool:
-            return (
-                obj is not None
-                and (ns is None or obj["metadata"].get("namespace") == ns)
-                and predicate(obj)
-            )
-
-        now_ok, before_ok = visible(event.obj), visible(event.old)
-        if event.type == "DELETED":
-            etype = "DELETED" if now_ok or before_ok else None
-        elif event.type == "ADDED":
-            etype = "ADDED" if now_ok else None
-        else:
-            etype = (
-                "MODIFIED"
-                if now_ok and before_ok
-                else "ADDED"
-                if now_ok
-                else "DELETED"
-                if before_ok
-                else None
-            )
-        return [{"type": etype, "object": event.obj}] if etype else []

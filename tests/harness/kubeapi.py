@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp.web
 import kubernetes.client
@@ -31,6 +31,12 @@ from .resources import ADVERSARIAL_GAMES, BUILTIN_RESOURCES, ResourceDef, resour
 from .store import Store
 
 HARNESS_USER_AGENT_PREFIX = "harness-"  # the test client and the kubelet; not the operator
+
+
+class HttpReply(NamedTuple):
+    status: int
+    body: Any  # parsed JSON, or text
+    headers: dict[str, str]
 
 
 class KubeApi:
@@ -174,8 +180,8 @@ class KubeApi:
 
     def http(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
-    ) -> tuple[int, Any]:
-        """A raw request (for what the typed client cannot send); returns (status, JSON)."""
+    ) -> HttpReply:
+        """A raw request, for what the typed client cannot send or hides (e.g. headers)."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
             f"{self.url}{path}",
@@ -185,13 +191,14 @@ class KubeApi:
         )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
-                status, raw = response.status, response.read()
+                status, raw, headers = response.status, response.read(), response.headers
         except urllib.error.HTTPError as e:
-            status, raw = e.code, e.read()
+            status, raw, headers = e.code, e.read(), e.headers
         try:
-            return status, json.loads(raw) if raw else None
+            body = json.loads(raw) if raw else None
         except ValueError:
-            return status, raw.decode(errors="replace")
+            body = raw.decode(errors="replace")
+        return HttpReply(status, body, dict(headers))
 
     # -- objects -----------------------------------------------------------------------------
     def register(self, resource: ResourceDef | dict[str, Any]) -> None:

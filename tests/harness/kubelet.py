@@ -35,10 +35,8 @@ from typing import Any
 import kubernetes.client
 import kubernetes.config
 
-from . import podspec
-from .apiserver import LOG_PATH_ANNOTATION
+from . import jobcontrol, podspec
 from .rawclient import MERGE_PATCH, request_json, wait_for
-from .store import now
 
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 
@@ -54,50 +52,35 @@ class PodRun:
     proc: subprocess.Popen[bytes] | None = None
     prepared: podspec.Prepared | None = None
     started: float = 0.0
-    kill_reason: str | None = None  # preempted | deadline | suspended | deleted | stopped
+    kill_reason: str | None = None  # preempted|deadline|suspended|deleted (Job)|pod-deleted
     kill_sent: float | None = None
     grace: float = 2.0
     last_try: float = 0.0
 
 
-def _condition(ctype: str, reason: str, message: str) -> dict[str, Any]:
-    stamp = now()
-    return {"type": ctype, "status": "True", "reason": reason, "message": message,
-            "lastProbeTime": stamp, "lastTransitionTime": stamp}
-
-
-def _finished(job: dict[str, Any]) -> bool:
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-               for c in (job.get("status") or {}).get("conditions") or [])
-
-
-def _policy_action(job: dict[str, Any], pod_status: dict[str, Any], exit_code: int) -> str:
-    """The action of the first matching ``podFailurePolicy`` rule (default: Count)."""
-    for rule in ((job.get("spec") or {}).get("podFailurePolicy") or {}).get("rules") or []:
-        codes = rule.get("onExitCodes")
-        if codes and exit_code != 0:
-            inside = exit_code in (codes.get("values") or [])
-            if inside == (codes.get("operator", "In") == "In"):
-                return str(rule["action"])
-        for wanted in rule.get("onPodConditions") or []:
-            for cond in pod_status.get("conditions") or []:
-                if cond.get("type") == wanted.get("type") and \
-                        cond.get("status") == wanted.get("status", "True"):
-                    return str(rule["action"])
-    return "Count"
-
-
 class LocalKubelet:
-    def __init__(self, kubeconfig: Path, root: Path, *, max_parallel: int = 4,
-                 poll_interval: float = 0.1, kill_grace: float = 2.0,
-                 extra_env: dict[str, str] | None = None, node_name: str = "harness-node"):
+    def __init__(
+        self,
+        kubeconfig: Path,
+        root: Path,
+        *,
+        max_parallel: int = 4,
+        poll_interval: float = 0.1,
+        kill_grace: float = 2.0,
+        extra_env: dict[str, str] | None = None,
+        node_name: str = "harness-node",
+    ):
         self.kubeconfig, self.root = Path(kubeconfig), Path(root)
-        self.max_parallel, self.poll_interval, self.kill_grace = max_parallel, poll_interval, \
-            kill_grace
+        self.max_parallel, self.poll_interval, self.kill_grace = (
+            max_parallel,
+            poll_interval,
+            kill_grace,
+        )
         self.extra_env, self.node_name = dict(extra_env or {}), node_name
         self.pods: dict[tuple[str, str], PodRun] = {}  # every pod ever started, for debugging
         self.errors: list[str] = []  # exceptions of the loop (it goes on after each)
         self._active: dict[str, PodRun] = {}  # job uid -> its current pod
+        self._job_t0: dict[str, float] = {}  # job uid -> when it started (activeDeadlineSeconds)
         self._preempt: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -108,7 +91,8 @@ class LocalKubelet:
     def start(self) -> LocalKubelet:
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         self._client = kubernetes.config.new_client_from_config(
-            config_file=str(self.kubeconfig), persist_config=False)
+            config_file=str(self.kubeconfig), persist_config=False
+        )
         self._client.user_agent = "harness-kubelet"
         self._thread = threading.Thread(target=self._run, daemon=True, name="harness-kubelet")
         self._thread.start()
@@ -141,28 +125,46 @@ class LocalKubelet:
     def logs(self, job: str, namespace: str = "default") -> str:
         """The combined output of every pod of a Job, oldest first."""
         runs = [r for r in self.pods.values() if r.job_name == job and r.namespace == namespace]
-        return "".join(f"--- {r.name}\n{r.log_path.read_text(errors='replace')}"
-                       for r in sorted(runs, key=lambda r: r.started) if r.log_path.exists())
+        return "".join(
+            f"--- {r.name}\n{r.log_path.read_text(errors='replace')}"
+            for r in sorted(runs, key=lambda r: r.started)
+            if r.log_path.exists()
+        )
 
     def running(self, job: str, namespace: str = "default") -> PodRun | None:
         with self._lock:
-            return next((r for r in self._active.values() if r.job_name == job and
-                         r.namespace == namespace and r.proc is not None and
-                         r.proc.poll() is None and r.kill_reason is None), None)
+            return next(
+                (
+                    r
+                    for r in self._active.values()
+                    if r.job_name == job
+                    and r.namespace == namespace
+                    and r.proc is not None
+                    and r.proc.poll() is None
+                    and r.kill_reason is None
+                ),
+                None,
+            )
 
     def preempt(self, job: str, namespace: str = "default", timeout: float = 10.0) -> str:
         """Preempt the Job's running pod (wait until it runs); return the pod's name."""
-        run = wait_for(lambda: self.running(job, namespace), timeout,
-                       message=f"a running pod of job {namespace}/{job}")
+        run = wait_for(
+            lambda: self.running(job, namespace),
+            timeout,
+            message=f"a running pod of job {namespace}/{job}",
+        )
         with self._lock:
             self._preempt.add((run.namespace, run.name))
         return run.name
 
     # -- the loop ----------------------------------------------------------------------------
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def _call(
+        self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None
+    ) -> Any:
         assert self._client is not None
-        return request_json(self._client, method, path, body,
-                            MERGE_PATCH if method == "PATCH" else None)
+        return request_json(
+            self._client, method, path, body, MERGE_PATCH if method == "PATCH" else None, query
+        )
 
     def _read(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -181,29 +183,38 @@ class LocalKubelet:
 
     def _tick(self) -> None:
         jobs = {j["metadata"]["uid"]: j for j in self._call("GET", "/apis/batch/v1/jobs")["items"]}
+        if self._active:  # a pod deleted through the API: its process is killed, too
+            pods = self._call(
+                "GET", "/api/v1/pods", query={"labelSelector": "batch.kubernetes.io/controller-uid"}
+            )["items"]
+            alive = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in pods}
+            for run in list(self._active.values()):
+                if (run.namespace, run.name) not in alive:
+                    self._kill(run, "pod-deleted")
         for uid, run in list(self._active.items()):
             if uid not in jobs or jobs[uid]["metadata"].get("deletionTimestamp"):
                 self._kill(run, "deleted")
+                self._escalate(run)
                 if run.proc is None or run.proc.poll() is not None:
                     self._reap(None, run)
         for job in jobs.values():
-            if not _finished(job):
+            if not jobcontrol.finished(job):
                 self._sync(job)
 
-    def _job_path(self, job: dict[str, Any]) -> str:
-        meta = job["metadata"]
-        return f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}"
+    def _escalate(self, run: PodRun) -> None:
+        """SIGKILL a process group that outlived its grace period after SIGTERM."""
+        if run.proc is not None and run.kill_sent and time.monotonic() - run.kill_sent > run.grace:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(run.proc.pid, signal.SIGKILL)
 
     def _sync(self, job: dict[str, Any]) -> None:
         uid, spec = job["metadata"]["uid"], job.get("spec") or {}
-        status = job.get("status") or {}
         run = self._active.get(uid)
         deadline = spec.get("activeDeadlineSeconds")
-        started = status.get("startTime") and run is not None and run.started
         if run is not None:
             if (run.namespace, run.name) in self._preempt:
                 self._kill(run, "preempted")
-            elif deadline and started and time.monotonic() - run.started > deadline:
+            elif deadline and time.monotonic() - self._job_t0.get(uid, time.monotonic()) > deadline:
                 self._kill(run, "deadline")
             elif spec.get("suspend"):
                 self._kill(run, "suspended")
@@ -211,53 +222,40 @@ class LocalKubelet:
                 self._try_start(job, run)
             elif run.proc is None or run.proc.poll() is not None:
                 self._reap(job, run)
-            elif run.kill_sent and time.monotonic() - run.kill_sent > run.grace:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(run.proc.pid, signal.SIGKILL)
+            else:
+                self._escalate(run)
             return
         if spec.get("suspend"):
-            if not any(c.get("type") == "Suspended" and c.get("status") == "True"
-                       for c in status.get("conditions") or []):
-                conditions = [c for c in status.get("conditions") or []
-                              if c.get("type") != "Suspended"]
-                conditions.append(_condition("Suspended", "JobSuspended", "Job suspended"))
-                self._call("PATCH", self._job_path(job) + "/status", {"status": {
-                    "conditions": conditions, "active": 0, "ready": 0, "startTime": None}})
+            self._job_t0.pop(uid, None)  # as startTime, the deadline restarts on resume
+            if not jobcontrol.has_condition(job, "Suspended"):
+                self._patch_status(job, jobcontrol.suspended_status(job))
             return
         if sum(1 for r in self._active.values() if r.proc is not None) >= self.max_parallel:
             return  # like a full node: the Job waits
         self._create_pod(job)
 
+    def _patch_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = job["metadata"]
+        path = f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}/status"
+        self._call("PATCH", path, {"status": status})
+
     def _create_pod(self, job: dict[str, Any]) -> None:
-        meta, template = job["metadata"], job["spec"]["template"]
+        meta = job["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        # As the Job controller's generateName: at most 58 chars, then 5 random ones.
         pod_name = f"{name}-"[:58] + "".join(random.choices(_NAME_CHARS, k=5))
-        pod_dir = self.root / "pods" / namespace / pod_name
         log_path = self.root / "logs" / f"{namespace}_{pod_name}.log"
-        tmeta = template.get("metadata") or {}
-        pod = {"metadata": {
-            "name": pod_name, "namespace": namespace,
-            "labels": {**(tmeta.get("labels") or {}), "job-name": name,
-                       "batch.kubernetes.io/job-name": name, "controller-uid": meta["uid"],
-                       "batch.kubernetes.io/controller-uid": meta["uid"]},
-            "annotations": {**(tmeta.get("annotations") or {}),
-                            LOG_PATH_ANNOTATION: str(log_path)},
-            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
-                                 "uid": meta["uid"], "controller": True,
-                                 "blockOwnerDeletion": True}]},
-            "spec": {**template["spec"], "nodeName": self.node_name}}
+        pod = jobcontrol.pod_manifest(job, pod_name, log_path, self.node_name)
         created = self._call("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
+        pod_dir = self.root / "pods" / namespace / pod_name
         run = PodRun(namespace, pod_name, meta["uid"], name, pod_dir, log_path)
-        run.grace = min(float(created["spec"].get("terminationGracePeriodSeconds", 30)),
-                        self.kill_grace)
+        grace = float(created["spec"].get("terminationGracePeriodSeconds", 30))
+        run.grace = min(grace, self.kill_grace)
         with self._lock:
             self._active[meta["uid"]] = run
             self.pods[(namespace, pod_name)] = run
-        status = job.get("status") or {}
-        self._call("PATCH", self._job_path(job) + "/status", {"status": {
-            "active": 1, "startTime": status.get("startTime") or now(),
-            "conditions": [c for c in status.get("conditions") or []
-                           if c.get("type") != "Suspended"] or None}})
+            self._job_t0.setdefault(meta["uid"], time.monotonic())
+        self._patch_status(job, jobcontrol.started_status(job))
         self._try_start(job, run)
 
     def _try_start(self, job: dict[str, Any], run: PodRun) -> None:
@@ -270,34 +268,30 @@ class LocalKubelet:
             return
         try:
             run.pod_dir.mkdir(parents=True, exist_ok=True)
-            run.prepared = podspec.prepare(pod, run.pod_dir, self.root / "shared", self._read,
-                                           self.extra_env)
+            run.prepared = podspec.prepare(
+                pod, run.pod_dir, self.root / "shared", self._read, self.extra_env
+            )
         except podspec.NotReady as e:
-            container = pod["spec"]["containers"][0]["name"]
-            self._call("PATCH", pod_path + "/status", {"status": {"containerStatuses": [{
-                "name": container, "ready": False, "restartCount": 0, "image": "",
-                "state": {"waiting": {"reason": e.reason, "message": e.message}}}]}})
+            status = jobcontrol.waiting_status(pod, e.reason, e.message)
+            self._call("PATCH", pod_path + "/status", {"status": status})
             return
         except ValueError as e:
             run.log_path.write_text(f"harness kubelet: {e}\n")
-            run.started = time.monotonic()
             self._report(job, run, pod, 128, str(e))
             return
         with open(run.log_path, "ab") as log:
             run.proc = subprocess.Popen(
-                run.prepared.argv, env=run.prepared.env, cwd=run.prepared.cwd, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                run.prepared.argv,
+                env=run.prepared.env,
+                cwd=run.prepared.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: killed as a whole
+            )
         run.started = time.monotonic()
-        container = pod["spec"]["containers"][0]
-        self._call("PATCH", pod_path + "/status", {"status": {
-            "phase": "Running", "startTime": now(), "podIP": "127.0.0.1", "hostIP": "127.0.0.1",
-            "conditions": [{"type": t, "status": "True", "lastTransitionTime": now()}
-                           for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
-            "containerStatuses": [{"name": container["name"], "image": container["image"],
-                                   "imageID": "", "ready": True, "started": True,
-                                   "restartCount": 0, "state": {"running": {"startedAt": now()}}}]
-        }})
-        self._call("PATCH", self._job_path(job) + "/status", {"status": {"ready": 1}})
+        self._call("PATCH", pod_path + "/status", {"status": jobcontrol.running_status(pod)})
+        self._patch_status(job, {"ready": 1})
 
     def _kill(self, run: PodRun, reason: str) -> None:
         if run.kill_reason is not None:
@@ -322,57 +316,28 @@ class LocalKubelet:
         with self._lock:
             self._active.pop(run.job_uid, None)
             self._preempt.discard((run.namespace, run.name))
-        if pod is not None:
-            self._report(job, run, pod, exit_code, message)
-        elif job is not None and run.kill_reason is None:
-            self._report(job, run, None, exit_code, message)
+        self._report(job, run, pod, exit_code, message)
 
-    def _report(self, job: dict[str, Any] | None, run: PodRun, pod: dict[str, Any] | None,
-                exit_code: int, message: str) -> None:
+    def _report(
+        self,
+        job: dict[str, Any] | None,
+        run: PodRun,
+        pod: dict[str, Any] | None,
+        exit_code: int,
+        message: str,
+    ) -> None:
         succeeded = exit_code == 0 and run.kill_reason is None
-        conditions = [{"type": "Ready", "status": "False", "lastTransitionTime": now()}]
-        if run.kill_reason == "preempted":
-            conditions.append(_condition("DisruptionTarget", "PreemptionByScheduler",
-                                         "harness: preempted by LocalKubelet.preempt()"))
-        pod_status = {"phase": "Succeeded" if succeeded else "Failed", "conditions": conditions}
+        preempted = run.kill_reason == "preempted"
+        pod_status = jobcontrol.terminated_status(pod, exit_code, message, succeeded, preempted)
         if pod is not None:
-            container = pod["spec"]["containers"][0]
-            pod_status["containerStatuses"] = [{
-                "name": container["name"], "image": container["image"], "imageID": "",
-                "ready": False, "started": False, "restartCount": 0, "state": {"terminated": {
-                    "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                    "message": message, "startedAt": now(), "finishedAt": now()}}}]
-            with contextlib.suppress(kubernetes.client.ApiException):
-                pod_path = f"/api/v1/namespaces/{run.namespace}/pods/{run.name}"
+            pod_path = f"/api/v1/namespaces/{run.namespace}/pods/{run.name}"
+            with contextlib.suppress(kubernetes.client.ApiException):  # deleted meanwhile
                 self._call("PATCH", pod_path + "/status", {"status": pod_status})
                 if run.kill_reason == "suspended":  # the Job controller deletes such pods
                     self._call("DELETE", pod_path)
         if job is None or run.kill_reason in ("deleted", "suspended"):
             return
-        status = job.get("status") or {}
-        conditions = [c for c in status.get("conditions") or [] if c.get("type") != "Suspended"]
-        patch: dict[str, Any] = {"active": 0, "ready": 0}
-        action = "Count" if succeeded else _policy_action(job, pod_status, exit_code)
-        failed = int(status.get("failed") or 0) + (1 if action != "Ignore" and not succeeded
-                                                    else 0)
-        backoff = int((job.get("spec") or {}).get("backoffLimit", 6))
-        if succeeded:
-            patch.update(succeeded=int(status.get("succeeded") or 0) + 1,
-                         completionTime=now())
-            conditions += [_condition(t, "CompletionsReached", "Reached expected number of"
-                                      " succeeded pods") for t in ("SuccessCriteriaMet",
-                                                                   "Complete")]
-        elif run.kill_reason == "deadline":
-            conditions += [_condition(t, "DeadlineExceeded", "Job was active longer than"
-                                      " specified deadline") for t in ("FailureTarget",
-                                                                       "Failed")]
-        elif action == "FailJob":
-            conditions += [_condition(t, "PodFailurePolicy", f"Container failed with exit code"
-                                      f" {exit_code} matching a FailJob rule")
-                           for t in ("FailureTarget", "Failed")]
-        elif action != "Ignore" and failed > backoff:
-            conditions += [_condition(t, "BackoffLimitExceeded", "Job has reached the specified"
-                                      " backoff limit") for t in ("FailureTarget", "Failed")]
-        patch.update(failed=failed or None, conditions=conditions or None)
+        deadline = run.kill_reason == "deadline"
+        status = jobcontrol.status_after_pod(job, pod_status, exit_code, succeeded, deadline)
         with contextlib.suppress(kubernetes.client.ApiException):
-            self._call("PATCH", self._job_path(job) + "/status", {"status": patch})
+            self._patch_status(job, status)

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import dataclasses
-import datetime
 import random
 import threading
 import uuid
@@ -34,76 +32,12 @@ from collections.abc import Callable
 from typing import Any
 
 from . import patching, resources
+from .deletion import DeletionMixin
+from .errors import ApiError, Event, ObjKey, conflict, not_found, now, qualified
 from .resources import ResourceDef
 from .selectors import Predicate
 
-ObjKey = tuple[tuple[str, str, str], "str | None", str]
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # what the real apiserver uses for generateName
-_JOB_ORPHAN_WARNING = (
-    "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background"
-    " to remove them or set propagationPolicy=Orphan to suppress this warning"
-)
-
-
-class ApiError(Exception):
-    """A failure answered in the ``Status`` shape of the Kubernetes API."""
-
-    def __init__(self, code: int, reason: str, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.code, self.reason, self.message, self.details = code, reason, message, details
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "details": self.details,
-            "code": self.code,
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class Event:
-    rv: int
-    rkey: tuple[str, str, str]
-    type: str  # ADDED | MODIFIED | DELETED
-    obj: dict[str, Any]
-    old: dict[str, Any] | None  # the previous state, for selector transitions in watches
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _qualified(rdef: ResourceDef) -> str:
-    return f"{rdef.plural}.{rdef.group}" if rdef.group else rdef.plural
-
-
-def _not_found(rdef: ResourceDef, name: str) -> ApiError:
-    return ApiError(
-        404,
-        "NotFound",
-        f'{_qualified(rdef)} "{name}" not found',
-        name=name,
-        group=rdef.group,
-        kind=rdef.plural,
-    )
-
-
-def _conflict(rdef: ResourceDef, name: str) -> ApiError:
-    return ApiError(
-        409,
-        "Conflict",
-        f'Operation cannot be fulfilled on {rdef.plural} "{name}":'
-        " the object has been modified; please apply your changes to the latest"
-        " version and try again",
-        name=name,
-        group=rdef.group,
-        kind=rdef.plural,
-    )
 
 
 def _spec_part(rdef: ResourceDef, obj: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +49,7 @@ def _spec_part(rdef: ResourceDef, obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k not in skip}
 
 
-class Store:
+class Store(DeletionMixin):
     def __init__(self, history_limit: int = 10000) -> None:
         self.lock = threading.RLock()
         self.resources: dict[tuple[str, str, str], ResourceDef] = {}
@@ -179,7 +113,7 @@ class Store:
         with self.lock:
             obj = self.objects.get((rdef.key, namespace, name))
             if obj is None:
-                raise _not_found(rdef, name)
+                raise not_found(rdef, name)
             return copy.deepcopy(obj)
 
     def list(
@@ -240,7 +174,7 @@ class Store:
                 raise ApiError(
                     409,
                     "AlreadyExists",
-                    f'{_qualified(rdef)} "{meta["name"]}" already exists',
+                    f'{qualified(rdef)} "{meta["name"]}" already exists',
                     name=meta["name"],
                     group=rdef.group,
                     kind=rdef.plural,
@@ -291,7 +225,7 @@ class Store:
                 raise ApiError(400, "BadRequest", "the body of the request is not a JSON object")
             expected = (body.get("metadata") or {}).get("resourceVersion")
             if expected and expected != current["metadata"]["resourceVersion"]:
-                raise _conflict(rdef, name)
+                raise conflict(rdef, name)
             return self._update(rdef, current, copy.deepcopy(body), subresource)
 
     def patch(
@@ -318,7 +252,7 @@ class Store:
             if kind != patching.JSON_PATCH and isinstance(patch, dict):
                 expected = (patch.get("metadata") or {}).get("resourceVersion")
                 if expected and expected != current["metadata"]["resourceVersion"]:
-                    raise _conflict(rdef, name)
+                    raise conflict(rdef, name)
             try:
                 candidate = patching.apply_patch(current, patch, content_type)
             except patching.PatchError as e:
@@ -393,84 +327,3 @@ class Store:
             policy = self._policies.pop(meta["uid"], "Background")
             return self._remove(rdef, key, new, policy)
         return self._commit(rdef, key, new, current, "MODIFIED")
-
-    def delete(
-        self,
-        rdef: ResourceDef,
-        namespace: str | None,
-        name: str,
-        options: dict[str, Any],
-        warnings: list[str],
-    ) -> dict[str, Any]:
-        """Returns the object: with deletionTimestamp if finalizers hold it, else its last state."""
-        with self.lock:
-            current = self.get(rdef, namespace, name)
-            meta = current["metadata"]
-            pre = options.get("preconditions") or {}
-            if pre.get("uid") and pre["uid"] != meta["uid"]:
-                raise _conflict(rdef, name)
-            if pre.get("resourceVersion") and pre["resourceVersion"] != meta["resourceVersion"]:
-                raise _conflict(rdef, name)
-            policy = options.get("propagationPolicy")
-            if options.get("orphanDependents") is True:
-                policy = "Orphan"
-            if policy is None and rdef.key == ("batch", "v1", "jobs"):
-                policy = "Orphan"  # batch/v1 keeps this default for backwards compatibility
-                warnings.append(_JOB_ORPHAN_WARNING)
-            policy = policy or "Background"
-            key: ObjKey = (rdef.key, namespace, name)
-            if meta.get("finalizers"):
-                if meta.get("deletionTimestamp"):
-                    return current
-                self._policies[meta["uid"]] = policy
-                new = copy.deepcopy(current)
-                new["metadata"]["deletionTimestamp"] = now()
-                new["metadata"]["deletionGracePeriodSeconds"] = 0
-                if rdef.has_generation:
-                    new["metadata"]["generation"] = int(meta.get("generation") or 0) + 1
-                return self._commit(rdef, key, new, current, "MODIFIED")
-            return self._remove(rdef, key, current, policy)
-
-    def _remove(
-        self, rdef: ResourceDef, key: ObjKey, obj: dict[str, Any], policy: str
-    ) -> dict[str, Any]:
-        old = self.objects.get(key)
-        final = self._commit(rdef, key, None, obj, "DELETED")
-        if old is not None:
-            final_meta = final["metadata"]
-            if rdef.key == ("", "v1", "namespaces"):
-                for okey in [k for k in self.objects if k[1] == final_meta["name"]]:
-                    if okey in self.objects:
-                        self._delete_key(okey, "Background")
-            if rdef.plural == "customresourcedefinitions" and not rdef.custom:
-                for gone in resources.resource_from_crd(final):
-                    for okey in [k for k in self.objects if k[0] == gone.key]:
-                        self._commit(gone, okey, None, self.objects[okey], "DELETED")
-                    self.resources.pop(gone.key, None)
-            self._collect_garbage(final_meta["uid"], policy)
-        return final
-
-    def _delete_key(self, key: ObjKey, policy: str) -> None:
-        rdef = self.resources.get(key[0])
-        if rdef is not None:
-            self.delete(rdef, key[1], key[2], {"propagationPolicy": policy}, [])
-
-    def _collect_garbage(self, owner_uid: str, policy: str) -> None:
-        """Background GC, done at once: dependents whose every owner is gone are deleted
-        (with Background propagation, as the real garbage collector does); dependents with
-        another live owner, or all of them with Orphan, just lose the reference."""
-        live_uids = {obj["metadata"]["uid"] for obj in self.objects.values()}
-        for key, obj in list(self.objects.items()):
-            refs = obj["metadata"].get("ownerReferences") or []
-            if key not in self.objects or not any(r.get("uid") == owner_uid for r in refs):
-                continue
-            remaining = [r for r in refs if r.get("uid") != owner_uid]
-            if policy != "Orphan" and not any(r.get("uid") in live_uids for r in remaining):
-                self._delete_key(key, "Background")
-                continue
-            new = copy.deepcopy(obj)
-            if remaining:
-                new["metadata"]["ownerReferences"] = remaining
-            else:
-                new["metadata"].pop("ownerReferences", None)
-            self._commit(self.resources[key[0]], key, new, obj, "MODIFIED")
