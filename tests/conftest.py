@@ -26,6 +26,9 @@ _DUMMY_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
 }
 
+# The Kubernetes API stand-in and the test kubelet (tests/harness/).
+pytest_plugins = ["harness.fixtures"]
+
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -3,6 +3,10 @@ kubernetes client and with kopf) and the local kubelet."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -10,6 +14,7 @@ from typing import Any
 import kubernetes.client
 import pytest
 from harness import KubeApi
+from harness.jobcontrol import true_conditions
 from harness.kopfrun import kopf_runner
 from harness.kubelet import LocalKubelet
 from harness.rawclient import wait_for
@@ -49,28 +54,14 @@ def _job(name: str, code: str, *args: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def _conditions(obj: Any) -> dict[str, str]:
-    """{type: reason} of the True conditions of a Job model."""
-    conditions = (obj.status and obj.status.conditions) or []
-    return {c.type: c.reason for c in conditions if c.status == "True"}
-
-
-def _wait_job(
-    api: kubernetes.client.BatchV1Api, name: str, node: LocalKubelet, timeout: float = 15.0
-) -> Any:
-    def finished() -> Any:
-        job = api.read_namespaced_job(name, NS)
-        return job if {"Complete", "Failed"} & set(_conditions(job)) else None
-
-    return wait_for(finished, timeout, message=lambda: f"job {name}:\n{node.logs(name)}")
+def _owner(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj["metadata"]
+    kind = {"apiVersion": obj["apiVersion"], "kind": obj["kind"]}
+    return {**kind, "name": meta["name"], "uid": meta["uid"], "controller": True}
 
 
 def _pods(kube_api: KubeApi, job: str) -> list[dict[str, Any]]:
-    return [
-        p
-        for p in kube_api.list("pods", NS)
-        if p["metadata"]["labels"].get("batch.kubernetes.io/job-name") == job
-    ]
+    return kube_api.list("pods", NS, f"batch.kubernetes.io/job-name={job}")
 
 
 # -- the API server -----------------------------------------------------------------------------
@@ -183,25 +174,11 @@ def test_cascading_delete(kube_api: KubeApi) -> None:
     core = kubernetes.client.CoreV1Api(kube_api.client)
 
     def job_with_pod(name: str) -> None:
-        job = batch.create_namespaced_job(NS, _job(name, "pass"))
-        owner = {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "name": name,
-            "uid": job.metadata.uid,
-            "controller": True,
-        }
-        core.create_namespaced_pod(
-            NS,
-            {
-                "metadata": {
-                    "generateName": f"{name}-",
-                    "labels": {"job-name": name},
-                    "ownerReferences": [owner],
-                },
-                "spec": job.spec.template.spec.to_dict(),
-            },
-        )
+        batch.create_namespaced_job(NS, _job(name, "pass"))
+        job = kube_api.get("jobs", name)
+        refs = [_owner(job)]
+        meta = {"generateName": f"{name}-", "labels": {"job-name": name}, "ownerReferences": refs}
+        core.create_namespaced_pod(NS, {"metadata": meta, "spec": job["spec"]["template"]["spec"]})
 
     job_with_pod("bg")
     batch.delete_namespaced_job("bg", NS, propagation_policy="Background")
@@ -217,14 +194,8 @@ def test_cascading_delete(kube_api: KubeApi) -> None:
     # A custom resource's dependents go with it (Background is the default elsewhere).
     games = kubernetes.client.CustomObjectsApi(kube_api.client)
     game = games.create_namespaced_custom_object(G, V, NS, P, _game("owner"))
-    owner = {
-        "apiVersion": f"{G}/{V}",
-        "kind": "AdversarialGame",
-        "name": "owner",
-        "uid": game["metadata"]["uid"],
-        "controller": True,
-    }
-    core.create_namespaced_config_map(NS, {"metadata": {"name": "dep", "ownerReferences": [owner]}})
+    dependent = {"metadata": {"name": "dep", "ownerReferences": [_owner(game)]}}
+    core.create_namespaced_config_map(NS, dependent)
     games.delete_namespaced_custom_object(G, V, NS, P, "owner")
     assert kube_api.get("configmaps", "dep") is None
 
@@ -265,69 +236,52 @@ WRITE_MESSAGE = "import sys; open(sys.argv[1], 'w').write(sys.argv[2]); sys.exit
 
 def test_job_runs_and_completes(kube_api: KubeApi, kubelet: LocalKubelet) -> None:
     core = kubernetes.client.CoreV1Api(kube_api.client)
-    batch = kubernetes.client.BatchV1Api(kube_api.client)
-    core.create_namespaced_secret(
-        NS, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cr3t"}}
-    )
-    core.create_namespaced_config_map(
-        NS, {"metadata": {"name": "game"}, "data": {"game.json": '{"rounds": 2}'}}
-    )
+    secret = {"metadata": {"name": "creds"}, "stringData": {"token": "s3cr3t"}}
+    core.create_namespaced_secret(NS, secret)
+    config = {"metadata": {"name": "game"}, "data": {"game.json": '{"rounds": 2}'}}
+    core.create_namespaced_config_map(NS, config)
+    # The config map's file at its mount path, env from a Secret and a fieldRef, and the
+    # termination message path: all of them rewritten to local paths by the kubelet.
     code = (
         "import json, os, sys; game = json.load(open(sys.argv[1]));"
-        " assert os.environ['TOKEN'] == 's3cr3t', os.environ;"
-        " assert os.environ['POD'].startswith('ok-');"
+        " assert os.environ['TOKEN'] == 's3cr3t' and os.environ['POD'].startswith('ok-');"
         " open(os.environ['TERM_LOG'], 'w').write(f\"hello {game['rounds']}\")"
     )
-    batch.create_namespaced_job(
-        NS,
-        _job(
-            "ok",
-            code,
-            "/etc/sparring/game.json",
-            container={
-                "env": [
-                    {
-                        "name": "TOKEN",
-                        "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}},
-                    },
-                    {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                    {"name": "TERM_LOG", "value": "/tmp/term/message"},
-                ],
-                "volumeMounts": [{"name": "game", "mountPath": "/etc/sparring"}],
-            },
-            pod={"volumes": [{"name": "game", "configMap": {"name": "game"}}]},
-        ),
-    )
-    job = _wait_job(batch, "ok", kubelet)
-    assert _conditions(job) == {
+    token = {"secretKeyRef": {"name": "creds", "key": "token"}}
+    env = [
+        {"name": "TOKEN", "valueFrom": token},
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "TERM_LOG", "value": "/tmp/term/message"},
+    ]
+    mounts = [{"name": "game", "mountPath": "/etc/sparring"}]
+    volumes = [{"name": "game", "configMap": {"name": "game"}}]
+    container, pod_spec = {"env": env, "volumeMounts": mounts}, {"volumes": volumes}
+    manifest = _job("ok", code, "/etc/sparring/game.json", container=container, pod=pod_spec)
+    kubernetes.client.BatchV1Api(kube_api.client).create_namespaced_job(NS, manifest)
+    job = kubelet.wait_job("ok")
+    assert true_conditions(job) == {
         "SuccessCriteriaMet": "CompletionsReached",
         "Complete": "CompletionsReached",
     }
-    assert job.status.succeeded == 1 and job.status.completion_time and job.status.start_time
+    status = job["status"]
+    assert status["succeeded"] == 1 and status["completionTime"] and status["startTime"]
     (pod,) = _pods(kube_api, "ok")
     assert pod["status"]["phase"] == "Succeeded"
-    assert pod["metadata"]["ownerReferences"][0]["uid"] == job.metadata.uid
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert (terminated["exitCode"], terminated["reason"], terminated["message"]) == (
-        0,
-        "Completed",
-        "hello 2",
-    )
+    assert terminated == {**terminated, "exitCode": 0, "reason": "Completed", "message": "hello 2"}
     assert kubelet.log_path(pod["metadata"]["name"]).exists()
 
 
 def test_job_failure_and_deadline(kube_api: KubeApi, kubelet: LocalKubelet) -> None:
     batch = kubernetes.client.BatchV1Api(kube_api.client)
     batch.create_namespaced_job(NS, _job("bad", WRITE_MESSAGE, "/tmp/term/message", "boom", "3"))
-    batch.create_namespaced_job(
-        NS, _job("slow", "import time; time.sleep(60)", activeDeadlineSeconds=1)
-    )
-    job = _wait_job(batch, "bad", kubelet)
-    assert _conditions(job) == {
-        "FailureTarget": "BackoffLimitExceeded",
-        "Failed": "BackoffLimitExceeded",
-    }
-    assert job.status.failed == 1 and not job.status.succeeded
+    sleeper = _job("slow", "import time; time.sleep(60)", activeDeadlineSeconds=1)
+    batch.create_namespaced_job(NS, sleeper)
+    job = kubelet.wait_job("bad")
+    failed = {"FailureTarget": "BackoffLimitExceeded", "Failed": "BackoffLimitExceeded"}
+    assert true_conditions(job) == failed
+    assert job["status"]["failed"] == 1 and not job["status"].get("succeeded")
     (pod,) = _pods(kube_api, "bad")
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert (pod["status"]["phase"], terminated["exitCode"], terminated["message"]) == (
@@ -335,15 +289,13 @@ def test_job_failure_and_deadline(kube_api: KubeApi, kubelet: LocalKubelet) -> N
         3,
         "boom",
     )
-    job = _wait_job(batch, "slow", kubelet)
-    assert _conditions(job)["Failed"] == "DeadlineExceeded"
+    assert true_conditions(kubelet.wait_job("slow"))["Failed"] == "DeadlineExceeded"
     assert kubelet.running("slow") is None
 
 
 def test_preemption_is_ignored_by_pod_failure_policy(
     kube_api: KubeApi, kubelet: LocalKubelet
 ) -> None:
-    batch = kubernetes.client.BatchV1Api(kube_api.client)
     # The first pod leaves a marker on the shared volume and waits; the second one finds it.
     code = (
         "import os, sys, time; marker = os.path.join(sys.argv[1], 'started');"
@@ -351,25 +303,21 @@ def test_preemption_is_ignored_by_pod_failure_policy(
         " time.sleep(60 if first else 0)"
     )
     policy = {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}
-    batch.create_namespaced_job(
-        NS,
-        _job(
-            "pre",
-            code,
-            "/data",
-            podFailurePolicy=policy,
-            container={"volumeMounts": [{"name": "data", "mountPath": "/data"}]},
-            pod={"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "pre"}}]},
-        ),
+    mounts = [{"name": "data", "mountPath": "/data"}]
+    volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": "pre"}}]
+    container, pod_spec = {"volumeMounts": mounts}, {"volumes": volumes}
+    manifest = _job(
+        "pre", code, "/data", podFailurePolicy=policy, container=container, pod=pod_spec
     )
+    kubernetes.client.BatchV1Api(kube_api.client).create_namespaced_job(NS, manifest)
     preempted = kubelet.preempt("pre")
-    job = _wait_job(batch, "pre", kubelet)
-    assert "Complete" in _conditions(job) and not job.status.failed
+    job = kubelet.wait_job("pre")
+    assert "Complete" in true_conditions(job) and not job["status"].get("failed")
     pods = {p["metadata"]["name"]: p for p in _pods(kube_api, "pre")}
     assert len(pods) == 2
-    conditions = {c["type"]: c for c in pods[preempted]["status"]["conditions"]}
     assert pods[preempted]["status"]["phase"] == "Failed"
-    assert conditions["DisruptionTarget"]["reason"] == "PreemptionByScheduler"
+    conditions = true_conditions(pods[preempted])
+    assert conditions["DisruptionTarget"] == "PreemptionByScheduler"
 
 
 def test_suspended_job_waits_and_deleted_job_is_killed(
@@ -377,17 +325,14 @@ def test_suspended_job_waits_and_deleted_job_is_killed(
 ) -> None:
     batch = kubernetes.client.BatchV1Api(kube_api.client)
     batch.create_namespaced_job(NS, _job("later", "pass", suspend=True))
-    job = wait_for(
-        lambda: (
-            (j := batch.read_namespaced_job("later", NS)) and "Suspended" in _conditions(j) and j
-        ),
+    wait_for(
+        lambda: "Suspended" in true_conditions(kube_api.get("jobs", "later") or {}),
         10,
-        message="Suspended condition",
+        message="the Suspended condition",
     )
     assert not _pods(kube_api, "later")
     batch.patch_namespaced_job("later", NS, {"spec": {"suspend": False}})
-    job = _wait_job(batch, "later", kubelet)
-    assert "Complete" in _conditions(job) and "Suspended" not in _conditions(job)
+    assert set(true_conditions(kubelet.wait_job("later"))) == {"SuccessCriteriaMet", "Complete"}
 
     batch.create_namespaced_job(NS, _job("doomed", "import time; time.sleep(60)"))
     run = wait_for(lambda: kubelet.running("doomed"), 10, message="a running pod")
@@ -430,3 +375,56 @@ def test_kopf_operator_reacts(kube_env: KubeApi) -> None:
     assert runner.exception is None
     used = kube_env.rbac_usage(user_agent="kopf")
     assert {(G, P, "watch"), (G, P, "patch"), (G, f"{P}/status", "patch")} <= used
+
+
+def test_kopf_operator_as_a_subprocess(kube_api: KubeApi, tmp_path: Path) -> None:
+    """The operator in its own process (killable, restartable), the API server in the test's."""
+    api = kubernetes.client.CustomObjectsApi(kube_api.client)
+    api.create_namespaced_custom_object(G, V, NS, P, _game("s1"))  # before the operator starts
+    log = tmp_path / "operator.log"
+    command = [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*command, str(MINI_OPERATOR)],
+            env={**os.environ, **kube_api.env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(
+            lambda: (kube_api.get(P, "s1") or {}).get("status", {}).get("created"),
+            30,
+            message=lambda: f"the operator to handle s1:\n{log.read_text()}",
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    records = [json.loads(line) for line in kube_api.request_log_path.read_text().splitlines()]
+    assert {(r["verb"], r["resource"]) for r in records if r["user_agent"].startswith("kopf")} >= {
+        ("list", P),
+        ("watch", P),
+        ("patch", f"{P}/status"),
+    }
+
+
+def test_crd_created_at_run_time_is_served(kube_api: KubeApi) -> None:
+    crd = {
+        "metadata": {"name": "widgets.example.dev"},
+        "spec": {
+            "group": "example.dev",
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [{"name": "v1", "served": True, "storage": True}],
+        },
+    }
+    ext = kubernetes.client.ApiextensionsV1Api(kube_api.client)
+    created = ext.create_custom_resource_definition(crd)
+    assert {c.type for c in created.status.conditions} == {"NamesAccepted", "Established"}
+    discovery = kube_api.http("GET", "/apis/example.dev/v1").body
+    assert [r["name"] for r in discovery["resources"]] == ["widgets"]
+    api = kubernetes.client.CustomObjectsApi(kube_api.client)
+    api.create_namespaced_custom_object(
+        "example.dev", "v1", NS, "widgets", {"metadata": {"name": "w"}}
+    )
+    ext.delete_custom_resource_definition("widgets.example.dev")  # takes its objects with it
+    assert kube_api.http("GET", f"/apis/example.dev/v1/namespaces/{NS}/widgets").status == 404

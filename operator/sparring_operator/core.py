@@ -192,7 +192,9 @@ def decide(
 
     if isinstance(step, GameDone):
         status = build_status(view, step, done, generation=generation)
-        actions += [DeleteJob(j.name) for j in active]  # e.g. rounds shrank below a running one
+        # A Job of an uncommitted phase beyond the game's end (rounds shrank) is stopped; one
+        # whose phase committed is left to finish, so its record and message stay readable.
+        actions += [DeleteJob(j.name) for j in active if (j.round, j.phase) not in view.committed]
         this_hash = spec_hash(game)
         if complete_hash != this_hash:
             actions.append(WriteComplete(this_hash))
@@ -204,8 +206,13 @@ def decide(
     phase_jobs = sorted(
         (j for j in jobs if (j.round, j.phase) == (step.round, step.phase)), key=lambda j: j.attempt
     )
-    stale = [j for j in active if (j.round, j.phase) != (step.round, step.phase)]
-    actions += [DeleteJob(j.name) for j in stale]  # a phase that committed but whose Job lingers
+    # Active Jobs of other phases: those that committed are finishing (left alone); any other
+    # would run out of order (the spec changed under it), so it is stopped.
+    stale = [
+        j for j in active
+        if (j.round, j.phase) != (step.round, step.phase) and (j.round, j.phase) not in view.committed
+    ]  # fmt: skip
+    actions += [DeleteJob(j.name) for j in stale]
     retry = spec.phases.for_phase(step.phase).retry
     failures = [j for j in phase_jobs if j.state == "Failed"]
     # A phase's Job that "succeeded" without committing its outputs counts as a failure too.

@@ -134,10 +134,14 @@ class HarnessHandler(kmock.KubernetesScaffold):
         super().__attrs_post_init__()
         self.store.on_register.append(self._declare)
         for rdef in list(self.store.resources.values()):
-            self._declare(rdef)
+            self._declare(rdef, None)
 
-    def _declare(self, rdef: ResourceDef) -> None:
-        """Make a resource discoverable through kmock's discovery endpoints."""
+    def _declare(self, rdef: ResourceDef | None, remove: ResourceDef | None) -> None:
+        """Make a resource (un)discoverable through kmock's discovery endpoints."""
+        if remove is not None:
+            self.resources.pop(kmock.resource(remove.group, remove.version, remove.plural), None)
+        if rdef is None:
+            return
         self.resources[kmock.resource(rdef.group, rdef.version, rdef.plural)] = kmock.ResourceInfo(
             namespaced=rdef.namespaced,
             kind=rdef.kind,
@@ -288,7 +292,11 @@ class HarnessHandler(kmock.KubernetesScaffold):
             items, _ = store.list(rdef, ns, query_predicate(raw.query, None))
             for item in items:
                 meta = item["metadata"]
-                store.delete(rdef, meta.get("namespace"), meta["name"], options, warnings)
+                try:
+                    store.delete(rdef, meta.get("namespace"), meta["name"], options, warnings)
+                except ApiError as e:
+                    if e.code != 404:  # 404: already garbage-collected with an earlier item
+                        raise
             return _json(
                 {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"},
                 200,

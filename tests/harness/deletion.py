@@ -27,6 +27,7 @@ class DeletionMixin:
     _policies: dict[str, str]
     get: Callable[..., dict[str, Any]]
     _commit: Callable[..., dict[str, Any]]
+    register: Callable[..., None]
 
     def delete(
         self,
@@ -80,7 +81,7 @@ class DeletionMixin:
                 for gone in resources.resource_from_crd(final):
                     for okey in [k for k in self.objects if k[0] == gone.key]:
                         self._commit(gone, okey, None, self.objects[okey], "DELETED")
-                    self.resources.pop(gone.key, None)
+                    self.register(None, remove=gone)
             self._collect_garbage(final_meta["uid"], policy)
         return final
 

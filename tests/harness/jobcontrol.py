@@ -30,6 +30,12 @@ def has_condition(obj: dict[str, Any], *types: str) -> bool:
     )
 
 
+def true_conditions(obj: dict[str, Any]) -> dict[str, str]:
+    """``{type: reason}`` of the conditions with status True."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return {c["type"]: c.get("reason", "") for c in conditions if c.get("status") == "True"}
+
+
 def finished(job: dict[str, Any]) -> bool:
     return has_condition(job, "Complete", "Failed")
 

@@ -26,6 +26,7 @@ import kubernetes.client
 import kubernetes.config
 import yaml
 
+from . import selectors
 from .apiserver import Fault, HarnessHandler, RequestRecord
 from .resources import ADVERSARIAL_GAMES, BUILTIN_RESOURCES, ResourceDef, resource_from_crd
 from .store import Store
@@ -112,7 +113,7 @@ class KubeApi:
         self.handler = HarnessHandler(store=self.store, request_log_path=self.request_log_path)
         async with self.handler:
             runner = aiohttp.web.ServerRunner(
-                aiohttp.web.Server(self.handler), shutdown_timeout=2.0
+                aiohttp.web.Server(self.handler, access_log=None), shutdown_timeout=2.0
             )
             await runner.setup()
             await aiohttp.web.SockSite(runner, sock).start()
@@ -225,8 +226,12 @@ class KubeApi:
             obj = self.store.objects.get((rdef.key, namespace if rdef.namespaced else None, name))
             return json.loads(json.dumps(obj)) if obj is not None else None
 
-    def list(self, resource: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        items, _ = self.store.list(self.lookup(resource), namespace)
+    def list(
+        self, resource: str, namespace: str | None = None, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        items, _ = self.store.list(
+            self.lookup(resource), namespace, selectors.label_selector(label_selector)
+        )
         return items
 
     # -- request log -------------------------------------------------------------------------

@@ -14,9 +14,15 @@ suspended, runs one pod at a time:
   exit codes and pod conditions); ``activeDeadlineSeconds`` (Failed/DeadlineExceeded);
   ``suspend`` (the pod is killed and deleted, condition Suspended).
 
-A Job deleted while its pod runs has its process group killed. :meth:`LocalKubelet.preempt`
-simulates a scheduler preemption (SIGTERM, then SIGKILL after the grace period; Pod Failed with
-a DisruptionTarget condition). Retries start immediately (no exponential pod backoff).
+A Job deleted while its pod runs has its process group killed; so does a Pod deleted through
+the API (counted as a failure). :meth:`LocalKubelet.preempt` simulates a scheduler preemption
+(SIGTERM, then SIGKILL after the grace period; Pod Failed with a DisruptionTarget condition).
+A missing Secret/ConfigMap keeps the Pod Pending (waiting: CreateContainerConfigError) until it
+appears, as on a cluster. At most ``max_parallel`` processes run; other Jobs wait.
+
+Not emulated: more than one pod per Job at a time (completions/parallelism > 1), in-place
+container restarts (``restartPolicy: OnFailure`` behaves as Never), the exponential delay
+between retries (a retry starts on the next tick), init and sidecar containers.
 """
 
 from __future__ import annotations
@@ -156,6 +162,21 @@ class LocalKubelet:
         with self._lock:
             self._preempt.add((run.namespace, run.name))
         return run.name
+
+    def wait_job(self, job: str, namespace: str = "default", timeout: float = 30.0) -> Any:
+        """Wait until the Job is Complete or Failed; return it (a dict, as the API has it).
+        On timeout, the error shows the Job's status and the output of its pods."""
+        path = f"/apis/batch/v1/namespaces/{namespace}/jobs/{job}"
+        last: dict[str, Any] = {}
+
+        def finished() -> dict[str, Any] | None:
+            last.update(self._call("GET", path))
+            return dict(last) if jobcontrol.finished(last) else None
+
+        def message() -> str:
+            return f"job {namespace}/{job}: {last.get('status')}\n{self.logs(job)}"
+
+        return wait_for(finished, timeout, message=message)
 
     # -- the loop ----------------------------------------------------------------------------
     def _call(

@@ -195,8 +195,10 @@ def prepare(
 
     home = pod_dir / "home"
     home.mkdir(parents=True, exist_ok=True)
+    # The venv's bin first: its console scripts and `python` in child processes resolve there.
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/bin")])
     base = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PATH": path,
         "HOME": str(home),
         "HOSTNAME": pod["metadata"]["name"],
     }

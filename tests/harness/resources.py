@@ -230,6 +230,21 @@ def prepare_create(rdef: ResourceDef, obj: dict[str, Any]) -> None:
         obj.setdefault("spec", {"finalizers": ["kubernetes"]})
         obj["status"] = {"phase": "Active"}
         meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
+    elif rdef.plural == "customresourcedefinitions" and not rdef.custom:
+        # Served at once (see Store.create), so established at once, as `kubectl wait` expects.
+        spec = obj.get("spec") or {}
+        stored = [v["name"] for v in spec.get("versions") or [] if v.get("storage")]
+        obj["status"] = {
+            "acceptedNames": spec.get("names") or {},
+            "storedVersions": stored,
+            "conditions": [
+                {"type": t, "status": "True", "reason": r, "message": "harness"}
+                for t, r in (
+                    ("NamesAccepted", "NoConflicts"),
+                    ("Established", "InitialNamesAccepted"),
+                )
+            ],
+        }
 
 
 def check_update(rdef: ResourceDef, old: dict[str, Any], new: dict[str, Any]) -> None:

@@ -50,6 +50,9 @@ def _spec_part(rdef: ResourceDef, obj: dict[str, Any]) -> dict[str, Any]:
 
 
 class Store(DeletionMixin):
+    """Objects by (resource, namespace, name), the resourceVersion counter and the event
+    history; see the module docstring for the semantics."""
+
     def __init__(self, history_limit: int = 10000) -> None:
         self.lock = threading.RLock()
         self.resources: dict[tuple[str, str, str], ResourceDef] = {}
@@ -59,15 +62,19 @@ class Store(DeletionMixin):
         self.history_limit = history_limit
         self.compacted_rv = 0  # watches from below this resourceVersion get 410 Gone
         self.listeners: list[Callable[[Event], None]] = []
-        self.on_register: list[Callable[[ResourceDef], None]] = []
+        self.on_register: list[Callable[[ResourceDef | None, ResourceDef | None], None]] = []
         self._policies: dict[str, str] = {}  # uid -> propagation policy of a pending deletion
 
     # -- resources ---------------------------------------------------------------------------
-    def register(self, rdef: ResourceDef) -> None:
+    def register(self, rdef: ResourceDef | None, *, remove: ResourceDef | None = None) -> None:
+        """Serve a resource (or stop serving ``remove``); callbacks update the discovery."""
         with self.lock:
-            self.resources[rdef.key] = rdef
+            if rdef is not None:
+                self.resources[rdef.key] = rdef
+            if remove is not None:
+                self.resources.pop(remove.key, None)
             for callback in self.on_register:
-                callback(rdef)
+                callback(rdef, remove)
 
     def resource(self, group: str, version: str, plural: str) -> ResourceDef | None:
         return self.resources.get((group, version, plural))

@@ -1,4 +1,4 @@
-"""Preference pairs and prompts: reading, validating and the deterministic APO split.
+"""Preference pairs and prompts: reading, validating and the deterministic APO and APL splits.
 
 Preference files are HH-RLHF style JSON lines: ``{"chosen": T1, "rejected": T2}`` where each
 transcript is ``"\\n\\nHuman: ...\\n\\nAssistant: ...`` and both share every turn but the last
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sparring_trainer.config import APODataSpec, DataSource, StorageSpec
+from sparring_trainer.config import APLSpec, APODataSpec, DataSource, PromptSource, StorageSpec
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -31,8 +31,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
-BUILTINS: dict[str, str] = {"hh-rlhf-harmless": "hh-rlhf_harmless-base_test.jsonl.gz"}
-"""Built-in data sets (``builtin:NAME``) and their file in ``sparring_trainer/datasets/``."""
+BUILTINS: dict[str, str] = {
+    "hh-rlhf-harmless": "hh-rlhf_harmless-base_test.jsonl.gz",
+    "advbench": "advbench_harmful_behaviors.csv",
+    "harmbench": "harmbench_behaviors_text_val.csv",
+    "xstest": "xstest_prompts.csv",
+}
+"""Built-in data sets (``builtin:NAME``) and their file in ``sparring_trainer/datasets/``
+(sources, licences and checksums in its README.md)."""
 
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ ]?")
 _ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -107,7 +113,7 @@ def parse_hh_transcript(text: str, where: str) -> tuple[tuple[Message, ...], str
 def builtin_resource(name: str) -> Traversable:
     """The packaged file of ``builtin:NAME``; DataError listing the known names otherwise."""
     if name not in BUILTINS:
-        known = ", ".join(f"builtin:{n}" for n in sorted(BUILTINS))
+        known = ", ".join(f"builtin:{n}" for n in BUILTINS)
         raise DataError(f"builtin:{name}: unknown built-in data set (known: {known})")
     try:
         root: Traversable = importlib.resources.files("sparring_trainer") / "datasets"
@@ -230,6 +236,14 @@ def read_preferences(
     return pairs
 
 
+def _is_csv(source: DataSource) -> bool:
+    """CSV (header row) or JSON lines, by the file name (a builtin's packaged file name)."""
+    name = source.path
+    if name.startswith("builtin:"):
+        name = BUILTINS.get(name[len("builtin:") :], name)
+    return re.search(r"\.csv(\.gz)?$", name) is not None
+
+
 def read_prompts(
     source: DataSource,
     column: str,
@@ -241,7 +255,7 @@ def read_prompts(
     name = source.path
     lines = _lines(source, storage)
     prompts: list[str] = []
-    if re.search(r"\.csv(\.gz)?$", name):
+    if _is_csv(source):
         reader = csv.DictReader(io.StringIO("\n".join(lines) + "\n"))
         if reader.fieldnames is None or column not in reader.fieldnames:
             raise DataError(f"{name}: no column {column!r} (columns: {reader.fieldnames or []})")
@@ -267,6 +281,105 @@ def read_prompts(
     if not prompts:
         raise DataError(f"{name}: no rows")
     return prompts
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One prompt of a `PromptSource` (after its filter), with its target answer if any."""
+
+    prompt: str
+    target: str | None
+    origin: str
+    """``file:line`` the row was read from."""
+
+    @property
+    def key(self) -> str:
+        """Stable sha256 hex of the prompt text: the basis of the APL split."""
+        return hashlib.sha256(self.prompt.encode("utf-8")).hexdigest()
+
+
+def _records(
+    source: DataSource, storage: StorageSpec | None
+) -> tuple[list[str], list[tuple[int, dict[str, object]]]]:
+    """(column names, [(line, row)]) of a CSV file (header row) or a JSON-lines file."""
+    name = source.path
+    lines = _lines(source, storage)
+    if _is_csv(source):
+        reader = csv.DictReader(io.StringIO("\n".join(lines) + "\n"))
+        columns = list(reader.fieldnames or [])
+        rows: list[tuple[int, dict[str, object]]] = []
+        for row in reader:
+            if None in row:  # more fields than the header names
+                raise DataError(f"{name}:{reader.line_num}: more fields than the header has")
+            rows.append((reader.line_num, dict(row)))
+        return columns, rows
+    columns, rows = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{name}:{number}: invalid JSON: {error.msg}") from error
+        if not isinstance(row, dict):
+            raise DataError(f"{name}:{number}: expected a JSON object")
+        columns += [c for c in row if c not in columns]
+        rows.append((number, row))
+    return columns, rows
+
+
+def read_prompt_rows(source: PromptSource, storage: StorageSpec | None = None) -> list[PromptRow]:
+    """The prompts of `source` (its `column`), with targets from `targetColumn` when set.
+
+    Rows whose `filterColumn` differs from `filterValue` are dropped first. Errors name the file
+    and, where there is one, the line: a missing column (CSV: line 1, the header), an empty
+    prompt or target, a filter that leaves no rows.
+    """
+    name = source.path
+    if (source.filter_column is None) != (source.filter_value is None):
+        raise DataError(f"{name}: filterColumn and filterValue must be given together")
+    columns, rows = _records(source, storage)
+    if not rows:
+        raise DataError(f"{name}: no rows")
+    wanted = [("column", source.column), ("targetColumn", source.target_column)]
+    wanted.append(("filterColumn", source.filter_column))
+    csv_file = _is_csv(source)
+    for field, column in wanted:
+        if column is None:
+            continue
+        if csv_file and column not in columns:
+            raise DataError(
+                f"{name}:1: no column {column!r} (the source's {field}); columns: {columns}"
+            )
+        for number, row in rows:  # JSON lines: each row must have it
+            if column not in row:
+                raise DataError(f"{name}:{number}: missing key {column!r} (the source's {field})")
+    out: list[PromptRow] = []
+    seen_values: set[str] = set()
+    for number, row in rows:
+        where = f"{name}:{number}"
+        if source.filter_column is not None:
+            value = str(row[source.filter_column]).strip()
+            seen_values.add(value)
+            if value != source.filter_value:
+                continue
+        prompt = row[source.column]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{where}: {source.column!r} must be a non-empty string")
+        target: str | None = None
+        if source.target_column is not None:
+            raw = row[source.target_column]
+            if not isinstance(raw, str) or not raw.strip():
+                raise DataError(f"{where}: {source.target_column!r} must be a non-empty string")
+            target = raw.strip()
+        out.append(PromptRow(prompt=prompt.strip(), target=target, origin=where))
+    if not out:
+        shown = ", ".join(repr(v) for v in sorted(seen_values)[:10])
+        raise DataError(
+            f"{name}: no prompts left after the filter {source.filter_column} == "
+            f"{source.filter_value!r} (values in the file: {shown})"
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------- split
@@ -319,4 +432,76 @@ def split_apo(pairs: Sequence[PreferencePair], spec: APODataSpec) -> APOSplits:
         train_queries=[query(p, False) for p in train],
         test_pairs=test,
         test_queries=[query(p, True) for p in test[: spec.test_queries]],
+    )
+
+
+@dataclass(frozen=True)
+class Seed:
+    """A harmful seed request and the harmful answer the attacker wants the defender to give."""
+
+    id: str
+    prompt: str
+    target: str
+
+
+@dataclass(frozen=True)
+class APLSplits:
+    train_seeds: list[Seed]
+    test_seeds: list[Seed]
+    benign_train: list[Query]
+    """Utility term: the base defender's answers to these are preferred over a refusal."""
+    benign_test: list[Query]
+    """Over-refusal check (held out)."""
+
+
+def harmful_target(row: PromptRow, template: str) -> str:
+    """The row's own target, or `template` with ``{prompt}`` replaced by the request."""
+    return row.target if row.target is not None else template.replace("{prompt}", row.prompt)
+
+
+def _unique_by_key(rows: Sequence[PromptRow]) -> list[PromptRow]:
+    unique: dict[str, PromptRow] = {}
+    for row in rows:
+        unique.setdefault(row.key, row)  # the first occurrence in the file wins
+    return [unique[key] for key in sorted(unique)]
+
+
+def split_apl(seeds: Sequence[PromptRow], benign: Sequence[PromptRow], spec: APLSpec) -> APLSplits:
+    """Deterministic, order-independent split by prompt hash (sha256 of the text).
+
+    Distinct seed prompts sorted by key: the first `testSeeds` are held out, the next
+    `trainSeeds` are trained on. Distinct benign prompts: the first `benignPrompts` are the
+    held-out over-refusal set, the next `benignPrompts` the utility term's prompts.
+    """
+    ordered = _unique_by_key(seeds)
+    source = spec.seeds.path
+    needed = spec.test_seeds + spec.train_seeds
+    if len(ordered) < needed:
+        raise DataError(
+            f"{source}: the APL split needs {needed} distinct seed prompts (testSeeds "
+            f"{spec.test_seeds} + trainSeeds {spec.train_seeds}) but only {len(ordered)} are "
+            f"available (of {len(seeds)} rows after the filter)"
+        )
+    as_seeds = [
+        Seed(r.key[:16], r.prompt, harmful_target(r, spec.target_template)) for r in ordered
+    ]
+    test, train = as_seeds[: spec.test_seeds], as_seeds[spec.test_seeds : needed]
+    benign_rows = _unique_by_key(benign)
+    if len(benign_rows) < 2 * spec.benign_prompts:
+        raise DataError(
+            f"{spec.benign.path}: the APL split needs {2 * spec.benign_prompts} distinct benign "
+            f"prompts (benignPrompts {spec.benign_prompts} held out for over-refusal + "
+            f"{spec.benign_prompts} for the utility term) but only {len(benign_rows)} are "
+            f"available (of {len(benign)} rows after the filter)"
+        )
+
+    def query(row: PromptRow) -> Query:
+        return Query(id=row.key[:16], prompt=({"role": "user", "content": row.prompt},))
+
+    n = spec.benign_prompts
+    return APLSplits(
+        train_seeds=train,
+        test_seeds=test,
+        benign_train=[query(r) for r in benign_rows[n : 2 * n]],
+        benign_test=[query(r) for r in benign_rows[:n]],
     )

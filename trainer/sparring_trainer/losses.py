@@ -66,6 +66,35 @@ def dpo_loss(
     return -F.logsigmoid(beta * logits).mean()
 
 
+def weighted_dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """Sigmoid DPO loss with a weight per pair (the APL defender's harm + utility pairs).
+
+    ``L = sum_i w_i * -log sigmoid(beta * ((pc_i - rc_i) - (pr_i - rr_i))) / n`` on summed
+    log-probs: the same weighted mean as `weighted_rank_loss`, and `dpo_loss` when every
+    weight is 1. Shapes: all five tensors are (n,).
+    """
+    assert (
+        policy_chosen.shape
+        == policy_rejected.shape
+        == ref_chosen.shape
+        == ref_rejected.shape
+        == weights.shape
+    ), (
+        f"shape mismatch: policy {tuple(policy_chosen.shape)}/{tuple(policy_rejected.shape)}, "
+        f"ref {tuple(ref_chosen.shape)}/{tuple(ref_rejected.shape)}, weights {tuple(weights.shape)}"
+    )
+    logits = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    per_pair = -F.logsigmoid(beta * logits)  # (n,)
+    return (weights * per_pair).sum() / per_pair.numel()
+
+
 @dataclass(frozen=True)
 class ScoredGroup:
     """One query's samples and their rewards."""

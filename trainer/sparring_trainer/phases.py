@@ -44,11 +44,14 @@ def run_phase(
         metrics = ctx.read_metrics(round, phase)
         write_termination_log(summary_for(ctx, metrics, noop=True))
         return metrics, True
-    from sparring_trainer import apo
+    if game.kind == "apl":
+        from sparring_trainer.apl import PHASES
+    else:
+        from sparring_trainer.apo import PHASES
 
     started = time.monotonic()
     try:
-        metrics = apo.PHASES[phase](ctx)
+        metrics = PHASES[phase](ctx)
         metrics["compute_seconds"] = time.monotonic() - started
         write_termination_log(finish(ctx, metrics))
     finally:

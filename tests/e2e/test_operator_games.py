@@ -1,0 +1,238 @@
+"""The operator plays games through Jobs on the harness: API stand-in, test kubelet, moto S3.
+
+The operator runs as a real process (`python -m sparring_operator operator`), so it can be
+killed and restarted; the kubelet runs each Job's container command as a local process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from harness.rawclient import wait_for
+from kubernetes import client as k8s
+from sparring_trainer.config import StorageSpec
+from sparring_trainer.store import is_committed, open_store, phase_prefix
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUP, VERSION, PLURAL = "sparring.dev", "v1alpha1", "adversarialgames"
+GAME_TIMEOUT = 420.0
+PHASES = ("sample", "update-adversary", "score", "update-policy", "evaluate")
+
+
+class Operator:
+    """The operator as a child process with its log in a file; restartable."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.kubeconfig, self.log = kubeconfig, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Operator:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "SPARRING_RESYNC_SECONDS": "1"}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sparring_operator", "operator", "--namespace", "default"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+@pytest.fixture
+def operator(kube_env: Any, kubelet: Any, tmp_path: Path) -> Iterator[Operator]:
+    op = Operator(kube_env.kubeconfig, tmp_path / "operator.log").start()
+    yield op
+    op.kill()
+
+
+@pytest.fixture
+def s3_game(s3_storage: StorageSpec, kube_env: Any) -> dict[str, Any]:
+    """apo-tiny as a resource, storing in moto with credentials from a Secret."""
+    k8s.CoreV1Api(kube_env.client).create_namespaced_secret("default", {
+        "metadata": {"name": "s3-credentials"},
+        "stringData": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+    })  # fmt: skip
+    doc = yaml.safe_load((ROOT / "examples" / "apo-tiny.yaml").read_text())
+    doc["spec"]["storage"] = {
+        "uri": s3_storage.uri, "endpoint": s3_storage.endpoint, "pathStyle": True,
+        "secretRef": {"name": "s3-credentials"},
+    }  # fmt: skip
+    doc["spec"]["phases"] = {"default": {"retry": {"limit": 2, "backoffSeconds": 1}}}
+    return dict(doc)
+
+
+def create(api: Any, doc: dict[str, Any]) -> None:
+    k8s.CustomObjectsApi(api.client).create_namespaced_custom_object(
+        GROUP, VERSION, "default", PLURAL, doc
+    )
+
+
+def get(api: Any, name: str) -> dict[str, Any]:
+    obj = k8s.CustomObjectsApi(api.client).get_namespaced_custom_object(
+        GROUP, VERSION, "default", PLURAL, name
+    )
+    return dict(obj)
+
+
+def patch_spec(api: Any, name: str, spec: dict[str, Any]) -> None:
+    k8s.CustomObjectsApi(api.client).patch_namespaced_custom_object(
+        GROUP, VERSION, "default", PLURAL, name, {"spec": spec})  # fmt: skip
+
+
+def wait_phase(
+    api: Any, name: str, phase: str, op: Operator, timeout: float = GAME_TIMEOUT
+) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        obj = get(api, name)
+        status = obj.get("status") or {}
+        if status.get("phase") == "Failed" and phase != "Failed":
+            raise AssertionError(f"game failed: {status.get('message')}\n{op.tail()}")
+        return obj if status.get("phase") == phase else None
+
+    return wait_for(
+        reached,
+        timeout,
+        message=lambda: (
+            f"{name} never reached {phase}:\n{get(api, name).get('status')}\n{op.tail()}"
+        ),
+    )
+
+
+def jobs(api: Any, game: str) -> list[dict[str, Any]]:
+    return [dict(j) for j in api.list("batch/v1/jobs", "default", f"sparring.dev/game={game}")]
+
+
+def test_game_plays_through_jobs_survives_an_operator_kill_and_commits_to_s3(
+    kube_env: Any,
+    kubelet: Any,
+    operator: Operator,
+    s3_game: dict[str, Any],
+    s3_storage: StorageSpec,
+) -> None:
+    create(kube_env, s3_game)
+    # Kill the operator while round 1's first phase runs, then start a new one.
+    wait_for(lambda: kubelet.running("apo-tiny-r0001-sample-a1"), GAME_TIMEOUT,
+             message=lambda: f"round 1 never started\n{operator.tail()}")  # fmt: skip
+    operator.kill()
+    operator.start()
+    obj = wait_phase(kube_env, "apo-tiny", "Succeeded", operator)
+
+    status = obj["status"]
+    assert status["completedRounds"] == 2
+    by_round = {r["round"]: r for r in status["rounds"]}
+    store = open_store(s3_storage)
+    for r in (1, 2):
+        assert {"rm_accuracy", "rm_ece", "reward_mean", "win_rate"} <= set(by_round[r]["metrics"])
+        for phase_name, uri in by_round[r]["artifacts"].items():
+            assert uri == store.uri_for(phase_prefix("default", "apo-tiny", r, phase_name))
+            assert is_committed(store, phase_prefix("default", "apo-tiny", r, phase_name))
+    assert status["latestCheckpoint"].startswith("s3://")
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions["Ready"] == "True" and conditions["Succeeded"] == "True"
+
+    created = jobs(kube_env, "apo-tiny")
+    names = [j["metadata"]["name"] for j in created]
+    assert len(names) == 11 and all(n.endswith("-a1") for n in names), names  # no duplicates
+    for job in created:
+        assert job["metadata"]["ownerReferences"][0]["name"] == "apo-tiny"
+        manifest = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {
+            k: v for k, v in job["metadata"].items() if k in ("name", "namespace", "labels")},
+            "spec": {k: v for k, v in job["spec"].items() if k not in ("selector", "manualSelector")}}  # fmt: skip
+        manifest["spec"]["template"]["metadata"] = {"labels": {
+            k: v for k, v in manifest["spec"]["template"]["metadata"]["labels"].items()
+            if k.startswith(("sparring.dev/", "app.kubernetes.io/"))}}  # fmt: skip
+        kubernetes_validate.validate(manifest, "1.32", strict=True)
+    events = kube_env.list("v1/events", "default")
+    reasons = {e["reason"] for e in events}
+    assert {"PhaseStarted", "GameSucceeded"} <= reasons
+
+    # Re-creating the finished game with the same spec (GitOps) is Succeeded at once, without
+    # a single new Job; growing its rounds afterwards continues the game from round 3.
+    k8s.CustomObjectsApi(kube_env.client).delete_namespaced_custom_object(
+        GROUP, VERSION, "default", PLURAL, "apo-tiny"
+    )
+    wait_for(lambda: not jobs(kube_env, "apo-tiny"), 60, message="Jobs were not garbage-collected")
+    create(kube_env, s3_game)
+    again = wait_phase(kube_env, "apo-tiny", "Succeeded", operator, timeout=60)
+    assert again["status"]["completedRounds"] == 2 and not jobs(kube_env, "apo-tiny")
+    patch_spec(kube_env, "apo-tiny", {"rounds": 3})
+    wait_for(lambda: jobs(kube_env, "apo-tiny"), 60, message=lambda: operator.tail())
+    wait_for(
+        lambda: get(kube_env, "apo-tiny")["status"].get("completedRounds") == 3,
+        GAME_TIMEOUT,
+        message=lambda: f"{get(kube_env, 'apo-tiny').get('status')}\n{operator.tail()}",
+    )
+    assert get(kube_env, "apo-tiny")["status"]["phase"] == "Succeeded"
+    assert {j["metadata"]["name"] for j in jobs(kube_env, "apo-tiny")} == {
+        f"apo-tiny-r0003-{p}-a1" for p in PHASES
+    }
+
+
+def test_retries_with_backoff_then_fails_with_the_job_and_its_message(
+    kube_env: Any, kubelet: Any, operator: Operator, s3_game: dict[str, Any]
+) -> None:
+    s3_game["spec"]["rounds"] = 1
+    create(kube_env, s3_game)
+    # Crash round 0 twice: the third attempt runs and the game goes on.
+    for attempt in (1, 2):
+        run = wait_for(lambda a=attempt: kubelet.running(f"apo-tiny-r0000-prepare-a{a}"), 120,
+                       message=lambda: operator.tail())  # fmt: skip
+        assert run.proc is not None
+        run.proc.kill()
+    wait_for(
+        lambda: kubelet.running("apo-tiny-r0001-sample-a1"),
+        GAME_TIMEOUT,
+        message=lambda: operator.tail(),
+    )
+    names = sorted(j["metadata"]["name"] for j in jobs(kube_env, "apo-tiny"))
+    assert [n for n in names if "prepare" in n] == [
+        f"apo-tiny-r0000-prepare-a{i}" for i in (1, 2, 3)
+    ], [(j["metadata"]["name"], j.get("status")) for j in jobs(kube_env, "apo-tiny")]
+    reasons = [e["reason"] for e in kube_env.list("v1/events", "default")]
+    assert reasons.count("PhaseRetried") == 2
+
+    # A phase that keeps failing on bad input ends the game Failed, naming Job and message.
+    bad = {**s3_game, "metadata": {"name": "bad-model"}}
+    bad["spec"] = {
+        **s3_game["spec"],
+        "game": {**s3_game["spec"]["game"], "policy": {"model": "./no/such/model"}},
+    }
+    create(kube_env, bad)
+    obj = wait_phase(kube_env, "bad-model", "Failed", operator, timeout=120)
+    message = obj["status"]["message"]
+    assert "bad-model-r0000-prepare-a1" in message and "no/such/model" in message
+    assert len(jobs(kube_env, "bad-model")) == 1  # bad input is not retried
+
+
+def test_suspend_deletes_the_job_and_resume_starts_the_phase_again(
+    kube_env: Any, kubelet: Any, operator: Operator, s3_game: dict[str, Any]
+) -> None:
+    s3_game["spec"]["rounds"] = 1
+    create(kube_env, s3_game)
+    wait_for(
+        lambda: kubelet.running("apo-tiny-r0000-prepare-a1"), 120, message=lambda: operator.tail()
+    )
+    patch_spec(kube_env, "apo-tiny", {"suspend": True})
+    obj = wait_phase(kube_env, "apo-tiny", "Suspended", operator, timeout=60)
+    wait_for(lambda: not jobs(kube_env, "apo-tiny"), 30, message="the running Job was not deleted")
+    assert obj["status"]["conditions"]
+    patch_spec(kube_env, "apo-tiny", {"suspend": False})
+    wait_for(lambda: jobs(kube_env, "apo-tiny"), 60, message=lambda: operator.tail())
+    assert [j["metadata"]["name"] for j in jobs(kube_env, "apo-tiny")] == [
+        "apo-tiny-r0000-prepare-a2"
+    ]
