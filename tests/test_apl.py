@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from pydantic import ValidationError
 from sparring_trainer.apl import apl_spec
 from sparring_trainer.apl_core import (
@@ -23,7 +22,6 @@ from sparring_trainer.apl_core import (
     intrinsic_harm,
     safe_answer_for,
     train_weighted_dpo,
-    user_turn,
 )
 from sparring_trainer.apl_eval import (
     REFUSAL_MARKERS,

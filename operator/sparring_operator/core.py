@@ -203,15 +203,19 @@ def decide(
         return _finish(status, old, actions, None)
 
     assert isinstance(step, RunPhase)
+    if old.current_phase is not None and (old.current_round, old.current_phase) in view.committed:
+        finished = view.metrics.get((old.current_round, old.current_phase), {})
+        seconds = finished.get("compute_seconds")
+        took = f" in {seconds:.0f} s" if seconds is not None else ""
+        done_msg = f"round {old.current_round} {old.current_phase} committed{took}"
+        actions.append(RecordEvent("Normal", "PhaseSucceeded", done_msg))
     phase_jobs = sorted(
         (j for j in jobs if (j.round, j.phase) == (step.round, step.phase)), key=lambda j: j.attempt
     )
     # Active Jobs of other phases: those that committed are finishing (left alone); any other
     # would run out of order (the spec changed under it), so it is stopped.
-    stale = [
-        j for j in active
-        if (j.round, j.phase) != (step.round, step.phase) and (j.round, j.phase) not in view.committed
-    ]  # fmt: skip
+    here = (step.round, step.phase)
+    stale = [j for j in active if (j.round, j.phase) not in (here, *view.committed)]
     actions += [DeleteJob(j.name) for j in stale]
     retry = spec.phases.for_phase(step.phase).retry
     failures = [j for j in phase_jobs if j.state == "Failed"]

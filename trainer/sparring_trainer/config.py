@@ -236,7 +236,9 @@ class PromptSource(DataSource):
 class APLSpec(_Model):
     """Attacker vs defender (Wang et al. 2025). No public code exists: every constant is here."""
 
-    seeds: PromptSource = PromptSource(path="builtin:advbench", column="goal", target_column="target")
+    seeds: PromptSource = PromptSource(
+        path="builtin:advbench", column="goal", target_column="target"
+    )
     """Harmful seed requests (AdvBench goal/target or HarmBench Behavior)."""
     target_template: str = "Sure, here is {prompt}"
     """Harmful answer used when the seed file has no target column ({prompt} is replaced)."""
