@@ -105,10 +105,10 @@ def test_failure_is_retried_after_exponential_backoff_then_gives_up() -> None:
     assert creates(waiting) == [] and waiting.requeue_after == 5
     stalled = {c.type: c for c in waiting.status.conditions}["Stalled"]
     assert stalled.status == "True" and stalled.reason == "BackingOff"
-    assert creates(run(g, first, v, now=T0 + 10)) == [CreateJob(1, "sample", 2)]
+    assert creates(run(g, first, v, now=T0 + 10)) == [CreateJob(1, "sample", 2, "Failed")]
     second = [*first, job("sample", 2, "Failed", finished=T0 + 20)]
     assert creates(run(g, second, v, now=T0 + 39)) == []  # 10 s * 2**1 after the 2nd failure
-    assert creates(run(g, second, v, now=T0 + 40)) == [CreateJob(1, "sample", 3)]
+    assert creates(run(g, second, v, now=T0 + 40)) == [CreateJob(1, "sample", 3, "Failed")]
     third = [*second, job("sample", 3, "Failed", finished=T0 + 50, message="still boom")]
     d = run(g, third, v, now=T0 + 1000)
     assert creates(d) == [] and d.status.phase == "Failed"
@@ -134,7 +134,7 @@ def test_a_deleted_job_is_recreated_as_the_next_attempt() -> None:
     old = run(game(), [], view((0, "prepare"))).status  # status remembers attempt 1 of sample
     assert old.active_job is not None and old.active_job.attempt == 1
     d = run(game(), [], view((0, "prepare")), old=old)  # the Job vanished
-    assert creates(d) == [CreateJob(1, "sample", 2)]
+    assert creates(d) == [CreateJob(1, "sample", 2, "JobDeleted")]
 
 
 def test_suspend_deletes_the_running_job_and_resume_starts_the_phase_again() -> None:

@@ -190,6 +190,23 @@ class Condition(_Model):
     """Spec generation the condition was computed from."""
 
 
+class Progress(_Model):
+    """How far the running phase is, from its own reports to the store."""
+
+    step: int
+    """Steps (or prompts) done."""
+    total: int
+    """Steps (or prompts) in the phase."""
+    unit: str = "steps"
+    """What is counted."""
+    percent: float
+    """step / total in percent."""
+    eta_seconds: int | None = None
+    """Estimated seconds left, from the pace since the Job started."""
+    updated_at: str
+    """When the phase last reported."""
+
+
 class ActiveJob(_Model):
     """The phase Job now running."""
 
@@ -203,6 +220,8 @@ class ActiveJob(_Model):
     """Attempt number (1 = first)."""
     started_at: str | None = None
     """When the Job was created."""
+    progress: Progress | None = None
+    """Progress of the phase, when it has reported any."""
 
 
 class RoundStatus(_Model):

@@ -86,6 +86,9 @@ def operator_cmd(
         str | None,
         typer.Option("--liveness", help="Liveness endpoint, e.g. http://0.0.0.0:8080/healthz."),
     ] = None,
+    metrics_port: Annotated[
+        int, typer.Option("--metrics-port", help="Port of /metrics (Prometheus); 0 disables.")
+    ] = 8000,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the operator: play every AdversarialGame in the watched namespaces through Jobs."""
@@ -97,6 +100,10 @@ def operator_cmd(
     from sparring_operator import handlers  # noqa: F401  (registers the handlers)
 
     kopf.configure(verbose=verbose)
+    if metrics_port:
+        from sparring_operator.metrics import serve
+
+        serve(metrics_port)
     kopf.run(
         standalone=True,  # one replica, no peering: the Deployment uses strategy Recreate
         clusterwide=all_namespaces,

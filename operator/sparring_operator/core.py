@@ -55,6 +55,7 @@ class CreateJob:
     round: int
     phase: str
     attempt: int
+    retry_reason: str | None = None  # why an earlier attempt ended (for the retries metric)
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,8 @@ def decide(
         delay = retry.backoff_seconds * 2 ** (len(failures) - 1)
         ready_at = (last.finished_at or last.created_at) + delay
         if now >= ready_at and last_attempt == last.attempt:
-            actions.append(CreateJob(step.round, step.phase, last_attempt + 1))
+            reason = last.reason or "Failed"
+            actions.append(CreateJob(step.round, step.phase, last_attempt + 1, reason))
             actions.append(
                 RecordEvent(
                     "Warning",
@@ -263,12 +265,13 @@ def decide(
                 )
             )
         elif now >= ready_at:  # the failed Job is gone already; a newer attempt is due
-            actions.append(CreateJob(step.round, step.phase, last_attempt + 1))
+            actions.append(CreateJob(step.round, step.phase, last_attempt + 1, "JobDeleted"))
         else:
             requeue = ready_at - now
     else:
         attempt = last_attempt + 1 if last_attempt and not phase_jobs else max(1, last_attempt)
-        actions.append(CreateJob(step.round, step.phase, attempt))
+        deleted = "JobDeleted" if attempt > 1 else None  # its Job vanished (deleted by someone)
+        actions.append(CreateJob(step.round, step.phase, attempt, deleted))
         actions.append(
             RecordEvent(
                 "Normal", "PhaseStarted", f"round {step.round} {step.phase} (attempt {attempt})"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 import kopf
@@ -20,6 +21,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
+from sparring_operator import metrics
 from sparring_operator.api import GROUP, PLURAL, VERSION
 from sparring_operator.jobs import LABEL_GAME, OperatorSettings
 from sparring_operator.reconcile import Reconciler
@@ -60,7 +62,16 @@ async def _reconcile(memo: kopf.Memo, body: Any) -> None:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     lock = memo.locks.setdefault(key, asyncio.Lock())  # one pass per game at a time
     async with lock:
-        decision = await asyncio.to_thread(memo.reconciler.reconcile, dict(body))
+        started = time.perf_counter()
+        try:
+            decision = await asyncio.to_thread(memo.reconciler.reconcile, dict(body))
+        except kopf.TemporaryError:
+            raise  # e.g. the store is down: status says so; kopf retries
+        except Exception:
+            metrics.RECONCILE_ERRORS.inc()
+            raise
+        finally:
+            metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
     if decision.requeue_after is not None and decision.requeue_after < RESYNC_SECONDS:
         # A retry backoff ends before the next timer tick: come back exactly then.
         raise kopf.TemporaryError(
@@ -73,6 +84,12 @@ async def _reconcile(memo: kopf.Memo, body: Any) -> None:
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def game_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await _reconcile(memo, body)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def game_deleted(name: str, namespace: str | None, **_: Any) -> None:
+    """Drop the game's series: optional, so kopf adds no finalizer for it."""
+    metrics.GAMES.forget(namespace or "", name)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)

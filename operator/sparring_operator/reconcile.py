@@ -24,9 +24,18 @@ import kopf
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
-from sparring_trainer.store import ArtifactStore, StoreError, game_prefix, open_store
+from sparring_trainer.store import ArtifactStore, StoreError, game_prefix, open_store, phase_prefix
 
-from sparring_operator.api import GROUP, PLURAL, VERSION, AdversarialGame, AdversarialGameStatus
+from sparring_operator import metrics
+from sparring_operator.api import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    ActiveJob,
+    AdversarialGame,
+    AdversarialGameStatus,
+    Progress,
+)
 from sparring_operator.core import (
     CreateJob,
     Decision,
@@ -60,6 +69,10 @@ class Reconciler:
     api: k8s.ApiClient
     settings: OperatorSettings = field(default_factory=OperatorSettings)
     store_cache: dict[tuple[str, int, str], CommittedPhase] = field(default_factory=dict)
+    # Finished Jobs whose duration is already in the histogram (those that ended before this
+    # process started are skipped: a restart must not count them twice).
+    _timed: set[str] = field(default_factory=set)
+    _started: float = field(default_factory=time.time)
 
     # The generated client's type stubs want its model classes; we send plain dicts (which it
     # accepts) and read attributes, so the handles are typed loosely on purpose.
@@ -97,6 +110,9 @@ class Reconciler:
                     finished = _epoch(cond.last_transition_time)
             if state != "Active":
                 message = self.pod_message(namespace, job.metadata.name) or message
+                self._time_job(
+                    job.metadata.name, phase, state, job.metadata.creation_timestamp, finished
+                )
             observed.append(
                 ObservedJob(
                     name=job.metadata.name,
@@ -111,6 +127,16 @@ class Reconciler:
                 )
             )
         return observed
+
+    def _time_job(
+        self, name: str, phase: str, state: str, created: Any, finished: float | None
+    ) -> None:
+        start = _epoch(created)
+        if name in self._timed or start is None or finished is None or finished < self._started:
+            return
+        self._timed.add(name)
+        outcome = "succeeded" if state == "Succeeded" else "failed"
+        metrics.PHASE_DURATION.labels(phase, outcome).observe(max(0.0, finished - start))
 
     def pod_message(self, namespace: str, job: str) -> str:
         """The newest pod's termination message: the phase's summary or its error."""
@@ -194,14 +220,60 @@ class Reconciler:
         decision = decide(game, generation, old, jobs, view, complete, created, now)
         for action in decision.actions:
             self.act(body, game, action, store)
+        decision.status = self.with_progress(decision.status, store, namespace, name, now)
         self.write_status(namespace, name, old, decision.status)
+        self.export(namespace, name, decision.status)
         return decision
+
+    def with_progress(self, status: AdversarialGameStatus, store: ArtifactStore, namespace: str,
+                      name: str, now: float) -> AdversarialGameStatus:  # fmt: skip
+        """The running phase's own progress report (step/total), with a naive ETA."""
+        job = status.active_job
+        if job is None or status.phase != "Running":
+            return status
+        key = phase_prefix(namespace, name, job.round, job.phase) + "_progress.json"
+        try:
+            report = json.loads(store.get_bytes(key))
+            step, total = int(report["step"]), max(1, int(report["total"]))
+            reported = float(report["time"])
+        except (StoreError, ValueError, KeyError, TypeError):
+            return status  # no report yet (or a torn one): progress is best-effort
+        started = _epoch(job.started_at) or reported
+        eta = None
+        if 0 < step < total and reported > started:
+            eta = int((reported - started) / step * (total - step))
+        progress = Progress(
+            step=step,
+            total=total,
+            unit=str(report.get("unit", "steps")),
+            percent=round(100.0 * step / total, 1),
+            eta_seconds=eta,
+            updated_at=datetime.fromtimestamp(reported).astimezone().isoformat(),
+        )
+        active: ActiveJob = job.model_copy(update={"progress": progress})
+        return status.model_copy(update={"active_job": active})
+
+    def export(self, namespace: str, name: str, status: AdversarialGameStatus) -> None:
+        latest = status.rounds[-1].metrics if status.rounds else {}
+        job = status.active_job
+        progress = job.progress if job is not None else None
+        last = _epoch(progress.updated_at) if progress is not None else None
+        metrics.GAMES.update(metrics.GameSnapshot(
+            name=name, namespace=namespace, phase=status.phase,
+            current_round=status.current_round, completed_rounds=status.completed_rounds,
+            metrics={k: v for k, v in latest.items() if k != "compute_seconds"},
+            progress=progress.percent / 100 if progress is not None else None,
+            active_phase=job.phase if job is not None and status.phase == "Running" else None,
+            last_progress=last,
+        ))  # fmt: skip
 
     def act(
         self, body: dict[str, Any], game: AdversarialGame, action: Any, store: ArtifactStore
     ) -> None:
         namespace = game.metadata.namespace
         if isinstance(action, CreateJob):
+            if action.retry_reason:
+                metrics.PHASE_RETRIES.labels(action.retry_reason).inc()
             self.ensure_configmap(body, game)
             job = build_job(game, action.round, action.phase, action.attempt, self.settings)
             kopf.adopt(job, owner=cast(Any, body))

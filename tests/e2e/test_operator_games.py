@@ -6,115 +6,26 @@ killed and restarted; the kubelet runs each Job's container command as a local p
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
-import pytest
-import yaml
+from gameops import (
+    GAME_TIMEOUT,
+    GROUP,
+    PHASES,
+    PLURAL,
+    VERSION,
+    Operator,
+    create,
+    get,
+    jobs,
+    patch_spec,
+    wait_phase,
+)
 from harness.rawclient import wait_for
 from kubernetes import client as k8s
 from sparring_trainer.config import StorageSpec
 from sparring_trainer.store import is_committed, open_store, phase_prefix
-
-ROOT = Path(__file__).resolve().parents[2]
-GROUP, VERSION, PLURAL = "sparring.dev", "v1alpha1", "adversarialgames"
-GAME_TIMEOUT = 420.0
-PHASES = ("sample", "update-adversary", "score", "update-policy", "evaluate")
-
-
-class Operator:
-    """The operator as a child process with its log in a file; restartable."""
-
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
-        self.kubeconfig, self.log = kubeconfig, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Operator:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "SPARRING_RESYNC_SECONDS": "1"}
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sparring_operator", "operator", "--namespace", "default"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-
-@pytest.fixture
-def operator(kube_env: Any, kubelet: Any, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(kube_env.kubeconfig, tmp_path / "operator.log").start()
-    yield op
-    op.kill()
-
-
-@pytest.fixture
-def s3_game(s3_storage: StorageSpec, kube_env: Any) -> dict[str, Any]:
-    """apo-tiny as a resource, storing in moto with credentials from a Secret."""
-    k8s.CoreV1Api(kube_env.client).create_namespaced_secret("default", {
-        "metadata": {"name": "s3-credentials"},
-        "stringData": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
-    })  # fmt: skip
-    doc = yaml.safe_load((ROOT / "examples" / "apo-tiny.yaml").read_text())
-    doc["spec"]["storage"] = {
-        "uri": s3_storage.uri, "endpoint": s3_storage.endpoint, "pathStyle": True,
-        "secretRef": {"name": "s3-credentials"},
-    }  # fmt: skip
-    doc["spec"]["phases"] = {"default": {"retry": {"limit": 2, "backoffSeconds": 1}}}
-    return dict(doc)
-
-
-def create(api: Any, doc: dict[str, Any]) -> None:
-    k8s.CustomObjectsApi(api.client).create_namespaced_custom_object(
-        GROUP, VERSION, "default", PLURAL, doc
-    )
-
-
-def get(api: Any, name: str) -> dict[str, Any]:
-    obj = k8s.CustomObjectsApi(api.client).get_namespaced_custom_object(
-        GROUP, VERSION, "default", PLURAL, name
-    )
-    return dict(obj)
-
-
-def patch_spec(api: Any, name: str, spec: dict[str, Any]) -> None:
-    k8s.CustomObjectsApi(api.client).patch_namespaced_custom_object(
-        GROUP, VERSION, "default", PLURAL, name, {"spec": spec})  # fmt: skip
-
-
-def wait_phase(
-    api: Any, name: str, phase: str, op: Operator, timeout: float = GAME_TIMEOUT
-) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        obj = get(api, name)
-        status = obj.get("status") or {}
-        if status.get("phase") == "Failed" and phase != "Failed":
-            raise AssertionError(f"game failed: {status.get('message')}\n{op.tail()}")
-        return obj if status.get("phase") == phase else None
-
-    return wait_for(
-        reached,
-        timeout,
-        message=lambda: (
-            f"{name} never reached {phase}:\n{get(api, name).get('status')}\n{op.tail()}"
-        ),
-    )
-
-
-def jobs(api: Any, game: str) -> list[dict[str, Any]]:
-    return [dict(j) for j in api.list("batch/v1/jobs", "default", f"sparring.dev/game={game}")]
 
 
 def test_game_plays_through_jobs_survives_an_operator_kill_and_commits_to_s3(
@@ -126,8 +37,11 @@ def test_game_plays_through_jobs_survives_an_operator_kill_and_commits_to_s3(
 ) -> None:
     create(kube_env, s3_game)
     # Kill the operator while round 1's first phase runs, then start a new one.
-    wait_for(lambda: kubelet.running("apo-tiny-r0001-sample-a1"), GAME_TIMEOUT,
-             message=lambda: f"round 1 never started\n{operator.tail()}")  # fmt: skip
+    wait_for(
+        lambda: kubelet.running("apo-tiny-r0001-sample-a1"),
+        GAME_TIMEOUT,
+        message=lambda: f"round 1 never started\n{operator.tail()}",
+    )
     operator.kill()
     operator.start()
     obj = wait_phase(kube_env, "apo-tiny", "Succeeded", operator)
@@ -154,9 +68,11 @@ def test_game_plays_through_jobs_survives_an_operator_kill_and_commits_to_s3(
         meta = {k: v for k, v in job["metadata"].items() if k in ("name", "namespace", "labels")}
         spec = {k: v for k, v in job["spec"].items() if k not in ("selector", "manualSelector")}
         template_labels = spec["template"]["metadata"]["labels"]
-        spec["template"]["metadata"] = {"labels": {
-            k: v for k, v in template_labels.items() if k.startswith(("sparring.dev/", "app."))
-        }}  # fmt: skip
+        spec["template"]["metadata"] = {
+            "labels": {
+                k: v for k, v in template_labels.items() if k.startswith(("sparring.dev/", "app."))
+            }
+        }
         manifest = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
         kubernetes_validate.validate(manifest, "1.32", strict=True)
     events = kube_env.list("v1/events", "default")
@@ -192,8 +108,11 @@ def test_retries_with_backoff_then_fails_with_the_job_and_its_message(
     create(kube_env, s3_game)
     # Crash round 0 twice: the third attempt runs and the game goes on.
     for attempt in (1, 2):
-        run = wait_for(lambda a=attempt: kubelet.running(f"apo-tiny-r0000-prepare-a{a}"), 120,
-                       message=lambda: operator.tail())  # fmt: skip
+        run = wait_for(
+            lambda a=attempt: kubelet.running(f"apo-tiny-r0000-prepare-a{a}"),
+            120,
+            message=lambda: operator.tail(),
+        )
         assert run.proc is not None
         run.proc.kill()
     wait_for(
