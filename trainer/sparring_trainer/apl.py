@@ -391,14 +391,16 @@ def update_policy(ctx: PhaseContext) -> dict[str, float]:
     utility = [(b["prompt"], b["answer"]) for b in benign]
     pairs = defender_pairs(hardest, seeds, spec.safe_answers, utility, spec.alpha)
     model, tokenizer = load_checkpoint(ctx.policy_dir(ctx.round), "causal")
-    metrics = train_weighted_dpo(
-        model,
-        tokenizer,
-        pairs,
-        update,
-        ctx.seed,
-        lambda s, t: ctx.progress(s, t, "defender steps"),
-    )
+    metrics: dict[str, float] = {}
+    if pairs:  # none when every rewrite is empty and no benign answer is usable: no update
+        metrics = train_weighted_dpo(
+            model,
+            tokenizer,
+            pairs,
+            update,
+            ctx.seed,
+            lambda s, t: ctx.progress(s, t, "defender steps"),
+        )
     save_checkpoint(model, tokenizer, out := ctx.new_dir("policy"))
     ctx.upload_dir(out, "policy")
     n_utility = sum(p.source == "utility" for p in pairs)

@@ -39,6 +39,7 @@ from sparring_trainer.losses import (
     win_rate,
 )
 from sparring_trainer.models import (
+    compute_device,
     load_causal_lm,
     load_checkpoint,
     load_reward_model,
@@ -179,6 +180,7 @@ def prepare(ctx: PhaseContext) -> dict[str, float]:
             )
             for p in data.human_pairs
         ]
+        rm = rm.to(compute_device())  # type: ignore[arg-type]
         train_metrics = train_reward_model(
             rm,
             rm_tok,

@@ -382,7 +382,16 @@ def load_checkpoint(
     tokenizer = _load_tokenizer(str(path), path)
     model = _from_pretrained(str(path), path, kind, "auto")
     _finish(model, tokenizer, str(path))
-    return model, tokenizer
+    return model.to(compute_device()), tokenizer
+
+
+def compute_device() -> str:
+    """Where phases compute: SPARRING_DEVICE if set, else the GPU when there is one."""
+    import os
+
+    import torch
+
+    return os.environ.get("SPARRING_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ----------------------------------------------------------------------------- rendering

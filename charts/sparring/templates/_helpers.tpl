@@ -1,0 +1,189 @@
+{{/*
+The chart name, at most 63 characters (a DNS label).
+*/}}
+{{- define "sparring.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name: release name + chart name (the release name alone when it contains the chart
+name), at most 63 characters.
+*/}}
+{{- define "sparring.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The full name with a suffix ("metrics" -> "<fullname>-metrics"), still at most 63 characters.
+Call as: include "sparring.fullnameWith" (list . "metrics")
+*/}}
+{{- define "sparring.fullnameWith" -}}
+{{- $ctx := index . 0 }}
+{{- $suffix := index . 1 }}
+{{- $stem := include "sparring.fullname" $ctx | trunc (int (sub 62 (len $suffix))) | trimSuffix "-" }}
+{{- printf "%s-%s" $stem $suffix }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "sparring.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels of every resource of the release.
+*/}}
+{{- define "sparring.labels" -}}
+helm.sh/chart: {{ include "sparring.chart" . }}
+{{ include "sparring.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: sparring
+{{- end }}
+
+{{/*
+Selector labels. Phase Jobs carry app.kubernetes.io/name=sparring too, but never the instance
+label, so these never select them.
+*/}}
+{{- define "sparring.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sparring.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Selector labels of the operator pod.
+*/}}
+{{- define "sparring.operatorSelectorLabels" -}}
+{{ include "sparring.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/*
+The operator's ServiceAccount.
+*/}}
+{{- define "sparring.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "sparring.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Namespaces the chart creates the phase ServiceAccount in (a JSON list).
+*/}}
+{{- define "sparring.phaseNamespaces" -}}
+{{- if not .Values.phaseServiceAccount.create }}
+{{- list | toJson }}
+{{- else }}
+{{- default .Values.watchNamespaces .Values.phaseServiceAccount.namespaces | uniq | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+The phase pods' ServiceAccount, or "" when none is known to exist in the game namespaces
+(the pods then run as their namespace's default ServiceAccount, with no token mounted).
+*/}}
+{{- define "sparring.phaseServiceAccountName" -}}
+{{- if .Values.phaseServiceAccount.create }}
+{{- if include "sparring.phaseNamespaces" . | fromJsonArray }}
+{{- default (include "sparring.fullnameWith" (list . "phase")) .Values.phaseServiceAccount.name }}
+{{- end }}
+{{- else }}
+{{- .Values.phaseServiceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Images; the tags default to the chart's appVersion.
+*/}}
+{{- define "sparring.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "sparring.trainerImage" -}}
+{{- printf "%s:%s" .Values.trainerImage.repository (default .Chart.AppVersion .Values.trainerImage.tag) }}
+{{- end }}
+
+{{/*
+Fail on values that cannot work, with the fix in the message.
+*/}}
+{{- define "sparring.validate" -}}
+{{- if not (has .Values.rbac.scope (list "cluster" "namespace")) }}
+{{- fail (printf "rbac.scope must be \"cluster\" or \"namespace\", not %q" .Values.rbac.scope) }}
+{{- end }}
+{{- if and (eq .Values.rbac.scope "namespace") (not .Values.watchNamespaces) }}
+{{- fail "rbac.scope=namespace needs watchNamespaces: the namespaces to create a Role in" }}
+{{- end }}
+{{- if eq .Values.rbac.scope "namespace" }}
+{{- range .Values.watchNamespaces }}
+{{- if regexMatch "[*?\\[]" . }}
+{{- fail (printf "rbac.scope=namespace cannot grant a Role in the glob %q: list exact namespaces" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's RBAC rules on namespaced resources: exactly the calls of
+operator/sparring_operator/{handlers,reconcile}.py and of kopf (tests/test_rbac.py checks both
+ways against a recorded run). Shared by the ClusterRole and the per-namespace Roles.
+*/}}
+{{- define "sparring.namespacedRules" -}}
+# The games: kopf lists and watches them and patches its annotations onto them; the Job
+# handler reads a Job's game; reconcile writes the status subresource.
+- apiGroups: ["sparring.dev"]
+  resources: ["adversarialgames"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["sparring.dev"]
+  resources: ["adversarialgames/status"]
+  verbs: ["patch"]
+# Phase Jobs: observed by label (list + kopf's watch), created per attempt, deleted on suspend,
+# deadline or a shrunk spec.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list", "watch", "create", "delete"]
+# A finished Job's pods: their termination message is the phase's summary or error.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+# The game ConfigMap mounted into phase pods, kept in step with the spec.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "patch"]
+# The store credentials named by spec.storage.secretRef (read to observe the store's markers).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+# PhaseStarted/PhaseSucceeded/... Events on the games (and kopf's warnings).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
+
+{{/*
+Cluster-scoped reads of kopf: CRDs (always: it notices CRD changes at run time) and namespaces
+(only when it watches listed namespaces rather than the whole cluster).
+*/}}
+{{- define "sparring.clusterRules" -}}
+# kopf: CRD list/watch, to notice a CRD being added, changed or removed at run time.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- if .Values.watchNamespaces }}
+# kopf with --namespace: namespace list/watch, to match its patterns against live namespaces.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
+{{- end }}

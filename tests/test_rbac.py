@@ -1,0 +1,226 @@
+"""The chart's RBAC rules against the API calls a running operator really makes.
+
+The operator runs as a process against the harness API server (tests/harness), plays the first
+phases of a one-round game stored in moto S3, reads a finished Job's pod, is made to suspend the
+game (deleting its running Job) and sees the game deleted. The harness records every request
+with its User-Agent and the RBAC verb the API server would check (GET on a collection is
+`list`, with `?watch=true` it is `watch`, PATCH is `patch`, ...). The operator's requests are
+those of kopf (`kopf/...`) and of the official client in reconcile (`OpenAPI-Generator/...`);
+the harness's own test client and kubelet (`harness-...`) are left out.
+
+Then, both ways: every call is allowed by the chart's rules, and every rule is used by some
+call (or is listed in NOT_EXERCISED with the reason).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from harness.rawclient import wait_for
+from kubernetes import client as k8s
+from sparring_trainer.config import StorageSpec
+
+helm = pytest.importorskip("helm_python", reason="helm-python-sdk (the `dev` extra) is needed")
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "sparring"
+GROUP, VERSION, PLURAL = "sparring.dev", "v1alpha1", "adversarialgames"
+GAME = "apo-tiny"
+TIMEOUT = 120.0
+OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")  # kopf itself; the kubernetes client
+
+Permission = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+
+# Rules the chart grants that this short run does not reach, each with the reason it is needed.
+NOT_EXERCISED: dict[Permission, str] = {}
+
+
+class OperatorProcess:
+    """`python -m sparring_operator operator --namespace default`, its log in a file."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.kubeconfig, self.log = kubeconfig, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "SPARRING_RESYNC_SECONDS": "1"}
+        command = [sys.executable, "-m", "sparring_operator", "operator",
+                   "--namespace", "default", "--metrics-port", "0"]  # fmt: skip
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+@pytest.fixture
+def operator(kube_env: Any, kubelet: Any, tmp_path: Path) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(kube_env.kubeconfig, tmp_path / "operator.log").start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def game(s3_storage: StorageSpec, kube_env: Any) -> dict[str, Any]:
+    """examples/apo-tiny.yaml with one round, stored in moto, credentials from a Secret."""
+    k8s.CoreV1Api(kube_env.client).create_namespaced_secret(
+        "default",
+        {
+            "metadata": {"name": "s3-credentials"},
+            "stringData": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+        },
+    )
+    doc = yaml.safe_load((ROOT / "examples" / "apo-tiny.yaml").read_text())
+    doc["spec"]["rounds"] = 1
+    doc["spec"]["storage"] = {
+        "uri": s3_storage.uri,
+        "endpoint": s3_storage.endpoint,
+        "pathStyle": True,
+        "secretRef": {"name": "s3-credentials"},
+    }
+    return dict(doc)
+
+
+def _custom(api: Any) -> Any:
+    return k8s.CustomObjectsApi(api.client)
+
+
+def _jobs(api: Any) -> list[str]:
+    return [j["metadata"]["name"] for j in api.list("batch/v1/jobs", "default", f"{LABEL}={GAME}")]
+
+
+LABEL = "sparring.dev/game"
+
+
+def _reasons(api: Any) -> set[str]:
+    return {e.get("reason") for e in api.list("v1/events", "default")}
+
+
+def _status(api: Any) -> dict[str, Any]:
+    obj = _custom(api).get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, GAME)
+    return dict(obj.get("status") or {})
+
+
+def operator_calls(api: Any) -> set[Permission]:
+    calls: set[Permission] = set()
+    for agent in OPERATOR_AGENTS:
+        calls |= api.rbac_usage(user_agent=agent)
+    return calls
+
+
+def play_and_record(api: Any, op: OperatorProcess, game: dict[str, Any]) -> set[Permission]:
+    def log() -> str:
+        return op.tail()
+
+    _custom(api).create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, game)
+    # Round 0 commits, round 1's first phase Job is created, and PhaseSucceeded is posted.
+    wait_for(lambda: f"{GAME}-r0001-sample-a1" in _jobs(api), TIMEOUT, message=log)
+    wait_for(lambda: "PhaseSucceeded" in _reasons(api), TIMEOUT, message=log)
+    # The finished prepare Job's pod is read for its termination message.
+    wait_for(lambda: ("", "pods", "list") in operator_calls(api), TIMEOUT, message=log)
+    # Suspend: the running Job is deleted.
+    _custom(api).patch_namespaced_custom_object(
+        GROUP, VERSION, "default", PLURAL, GAME, {"spec": {"suspend": True}}
+    )
+    wait_for(lambda: _status(api).get("phase") == "Suspended", TIMEOUT, message=log)
+    wait_for(lambda: not _jobs(api), TIMEOUT, message=log)
+    # Delete the game; the operator sees it go (its Jobs' events ask for a game that is gone).
+    seen = len(api.requests)
+    _custom(api).delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, GAME)
+    wait_for(
+        lambda: any(r.user_agent.startswith("kopf/") for r in api.requests[seen:]),
+        TIMEOUT,
+        message=log,
+    )
+    op.stop()
+    agents = {r.user_agent.split("/")[0] + "/" for r in api.requests}
+    assert set(OPERATOR_AGENTS) <= agents, f"expected requests of both clients, got {agents}"
+    return operator_calls(api)
+
+
+# ---- the chart's rules ---------------------------------------------------------------------
+
+
+def rendered(values: dict[str, Any]) -> list[dict[str, Any]]:
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values=copy.deepcopy(values), name="sparring", namespace="ops")
+    return [
+        doc
+        for path, text in sorted(manifests.items())
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+def granted(rules: list[dict[str, Any]]) -> set[Permission]:
+    """The (group, resource, verb) triples a list of PolicyRules allows; no wildcards allowed."""
+    out = set()
+    for rule in rules:
+        assert not rule.get("resourceNames") and not rule.get("nonResourceURLs"), rule
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], f"wildcard in {field}: {rule}"
+        out |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"]
+                for v in rule["verbs"]}  # fmt: skip
+    return out
+
+
+def rules_of(objects: list[dict[str, Any]], kind: str) -> dict[str, set[Permission]]:
+    return {
+        f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": granted(o["rules"])
+        for o in objects
+        if o["kind"] == kind
+    }
+
+
+CLUSTER_SCOPED_RESOURCES = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+
+
+def test_chart_rbac_allows_exactly_what_the_operator_calls(
+    kube_env: Any, kubelet: Any, operator: OperatorProcess, game: dict[str, Any]
+) -> None:
+    calls = play_and_record(kube_env, operator, game)
+
+    # The run used `--namespace default`: render the chart the same way.
+    (cluster,) = rules_of(rendered({"watchNamespaces": ["default"]}), "ClusterRole").values()
+    missing = calls - cluster
+    assert not missing, f"the operator called these without a rule in the chart: {sorted(missing)}"
+    unused = cluster - calls
+    assert unused == set(NOT_EXERCISED), (
+        f"rules no call used (remove them, or list them in NOT_EXERCISED with the reason): "
+        f"{sorted(unused - set(NOT_EXERCISED))}; listed but used or gone: "
+        f"{sorted(set(NOT_EXERCISED) - unused)}"
+    )
+
+    # --all-namespaces (the default): kopf does not watch namespaces; nothing else changes.
+    (everywhere,) = rules_of(rendered({}), "ClusterRole").values()
+    assert everywhere == cluster - {("", "namespaces", "list"), ("", "namespaces", "watch")}
+
+    # rbac.scope=namespace: the Role holds every namespaced call; the cluster-scoped ones are
+    # kopf's observation of CRDs and namespaces, in the optional read-only ClusterRole.
+    objects = rendered(
+        {"watchNamespaces": ["default"], "rbac": {"scope": "namespace", "observeClusterScope": True}}
+    )
+    (role,) = rules_of(objects, "Role").values()
+    (observer,) = rules_of(objects, "ClusterRole").values()
+    namespaced_calls = {c for c in calls if c[:2] not in CLUSTER_SCOPED_RESOURCES}
+    assert namespaced_calls <= role and role <= cluster
+    assert calls - namespaced_calls <= observer
+    assert all(p[:2] in CLUSTER_SCOPED_RESOURCES and p[2] in ("list", "watch") for p in observer)
