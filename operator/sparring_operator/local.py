@@ -139,7 +139,10 @@ def run_game(
 
 def summary_table(status: AdversarialGameStatus) -> Table:
     """Per-round headline metrics, one row per round."""
-    headline = ["rm_accuracy", "rm_ece", "reward_mean", "win_rate", "eval_rm_accuracy"]
+    headline = [
+        "rm_accuracy", "rm_ece", "reward_mean", "win_rate", "eval_rm_accuracy",  # APO
+        "asr_direct", "asr_attack", "over_refusal", "harm_score_mean", "attacker_diversity",  # APL
+    ]  # fmt: skip
     table = Table(title=f"Game {status.phase}: {status.completed_rounds} round(s) completed")
     table.add_column("round", justify="right")
     shown = [m for m in headline if any(m in r.metrics for r in status.rounds)]

@@ -299,6 +299,11 @@ class GameConfig(_Model):
     def _check_kind(self) -> GameConfig:
         if self.kind == "apl" and self.apl is None:
             raise ValueError("apl: required when kind is 'apl' (seed prompts, rewrites, alpha ...)")
+        if self.kind == "apl" and self.policy.update.method != "dpo":
+            raise ValueError(
+                f"policy.update.method: an APL defender is updated by DPO only "
+                f"(got {self.policy.update.method!r})"
+            )
         if self.kind == "apo" and self.apl is not None:
             raise ValueError("apl: only allowed when kind is 'apl'")
         return self
