@@ -80,17 +80,16 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 # ---- the Prometheus operator's kinds: minimal schemas --------------------------------------
 
 _DURATION = {"type": "string", "pattern": r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$"}
+_RELABEL_ACTIONS = [
+    *("Replace", "Keep", "Drop", "HashMod", "LabelMap", "LabelDrop", "LabelKeep"),
+    *("Lowercase", "Uppercase", "KeepEqual", "DropEqual"),
+]
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 _RELABEL = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "action": {
-            "enum": ["replace", "Replace", "keep", "Keep", "drop", "Drop", "hashmod", "HashMod",
-                     "labelmap", "LabelMap", "labeldrop", "LabelDrop", "labelkeep", "LabelKeep",
-                     "lowercase", "Lowercase", "uppercase", "Uppercase", "keepequal",
-                     "KeepEqual", "dropequal", "DropEqual"],
-        },  # fmt: skip
+        "action": {"enum": [*_RELABEL_ACTIONS, *(a.lower() for a in _RELABEL_ACTIONS)]},
         "sourceLabels": {"type": "array", "items": {"type": "string"}},
         "separator": {"type": "string"},
         "targetLabel": {"type": "string"},
@@ -102,9 +101,13 @@ _RELABEL = {
 _METADATA = {
     "type": "object",
     "required": ["name", "namespace"],
-    "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
-                   "labels": _STRING_MAP, "annotations": _STRING_MAP},
-}  # fmt: skip
+    "properties": {
+        "name": {"type": "string"},
+        "namespace": {"type": "string"},
+        "labels": _STRING_MAP,
+        "annotations": _STRING_MAP,
+    },
+}
 SERVICE_MONITOR_SCHEMA = {
     "type": "object",
     "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -306,8 +309,16 @@ def test_deployment_is_one_recreated_restricted_replica(chart: Any, values_name:
 
 def test_default_values_render_the_core_pieces_only(chart: Any) -> None:
     kinds = sorted(o["kind"] for o in render(chart))
-    assert kinds == sorted(["CustomResourceDefinition", "Deployment", "ServiceAccount", "Service",
-                            "ClusterRole", "ClusterRoleBinding"])  # fmt: skip
+    assert kinds == sorted(
+        [
+            "CustomResourceDefinition",
+            "Deployment",
+            "ServiceAccount",
+            "Service",
+            "ClusterRole",
+            "ClusterRoleBinding",
+        ]
+    )
 
 
 def test_ci_values_turn_on_every_optional_piece(chart: Any) -> None:
@@ -315,8 +326,14 @@ def test_ci_values_turn_on_every_optional_piece(chart: Any) -> None:
         name: {o["kind"] for o in render(chart, values)} for name, values in VALUE_SETS.items()
     }
     everything = set().union(*rendered.values())
-    optional = {"ServiceMonitor", "PrometheusRule", "ConfigMap", "NetworkPolicy", "Role",
-                "RoleBinding"}  # fmt: skip
+    optional = {
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "NetworkPolicy",
+        "Role",
+        "RoleBinding",
+    }
     assert optional <= everything, optional - everything
     assert optional - {"Role", "RoleBinding"} <= rendered["ci/ci-values.yaml"]
     assert {"Role", "RoleBinding"} <= rendered["ci/namespaced-values.yaml"]
@@ -361,11 +378,15 @@ def test_values_that_cannot_work_fail_with_the_fix(
         render(chart, values)
 
 
-def test_names_stay_within_63_characters(chart: Any) -> None:
-    long = "a-very-long-release-name-that-goes-on-and-on-and-on-xx"[:53]
-    objects = render(chart, {"nameOverride": "sparring-" + "x" * 60}, name=long)
-    for obj in objects:
+@pytest.mark.parametrize("values_name", list(VALUE_SETS))
+def test_names_stay_within_63_characters(chart: Any, values_name: str) -> None:
+    long = "a-very-long-release-name-that-goes-on-and-on-and-on-xx"[:53]  # Helm's maximum
+    values = {**VALUE_SETS[values_name], "nameOverride": "sparring-" + "x" * 60}
+    for obj in render(chart, values, name=long):
         assert len(obj["metadata"]["name"]) <= 63, obj["metadata"]["name"]
+
+
+def test_fullname_override_is_truncated_to_63(chart: Any) -> None:
     full = render(chart, {"fullnameOverride": "f" * 80})
     assert one(full, "Deployment")["metadata"]["name"] == "f" * 63
 
@@ -379,7 +400,9 @@ def test_metrics_service_servicemonitor_and_networkpolicy_select_the_operator(ch
         {"name": "metrics", "port": 8000, "targetPort": "metrics", "protocol": "TCP"}
     ]
     monitor = one(objects, "ServiceMonitor")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == "metrics" and endpoint["honorLabels"] is True
@@ -394,8 +417,11 @@ def test_metrics_service_servicemonitor_and_networkpolicy_select_the_operator(ch
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     (ingress,) = policy["spec"]["ingress"]
     assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
-    egress_ports = {(p["port"], p["protocol"]) for rule in policy["spec"]["egress"]
-                    for p in rule.get("ports", [])}  # fmt: skip
+    egress_ports = {
+        (p["port"], p["protocol"])
+        for rule in policy["spec"]["egress"]
+        for p in rule.get("ports", [])
+    }
     assert {(443, "TCP"), (6443, "TCP"), (53, "UDP"), (53, "TCP"), (9000, "TCP")} <= egress_ports
 
 
@@ -403,10 +429,15 @@ def test_prometheus_rule_is_the_rules_file_plus_extra_rules(chart: Any) -> None:
     values = VALUE_SETS["ci/ci-values.yaml"]
     rule = one(render(chart, values), "PrometheusRule")
     groups = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())["groups"]
-    extra = {"name": "sparring.extra", "rules": values["monitoring"]["prometheusRule"]["extraRules"]}
+    extra = {
+        "name": "sparring.extra",
+        "rules": values["monitoring"]["prometheusRule"]["extraRules"],
+    }
     assert rule["spec"]["groups"] == [*(groups or []), extra]
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    plain = one(render(chart, {"monitoring": {"prometheusRule": {"enabled": True}}}), "PrometheusRule")
+    plain = one(
+        render(chart, {"monitoring": {"prometheusRule": {"enabled": True}}}), "PrometheusRule"
+    )
     assert plain["spec"]["groups"] == (groups or [])
 
 
@@ -418,8 +449,18 @@ def test_dashboard_configmap_holds_the_dashboard_for_the_grafana_sidecar(chart: 
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert configmap["metadata"]["annotations"]["grafana_folder"] == "ML"
     assert configmap["metadata"]["namespace"] == "monitoring"
-    relabelled = render(chart, {"monitoring": {"dashboard": {
-        "enabled": True, "label": "grafana.io/dashboard", "labelValue": "sparring"}}})  # fmt: skip
+    relabelled = render(
+        chart,
+        {
+            "monitoring": {
+                "dashboard": {
+                    "enabled": True,
+                    "label": "grafana.io/dashboard",
+                    "labelValue": "sparring",
+                }
+            }
+        },
+    )
     configmap = one(relabelled, "ConfigMap")
     assert configmap["metadata"]["labels"]["grafana.io/dashboard"] == "sparring"
     assert "annotations" not in configmap["metadata"]
@@ -445,6 +486,9 @@ def test_crd_is_gated_and_kept_on_uninstall_only_when_asked(chart: Any) -> None:
     assert not by_kind(render(chart, {"crds": {"enabled": False}}), "CustomResourceDefinition")
     loose = one(render(chart, {"crds": {"keep": False}}), "CustomResourceDefinition")
     assert "annotations" not in loose["metadata"]
+    argo = {"argocd.argoproj.io/sync-options": "Delete=false,Prune=false"}
+    kept = one(render(chart, {"crds": {"annotations": argo}}), "CustomResourceDefinition")
+    assert kept["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep", **argo}
 
 
 # ---- the README ----------------------------------------------------------------------------

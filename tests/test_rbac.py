@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "sparring"
 GROUP, VERSION, PLURAL = "sparring.dev", "v1alpha1", "adversarialgames"
 GAME = "apo-tiny"
+LABEL = "sparring.dev/game"
 TIMEOUT = 120.0
 OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")  # kopf itself; the kubernetes client
 
@@ -53,8 +54,16 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "SPARRING_RESYNC_SECONDS": "1"}
-        command = [sys.executable, "-m", "sparring_operator", "operator",
-                   "--namespace", "default", "--metrics-port", "0"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "sparring_operator",
+            "operator",
+            "--namespace",
+            "default",
+            "--metrics-port",
+            "0",
+        ]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -106,9 +115,6 @@ def _jobs(api: Any) -> list[str]:
     return [j["metadata"]["name"] for j in api.list("batch/v1/jobs", "default", f"{LABEL}={GAME}")]
 
 
-LABEL = "sparring.dev/game"
-
-
 def _reasons(api: Any) -> set[str]:
     return {e.get("reason") for e in api.list("v1/events", "default")}
 
@@ -126,29 +132,31 @@ def operator_calls(api: Any) -> set[Permission]:
 
 
 def play_and_record(api: Any, op: OperatorProcess, game: dict[str, Any]) -> set[Permission]:
-    def log() -> str:
-        return op.tail()
-
+    log = op.tail
     _custom(api).create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, game)
     # Round 0 commits, round 1's first phase Job is created, and PhaseSucceeded is posted.
     wait_for(lambda: f"{GAME}-r0001-sample-a1" in _jobs(api), TIMEOUT, message=log)
     wait_for(lambda: "PhaseSucceeded" in _reasons(api), TIMEOUT, message=log)
     # The finished prepare Job's pod is read for its termination message.
     wait_for(lambda: ("", "pods", "list") in operator_calls(api), TIMEOUT, message=log)
-    # Suspend: the running Job is deleted.
+    # Suspend: the running Job is deleted (the finished prepare Job stays, as a record).
     _custom(api).patch_namespaced_custom_object(
         GROUP, VERSION, "default", PLURAL, GAME, {"spec": {"suspend": True}}
     )
     wait_for(lambda: _status(api).get("phase") == "Suspended", TIMEOUT, message=log)
-    wait_for(lambda: not _jobs(api), TIMEOUT, message=log)
-    # Delete the game; the operator sees it go (its Jobs' events ask for a game that is gone).
+    wait_for(lambda: f"{GAME}-r0001-sample-a1" not in _jobs(api), TIMEOUT, message=log)
+    # Delete the game: its Jobs are garbage-collected, and their events make the operator ask
+    # for a game that is gone (404).
     seen = len(api.requests)
     _custom(api).delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, GAME)
-    wait_for(
-        lambda: any(r.user_agent.startswith("kopf/") for r in api.requests[seen:]),
-        TIMEOUT,
-        message=log,
-    )
+
+    def saw_it_gone() -> bool:
+        return any(
+            r.status == 404 and r.name == GAME and r.user_agent.startswith(OPERATOR_AGENTS)
+            for r in api.requests[seen:]
+        )
+
+    wait_for(saw_it_gone, TIMEOUT, message=log)
     op.stop()
     agents = {r.user_agent.split("/")[0] + "/" for r in api.requests}
     assert set(OPERATOR_AGENTS) <= agents, f"expected requests of both clients, got {agents}"
@@ -177,8 +185,9 @@ def granted(rules: list[dict[str, Any]]) -> set[Permission]:
         assert not rule.get("resourceNames") and not rule.get("nonResourceURLs"), rule
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], f"wildcard in {field}: {rule}"
-        out |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"]
-                for v in rule["verbs"]}  # fmt: skip
+        out |= {
+            (g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+        }
     return out
 
 
@@ -190,7 +199,10 @@ def rules_of(objects: list[dict[str, Any]], kind: str) -> dict[str, set[Permissi
     }
 
 
-CLUSTER_SCOPED_RESOURCES = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+CLUSTER_SCOPED_RESOURCES = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("", "namespaces"),
+}
 
 
 def test_chart_rbac_allows_exactly_what_the_operator_calls(
@@ -216,7 +228,10 @@ def test_chart_rbac_allows_exactly_what_the_operator_calls(
     # rbac.scope=namespace: the Role holds every namespaced call; the cluster-scoped ones are
     # kopf's observation of CRDs and namespaces, in the optional read-only ClusterRole.
     objects = rendered(
-        {"watchNamespaces": ["default"], "rbac": {"scope": "namespace", "observeClusterScope": True}}
+        {
+            "watchNamespaces": ["default"],
+            "rbac": {"scope": "namespace", "observeClusterScope": True},
+        }
     )
     (role,) = rules_of(objects, "Role").values()
     (observer,) = rules_of(objects, "ClusterRole").values()

@@ -121,9 +121,7 @@ def values_table(values_text: str) -> str:
     lines = ["| Key | Type | Default | Description |", "|-----|------|---------|-------------|"]
     for row in rows(values_text):
         default = json.dumps(row.default, separators=(",", ":"), sort_keys=False)
-        lines.append(
-            f"| {row.key} | {row.type} | `{_cell(default)}` | {_cell(row.description)} |"
-        )
+        lines.append(f"| {row.key} | {row.type} | `{_cell(default)}` | {_cell(row.description)} |")
     return "\n".join(lines)
 
 

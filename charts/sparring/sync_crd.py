@@ -19,17 +19,22 @@ CHART = Path(__file__).resolve().parent
 TEMPLATE = CHART / "templates" / "crd" / "adversarialgames.yaml"
 COMMAND = "python charts/sparring/sync_crd.py"
 
-HEAD = """\
-{{- if .Values.crds.enabled }}
-# GENERATED from `sparring crd` by `%s`; do not edit.
-""" % COMMAND
+HEAD = (
+    "{{- if .Values.crds.enabled }}\n"
+    + f"# GENERATED from `sparring crd` by `{COMMAND}`; do not edit.\n"
+)
 METADATA = """\
   labels:
     {{- include "sparring.labels" . | nindent 4 }}
     app.kubernetes.io/component: crd
-  {{- if .Values.crds.keep }}
+  {{- if or .Values.crds.keep .Values.crds.annotations }}
   annotations:
+    {{- if .Values.crds.keep }}
     helm.sh/resource-policy: keep
+    {{- end }}
+    {{- with .Values.crds.annotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   {{- end }}
 """
 TAIL = "{{- end }}\n"
