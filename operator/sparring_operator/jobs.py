@@ -164,9 +164,10 @@ def _env(game: AdversarialGame, attempt: int) -> list[dict[str, Any]]:
         env.append({"name": "AWS_REGION", "value": storage.region})
     if storage.secret_ref is not None:
         # Credentials only ever as references: the kubelet resolves them at pod start, so their
-        # values never appear in the Job, in the operator's memory, logs, or events, and the
-        # operator needs no RBAC to read Secrets. Without a secretRef boto3 falls back to the
-        # pod's own identity (IRSA / workload identity via the phase service account).
+        # values never appear in the Job, logs or events. (The operator itself reads the same
+        # Secret, in the game's namespace only, to check the store's markers.) Without a
+        # secretRef boto3 falls back to the pod's own identity (IRSA / workload identity via
+        # the phase service account).
         ref = storage.secret_ref
         for var, key in (
             ("AWS_ACCESS_KEY_ID", ref.access_key_id_key),

@@ -8,6 +8,7 @@ operator sets it to ``/dev/termination-log`` in pods) so the operator can read i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -22,7 +23,10 @@ import yaml
 
 from sparring_trainer.config import PREPARE_PHASE, GameDocument
 from sparring_trainer.store import (
+    SUCCESS,
     ArtifactStore,
+    UncommittedError,
+    _sha256_file,
     commit,
     is_committed,
     open_store,
@@ -78,6 +82,10 @@ class PhaseContext:
     cache_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
     _last_progress: float = 0.0
+    # Manifests of the inputs read so far (prefix -> _SUCCESS content), and the checkpoint
+    # directories already checked against theirs.
+    _manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _verified: set[str] = field(default_factory=set)
 
     @property
     def game(self) -> Any:
@@ -104,29 +112,64 @@ class PhaseContext:
         return self.store.uri_for(self.prefix(round, phase) + name)
 
     # ---- reading committed inputs -------------------------------------------------------
+    # Every input is checked against its phase's _SUCCESS manifest (size and sha256) as it is
+    # read: a corrupted, truncated or swapped object is refused (UncommittedError, a StoreError,
+    # so the phase exits "retryable") instead of being trained on. Only what is read is checked,
+    # and only once per phase run.
     def require(self, round: int, phase: str) -> str:
         """Prefix of another phase's outputs; refuses them unless committed."""
         prefix = self.prefix(round, phase)
-        require_committed(self.store, prefix)
+        if prefix not in self._manifests:
+            self._manifests[prefix] = require_committed(self.store, prefix)
         return prefix
 
+    def _check(self, prefix: str, name: str, size: int, sha256: str) -> None:
+        expected = self._manifests[prefix]["files"].get(name)
+        where = self.store.uri_for(prefix + name)
+        if expected is None:
+            raise UncommittedError(f"{where} is not listed in its phase's {SUCCESS}")
+        if size != expected.get("size") or sha256 != expected.get("sha256"):
+            raise UncommittedError(
+                f"{where} does not match its phase's {SUCCESS} (size {size}, expected "
+                f"{expected.get('size')}; sha256 {sha256[:12]}..., expected "
+                f"{str(expected.get('sha256'))[:12]}...): corrupted or truncated, not used"
+            )
+
+    def _read_checked(self, round: int, phase: str, name: str) -> bytes:
+        prefix = self.require(round, phase)
+        data = self.store.get_bytes(prefix + name)
+        self._check(prefix, name, len(data), hashlib.sha256(data).hexdigest())
+        return data
+
     def fetch_dir(self, round: int, phase: str, name: str) -> Path:
-        """A committed checkpoint directory as a local path (no copy on a file:// store)."""
-        prefix = self.require(round, phase) + name.rstrip("/") + "/"
+        """A committed checkpoint directory as a local path (no copy on a file:// store),
+        checked file by file against the phase's manifest."""
+        base = self.require(round, phase)
+        rel = name.rstrip("/") + "/"
+        prefix = base + rel
         local = self.store.local_dir(prefix)
-        if local is not None:
-            return local
-        target = self.scratch / "inputs" / f"round-{round:04d}" / phase / name
-        if not target.exists():
-            self.store.download_tree(prefix, target)
-        return target
+        if local is None:
+            local = self.scratch / "inputs" / f"round-{round:04d}" / phase / name
+            if not local.exists():
+                self.store.download_tree(prefix, local)
+        if prefix not in self._verified:
+            files = [n for n in self._manifests[base]["files"] if n.startswith(rel)]
+            if not files:
+                raise UncommittedError(f"{self.store.uri_for(prefix)}: no files in {SUCCESS}")
+            for file in files:
+                path = local / file[len(rel) :]
+                if not path.is_file():
+                    raise UncommittedError(f"{self.store.uri_for(base + file)} is missing")
+                self._check(base, file, path.stat().st_size, _sha256_file(path))
+            self._verified.add(prefix)
+        return local
 
     def read_jsonl(self, round: int, phase: str, name: str) -> list[dict[str, Any]]:
-        data = self.store.get_bytes(self.require(round, phase) + name)
+        data = self._read_checked(round, phase, name)
         return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
 
     def read_metrics(self, round: int, phase: str) -> dict[str, float]:
-        return dict(json.loads(self.store.get_bytes(self.require(round, phase) + "metrics.json")))
+        return dict(json.loads(self._read_checked(round, phase, "metrics.json")))
 
     def policy_dir(self, round: int) -> Path:
         """The policy that plays `round`: the last round's update, or the base model."""

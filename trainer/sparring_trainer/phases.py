@@ -44,6 +44,10 @@ def run_phase(
         metrics = ctx.read_metrics(round, phase)
         write_termination_log(summary_for(ctx, metrics, noop=True))
         return metrics, True
+    # A killed attempt may have left part of its outputs here, and `commit` lists everything
+    # under the prefix: start clean, so that no leftover of it can enter this attempt's manifest
+    # (a leftover whose name this attempt does not write again would be committed as its own).
+    ctx.store.delete_prefix(ctx.out)
     if game.kind == "apl":
         from sparring_trainer.apl import PHASES
     else:
