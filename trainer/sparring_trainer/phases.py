@@ -7,6 +7,7 @@ as they are. A phase that fails leaves nothing committed, so a retry starts clea
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -39,6 +40,14 @@ def run_phase(
         raise PhaseError(f"round {round} is beyond spec.rounds={doc.spec.rounds}")
     if phase != PREPARE_PHASE and phase not in game.phases:
         raise PhaseError(f"a {game.kind} game has no phase {phase!r}")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        # The Job builder launches >1 GPU phases under torchrun, but these phases are not yet
+        # data-parallel: N ranks would each run the whole phase against one store prefix.
+        raise PhaseError(
+            f"multi-GPU phases are not supported yet (WORLD_SIZE={world}): set "
+            f"spec.phases.<phase>.resources.gpu to 1"
+        )
     ctx = make_context(doc, round, phase, scratch)
     if already_committed(ctx):
         metrics = ctx.read_metrics(round, phase)
