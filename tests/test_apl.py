@@ -6,13 +6,11 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 from pydantic import ValidationError
-from sparring_trainer.apl import apl_spec
 from sparring_trainer.apl_core import (
     DefenderPair,
     ScoredRewrite,
@@ -41,7 +39,6 @@ from sparring_trainer.config import (
 from sparring_trainer.data import DataError, PromptRow, Seed, read_prompt_rows, split_apl
 from sparring_trainer.losses import ScoredGroup, dpo_loss, weighted_dpo_loss
 from sparring_trainer.models import load_causal_lm, render_prompt
-from sparring_trainer.phases import PhaseError
 
 
 @pytest.fixture(scope="module")
@@ -341,13 +338,12 @@ def test_fewer_than_two_rewrites_is_rejected() -> None:
 
 
 def test_apl_needs_a_dpo_defender() -> None:
-    game = GameConfig.model_validate(
-        {
-            "kind": "apl",
-            "policy": {"model": "tiny-random", "update": {"method": "rjs"}},
-            "adversary": {"model": "tiny-random"},
-            "apl": {},
-        }
-    )
-    with pytest.raises(PhaseError, match=r"spec\.game\.policy\.update\.method: .*'rjs'"):
-        apl_spec(SimpleNamespace(game=game))  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"policy\.update\.method: .*DPO only .*'rjs'"):
+        GameConfig.model_validate(
+            {
+                "kind": "apl",
+                "policy": {"model": "tiny-random", "update": {"method": "rjs"}},
+                "adversary": {"model": "tiny-random"},
+                "apl": {},
+            }
+        )

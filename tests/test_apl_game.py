@@ -135,5 +135,5 @@ def test_a_non_dpo_defender_is_bad_input(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.returncode == 3, result.stderr[-2000:]
-    assert "spec.game.policy.update.method" in result.stderr
+    assert "policy.update.method: an APL defender is updated by DPO only" in result.stderr
     assert "Traceback" not in result.stderr

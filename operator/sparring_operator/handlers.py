@@ -79,9 +79,15 @@ async def _reconcile(memo: kopf.Memo, body: Any) -> None:
         )
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+# A pass that fails on an unexpected error (the API answered 500 or 429, a connection broke) is
+# retried after one resync interval, as a missed event would be; kopf's default is 60 s, and
+# for the timer too, which stalled a game for a minute after a single API hiccup.
+RETRY_BACKOFF = RESYNC_SECONDS
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF)
+@kopf.on.create(GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", backoff=RETRY_BACKOFF)
 async def game_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await _reconcile(memo, body)
 
@@ -92,7 +98,14 @@ def game_deleted(name: str, namespace: str | None, **_: Any) -> None:
     metrics.GAMES.forget(namespace or "", name)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=RESYNC_SECONDS,
+    initial_delay=RESYNC_SECONDS,
+    backoff=RETRY_BACKOFF,
+)
 async def game_resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await _reconcile(memo, body)
 

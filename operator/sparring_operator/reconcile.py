@@ -62,6 +62,11 @@ log = logging.getLogger("sparring.reconcile")
 COMPLETE = "_COMPLETE"
 
 
+class SecretUnavailable(StoreError):
+    """The game's storage Secret is missing, unreadable or lacks a key: the store cannot be
+    opened until someone fixes it, so the game is Stalled (not Failed) meanwhile."""
+
+
 @dataclass
 class Reconciler:
     """Holds the API client, operator settings and the per-process caches."""
@@ -158,9 +163,19 @@ class Reconciler:
         credentials = None
         if storage.secret_ref is not None:
             # Only a Secret in the game's own namespace: a game cannot borrow another team's keys.
-            secret = self._core().read_namespaced_secret(
-                storage.secret_ref.name, game.metadata.namespace
-            )
+            name, namespace = storage.secret_ref.name, game.metadata.namespace
+            try:
+                secret = self._core().read_namespaced_secret(name, namespace)
+            except ApiException as exc:
+                # A missing Secret used to escape as a bare ApiException: kopf retried it in
+                # silence and the game's status never said why nothing ran.
+                if exc.status not in (403, 404):
+                    raise
+                problem = "not found" if exc.status == 404 else "not readable by the operator"
+                raise SecretUnavailable(
+                    f"spec.storage.secretRef: Secret {name!r} {problem} in namespace "
+                    f"{namespace!r} (a game can only use Secrets in its own namespace)"
+                ) from None
             data = secret.data or {}
             try:
                 credentials = (
@@ -168,8 +183,10 @@ class Reconciler:
                     base64.b64decode(data[storage.secret_ref.secret_access_key_key]).decode(),
                 )
             except KeyError as exc:
-                raise kopf.PermanentError(
-                    f"spec.storage.secretRef: Secret {storage.secret_ref.name!r} "
+                # Stalled, not a PermanentError: kopf wrote that nowhere the user looks, and
+                # the Secret can still be fixed (the game then goes on by itself).
+                raise SecretUnavailable(
+                    f"spec.storage.secretRef: Secret {name!r} in namespace {namespace!r} "
                     f"has no key {exc.args[0]!r}"
                 ) from None
         return open_store(storage, credentials=credentials)
@@ -191,7 +208,7 @@ class Reconciler:
                 }
             )
         except ValidationError as exc:
-            errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            errors = _spec_errors(exc)
             decision = Decision(
                 invalid_spec_status(f"invalid spec: {errors}", old, now, generation)
             )
@@ -205,17 +222,20 @@ class Reconciler:
             )
             complete = _read_complete(store, namespace, name)
         except StoreError as exc:
-            # The store is down: say so in status and let kopf retry with backoff.
+            # The store is down (or its Secret is missing): say so in status, let kopf retry.
+            reason = (
+                "SecretUnavailable" if isinstance(exc, SecretUnavailable) else "StoreUnavailable"
+            )
             stalled = old.model_copy(
                 update={
                     "conditions": [
                         *[c for c in old.conditions if c.type != "Stalled"],
-                        condition("Stalled", True, "StoreUnavailable", str(exc)[:500], generation),
+                        condition("Stalled", True, reason, str(exc)[:500], generation),
                     ]
                 }
             )
             self.write_status(namespace, name, old, stalled)
-            raise kopf.TemporaryError(f"store unavailable: {exc}", delay=10) from exc
+            raise kopf.TemporaryError(f"{reason}: {exc}", delay=10) from exc
         created = _epoch(meta.get("creationTimestamp")) or now
         decision = decide(game, generation, old, jobs, view, complete, created, now)
         for action in decision.actions:
@@ -348,6 +368,22 @@ class Reconciler:
         self._custom().patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, patch
         )
+
+
+MAX_SPEC_ERRORS = 10
+
+
+def _spec_errors(exc: ValidationError) -> str:
+    """The first few validation errors, each cut short. The message lands in status five times
+    (message and four conditions): a spec of thousands of unknown keys would otherwise grow the
+    resource twentyfold, past etcd's object size limit, and its status write would fail."""
+    found = exc.errors(include_url=False)
+    shown = [
+        f"{'.'.join(map(str, e['loc']))[:200]}: {e['msg'][:200]}" for e in found[:MAX_SPEC_ERRORS]
+    ]
+    if len(found) > MAX_SPEC_ERRORS:
+        shown.append(f"and {len(found) - MAX_SPEC_ERRORS} more")
+    return "; ".join(shown)
 
 
 def _old_status(body: dict[str, Any]) -> AdversarialGameStatus:

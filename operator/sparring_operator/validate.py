@@ -139,7 +139,10 @@ def _read(path: Path, name: str) -> tuple[list[_Doc], list[str]]:
 
 def _read_yaml(text: str, name: str) -> tuple[list[_Doc], list[str]]:
     docs: list[_Doc] = []
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # the reader rejects NUL and other unprintable characters
+        return [], [f"{name}: YAML error: {' '.join(str(exc).split())}"]
     try:  # compose each document to a node (it has line marks), then construct its data
         while loader.check_node():
             node = loader.get_node()
@@ -155,10 +158,21 @@ def _read_yaml(text: str, name: str) -> tuple[list[_Doc], list[str]]:
         syntax = isinstance(exc, (yaml.scanner.ScannerError, yaml.parser.ParserError))
         return [], [f"{where}: YAML {'syntax ' if syntax else ''}error: {message}"]
     except yaml.YAMLError as exc:
-        return [], [f"{name}: YAML error: {exc}"]
+        return [], [f"{name}: YAML error: {' '.join(str(exc).split())}"]
+    except (ValueError, RecursionError) as exc:  # beyond the parser: see _unparsable
+        return [], [_unparsable(name, exc)]
     finally:
         loader.dispose()
     return docs, []
+
+
+def _unparsable(name: str, exc: ValueError | RecursionError) -> str:
+    """A document the parsers choke on without a syntax error of their own: an integer of more
+    than 4300 digits (Python refuses to convert it) or nesting deeper than the recursion limit.
+    Found by fuzzing; `check_file` must report such files, never raise."""
+    if isinstance(exc, RecursionError):
+        return f"{name}: nested too deeply to read"
+    return f"{name}: cannot read a value: {' '.join(str(exc).split())[:200]}"
 
 
 def _read_json(text: str, name: str) -> tuple[list[_Doc], list[str]]:
@@ -166,7 +180,10 @@ def _read_json(text: str, name: str) -> tuple[list[_Doc], list[str]]:
         doc = _Doc(1, json.loads(text))
     except json.JSONDecodeError as exc:
         return [], [f"{name}:{exc.lineno}:{exc.colno}: JSON syntax error: {exc.msg}"]
-    with contextlib.suppress(yaml.YAMLError):  # line numbers only; tab-indented JSON is not YAML
+    except (ValueError, RecursionError) as exc:
+        return [], [_unparsable(name, exc)]
+    # Line numbers only; tab-indented JSON is not YAML (and very deep JSON is too deep for it).
+    with contextlib.suppress(yaml.YAMLError, RecursionError):
         _index(yaml.compose(text, Loader=yaml.SafeLoader), (), doc, set())
     return [doc], []
 

@@ -66,21 +66,12 @@ from sparring_trainer.models import (
     render_prompt,
     save_checkpoint,
 )
-from sparring_trainer.phases import PhaseError
 
 
 def apl_spec(ctx: PhaseContext) -> APLSpec:
-    """spec.game.apl, after the checks the config models cannot make on their own."""
-    game = ctx.game
-    if game.apl is None:
-        raise PhaseError("spec.game.apl: required when spec.game.kind is 'apl'")
-    method = game.policy.update.method
-    if method != "dpo":
-        raise PhaseError(
-            f"spec.game.policy.update.method: an APL defender is updated by DPO only "
-            f"(beta = beta_def); got {method!r}, set it to 'dpo'"
-        )
-    return game.apl
+    """spec.game.apl. GameConfig guarantees it is set and the defender uses DPO."""
+    assert ctx.game.apl is not None, "GameConfig requires spec.game.apl for kind 'apl'"
+    return ctx.game.apl
 
 
 @cache

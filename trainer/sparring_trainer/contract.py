@@ -52,7 +52,12 @@ def load_game_document(path: Path) -> GameDocument:
     except OSError as exc:
         raise GameFileError(f"{path}: cannot read game file: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
-        raise GameFileError(f"{path}: not valid YAML/JSON: {exc}") from exc
+        raise GameFileError(f"{path}: not valid YAML/JSON: {' '.join(str(exc).split())}") from exc
+    except (ValueError, RecursionError) as exc:
+        # Not UTF-8 (UnicodeDecodeError), an integer of more than 4300 digits, nesting deeper
+        # than the recursion limit: bad input (exit 3) with one line, never a traceback.
+        what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise GameFileError(f"{path}: cannot read game file: {what}") from None
     if not isinstance(raw, dict):
         raise GameFileError(f"{path}: expected an AdversarialGame mapping")
     from pydantic import ValidationError
@@ -61,9 +66,17 @@ def load_game_document(path: Path) -> GameDocument:
         return GameDocument.model_validate(raw)
     except ValidationError as exc:
         lines = [
-            f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{path}: {'.'.join(_loc_part(p) for p in err['loc'])}: {' '.join(err['msg'].split())}"
+            for err in exc.errors()
         ]
         raise GameFileError("\n".join(lines)) from exc
+
+
+def _loc_part(part: object) -> str:
+    """A field path segment; odd keys (empty, spaces, newlines) are quoted so the error stays
+    one readable line."""
+    text = str(part)
+    return text if text.replace("_", "").replace("-", "").isalnum() else json.dumps(text)
 
 
 def default_cache_dir() -> Path:

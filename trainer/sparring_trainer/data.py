@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sparring_trainer.config import APLSpec, APODataSpec, DataSource, PromptSource, StorageSpec
 
@@ -46,6 +46,17 @@ _ROLES = {"Human": "user", "Assistant": "assistant"}
 
 class DataError(ValueError):
     """Bad or insufficient data; ``str()`` is ``"FILE:LINE: message"`` or ``"FILE: message"``."""
+
+
+def _json_row(line: str, where: str) -> Any:
+    """One JSON-lines row, or a DataError naming file and line. Besides malformed JSON, the
+    parser raises ValueError (integers of over 4300 digits) and RecursionError (deep nesting)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{where}: invalid JSON: {error.msg}") from error
+    except (ValueError, RecursionError) as error:
+        raise DataError(f"{where}: unreadable JSON: {str(error)[:200]}") from None
 
 
 @dataclass(frozen=True)
@@ -202,10 +213,7 @@ def read_preferences(
         if not line.strip():
             continue
         where = f"{name}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where}: invalid JSON: {error.msg}") from error
+        row = _json_row(line, where)
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object with 'chosen' and 'rejected'")
         for field in ("chosen", "rejected"):
@@ -268,10 +276,7 @@ def read_prompts(
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{name}:{number}: invalid JSON: {error.msg}") from error
+            row = _json_row(line, f"{name}:{number}")
             if not isinstance(row, dict) or column not in row:
                 raise DataError(f"{name}:{number}: missing key {column!r}")
             value = row[column]
@@ -317,10 +322,7 @@ def _records(
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{name}:{number}: invalid JSON: {error.msg}") from error
+        row = _json_row(line, f"{name}:{number}")
         if not isinstance(row, dict):
             raise DataError(f"{name}:{number}: expected a JSON object")
         columns += [c for c in row if c not in columns]

@@ -1,0 +1,77 @@
+"""Someone deletes a running phase Job or its pod; the scheduler preempts a phase's pod.
+
+One one-round game with `retry.limit: 0` for every phase but update-policy (limit 1), so that
+any attempt spent on something that is not the phase's fault would fail the game:
+* sample: its running Job is deleted. Not a failure: the operator starts it again as the next
+  attempt (`-a2`, never reusing a name), and no retry budget is used;
+* score: its pod is preempted (the test kubelet fails it with a DisruptionTarget condition); the
+  Job's podFailurePolicy Ignore rule lets the Job run a new pod: no `-a2` Job, no budget used;
+* update-policy: its running pod is deleted. The Job controller counts that pod as failed, so
+  this one is a failed attempt and the retry budget pays for `-a2`.
+The game completes; never two of one phase at once; nothing committed is lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faultops import GAME, NAMESPACE, Watchdog, assert_store_intact, attempts
+from gameops import PHASES, Operator, create, wait_phase
+from harness.jobcontrol import true_conditions
+from harness.rawclient import wait_for
+from kubernetes import client as k8s
+from sparring_trainer.config import StorageSpec
+from sparring_trainer.store import open_store
+
+T = 180.0
+
+
+def test_deleted_job_or_pod_is_replaced_by_the_next_attempt_and_preemption_costs_nothing(
+    kube_env: Any,
+    kubelet: Any,
+    operator: Operator,
+    s3_game: dict[str, Any],
+    s3_storage: StorageSpec,
+) -> None:
+    s3_game["spec"]["phases"] = {
+        "default": {"retry": {"limit": 0, "backoffSeconds": 1}},
+        "updatePolicy": {"retry": {"limit": 1, "backoffSeconds": 1}},
+    }
+    batch, core = k8s.BatchV1Api(kube_env.client), k8s.CoreV1Api(kube_env.client)
+    job = f"{GAME}-r0001-{{}}-a{{}}".format
+    with Watchdog(kube_env, kubelet) as dog:
+        create(kube_env, s3_game)
+
+        wait_for(lambda: kubelet.running(job("sample", 1)), T, message=operator.tail)
+        batch.delete_namespaced_job(job("sample", 1), NAMESPACE, propagation_policy="Background")
+        wait_for(lambda: kubelet.running(job("sample", 2)), 60, message=operator.tail)
+
+        preempted = kubelet.preempt(job("score", 1), timeout=T)
+
+        run = wait_for(lambda: kubelet.running(job("update-policy", 1)), T, message=operator.tail)
+        core.delete_namespaced_pod(run.name, NAMESPACE)
+        wait_for(lambda: kubelet.running(job("update-policy", 2)), 60, message=operator.tail)
+
+        obj = wait_phase(kube_env, GAME, "Succeeded", operator)
+    dog.check()
+
+    expected = {(0, "prepare"): [f"{GAME}-r0000-prepare-a1"]}
+    expected |= {(1, p): [job(p, 1)] for p in PHASES}
+    expected[(1, "sample")] = [job("sample", 2)]  # a1 was deleted; a2 is its replacement
+    expected[(1, "update-policy")] = [job("update-policy", 1), job("update-policy", 2)]
+    assert attempts(kube_env) == expected
+    assert obj["status"]["completedRounds"] == 1
+
+    # The preempted pod failed with DisruptionTarget and was ignored: its Job ran a second pod
+    # and completed, counting no failure.
+    score = kube_env.get("batch/v1/jobs", job("score", 1))
+    assert true_conditions(score).get("Complete") and not score["status"].get("failed")
+    pods = {p["metadata"]["name"]: p for p in kube_env.list("v1/pods", NAMESPACE)}
+    assert "DisruptionTarget" in true_conditions(pods[preempted])
+    assert len([p for p in pods if p.startswith(job("score", 1))]) == 2
+
+    events = [(e["reason"], e["message"]) for e in kube_env.list("v1/events", NAMESPACE)]
+    assert ("PhaseStarted", "round 1 sample (attempt 2)") in events
+    retried = [m for r, m in events if r == "PhaseRetried"]
+    assert len(retried) == 1 and job("update-policy", 1) in retried[0], events
+    assert_store_intact(open_store(s3_storage))
