@@ -103,8 +103,10 @@ def test_failure_is_retried_after_exponential_backoff_then_gives_up() -> None:
     first = [job("sample", 1, "Failed", finished=T0, message="boom")]
     waiting = run(g, first, v, now=T0 + 5)
     assert creates(waiting) == [] and waiting.requeue_after == 5
-    stalled = {c.type: c for c in waiting.status.conditions}["Stalled"]
-    assert stalled.status == "True" and stalled.reason == "BackingOff"
+    conditions = {c.type: c for c in waiting.status.conditions}
+    assert conditions["Reconciling"].status == "True"
+    assert conditions["Reconciling"].reason == "BackingOff"
+    assert conditions["Stalled"].status == "False"  # kstatus: backing off is not failing
     assert creates(run(g, first, v, now=T0 + 10)) == [CreateJob(1, "sample", 2, "Failed")]
     second = [*first, job("sample", 2, "Failed", finished=T0 + 20)]
     assert creates(run(g, second, v, now=T0 + 39)) == []  # 10 s * 2**1 after the 2nd failure
@@ -116,6 +118,7 @@ def test_failure_is_retried_after_exponential_backoff_then_gives_up() -> None:
         d.status.message or ""
     )
     assert any(isinstance(a, RecordEvent) and a.reason == "GameFailed" for a in d.actions)
+    assert {c.type: c.status for c in d.status.conditions}["Stalled"] == "True"
 
 
 def test_bad_input_is_not_retried() -> None:

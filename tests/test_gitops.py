@@ -135,7 +135,7 @@ EXPECTED = {
     "new": ("Progressing", "Waiting for the operator"),
     "Pending": ("Progressing", "Pending"),
     "Running": ("Progressing", "round 0: prepare"),
-    "BackingOff": ("Progressing", "stalled: retrying round 0 prepare"),
+    "BackingOff": ("Progressing", "reconciling: retrying round 0 prepare"),
     "Succeeded": ("Healthy", "Succeeded"),
     "Failed": ("Degraded", "no such model: ./nope"),
     "InvalidSpec": ("Degraded", "spec.rounds: too many"),
@@ -191,14 +191,6 @@ def kstatus(obj: dict[str, Any]) -> str:
     return "Current"
 
 
-# Where kstatus and the game disagree today, with what the operator would have to write.
-KSTATUS_GAPS = {
-    "BackingOff": "Stalled=True during a retry backoff reads as Failed; Flux fails fast on it. "
-    "Use Reconciling=True (reason BackingOff) and keep Stalled for terminal failures",
-    "Failed": "a Failed game has Stalled=False, so kstatus says InProgress until Flux's timeout: "
-    "set Stalled=True (reason PhaseFailed) when status.phase is Failed",
-    "InvalidSpec": "the same for an invalid spec: Stalled=True (reason InvalidSpec)",
-}
 KSTATUS_WANTED = {
     "Running": "InProgress",
     "BackingOff": "InProgress",
@@ -209,15 +201,7 @@ KSTATUS_WANTED = {
 }
 
 
-@pytest.mark.parametrize(
-    "situation",
-    [
-        pytest.param(s, marks=pytest.mark.xfail(reason=KSTATUS_GAPS[s], strict=True))
-        if s in KSTATUS_GAPS
-        else s
-        for s in KSTATUS_WANTED
-    ],
-)
+@pytest.mark.parametrize("situation", list(KSTATUS_WANTED))
 def test_kstatus_reads_the_game_as_flux_should(situation: str) -> None:
     assert kstatus(resource(written_statuses()[situation])) == KSTATUS_WANTED[situation]
 

@@ -140,8 +140,8 @@ def invalid_spec_status(
         rounds=old.rounds,
         latest_checkpoint=old.latest_checkpoint,
         conditions=[
-            _cond(t, t == "Failed", "InvalidSpec", message, now, gen)
-            for t in ("Ready", "Running", "Succeeded", "Failed")
+            _cond(t, t in ("Failed", "Stalled"), "InvalidSpec", message, now, gen)
+            for t in ("Ready", "Running", "Succeeded", "Failed", "Stalled")
         ],
     )
     return status.model_copy(
@@ -306,8 +306,9 @@ def decide(
         if requeue is not None:
             status = _with_condition(
                 status,
+                # kstatus: Reconciling (in progress), not Stalled (which Flux reads as failed).
                 _cond(
-                    "Stalled",
+                    "Reconciling",
                     True,
                     "BackingOff",
                     f"retrying round {step.round} {step.phase} in {requeue:.0f} s",
@@ -350,7 +351,12 @@ def _finish(
     requeue: float | None,
 ) -> Decision:
     types = {c.type for c in status.conditions}
-    for needed in ("Suspended", "Stalled"):
+    failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"), None)
+    if failed is not None and "Stalled" not in types:
+        # kstatus (Flux, kubectl wait): a failed game is Stalled, i.e. it needs someone to act.
+        status = _with_condition(status, failed.model_copy(update={"type": "Stalled"}))
+        types.add("Stalled")
+    for needed in ("Suspended", "Stalled", "Reconciling"):
         if needed not in types:
             status = _with_condition(
                 status,
@@ -365,7 +371,7 @@ def _finish(
                     observed_generation=status.observed_generation,
                 ),
             )
-    order = ["Ready", "Running", "Suspended", "Succeeded", "Failed", "Stalled"]
+    order = ["Ready", "Running", "Reconciling", "Suspended", "Succeeded", "Failed", "Stalled"]
     conditions = sorted(
         status.conditions, key=lambda c: order.index(c.type) if c.type in order else 99
     )

@@ -365,9 +365,13 @@ class Reconciler:
         if new == old:
             return
         patch = {"status": new.model_dump(by_alias=True, exclude_none=True)}
-        self._custom().patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, patch
-        )
+        try:
+            self._custom().patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, patch
+            )
+        except ApiException as exc:
+            if exc.status != 404:  # deleted while we reconciled: nothing left to report on
+                raise
 
 
 MAX_SPEC_ERRORS = 10

@@ -60,12 +60,14 @@ elseif phase == "Failed" then
 elseif phase == "Suspended" then
   hs.status = "Suspended"
 else
-  -- Pending, Running: still playing. A Stalled condition (store down, retry backoff) says why
-  -- nothing moves right now; Argo CD has no separate state for it.
+  -- Pending, Running: still playing. Stalled (store or Secret unavailable) or Reconciling
+  -- (a retry backoff) says why nothing moves right now; Argo CD has no separate state for it.
   hs.status = "Progressing"
-  local stalled = condition(status, "Stalled")
-  if stalled ~= nil and stalled.status == "True" and stalled.message ~= "" then
-    message = first_message(message .. "; stalled: " .. stalled.message, stalled.message)
+  for _, kind in ipairs({"Stalled", "Reconciling"}) do
+    local c = condition(status, kind)
+    if c ~= nil and c.status == "True" and c.message ~= "" then
+      message = first_message(message .. "; " .. string.lower(kind) .. ": " .. c.message, c.message)
+    end
   end
 end
 if message ~= "" then
