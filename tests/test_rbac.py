@@ -15,16 +15,12 @@ call (or is listed in NOT_EXERCISED with the reason).
 from __future__ import annotations
 
 import copy
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from harness.gameops import Operator, apo_tiny, create_secret
 from harness.rawclient import wait_for
 from kubernetes import client as k8s
 from sparring_trainer.config import StorageSpec
@@ -45,66 +41,11 @@ Permission = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 NOT_EXERCISED: dict[Permission, str] = {}
 
 
-class OperatorProcess:
-    """`python -m sparring_operator operator --namespace default`, its log in a file."""
-
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
-        self.kubeconfig, self.log = kubeconfig, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> OperatorProcess:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "SPARRING_RESYNC_SECONDS": "1"}
-        command = [
-            sys.executable,
-            "-m",
-            "sparring_operator",
-            "operator",
-            "--namespace",
-            "default",
-            "--metrics-port",
-            "0",
-        ]
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-
-@pytest.fixture
-def operator(kube_env: Any, kubelet: Any, tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kube_env.kubeconfig, tmp_path / "operator.log").start()
-    yield op
-    op.stop()
-
-
 @pytest.fixture
 def game(s3_storage: StorageSpec, kube_env: Any) -> dict[str, Any]:
     """examples/apo-tiny.yaml with one round, stored in moto, credentials from a Secret."""
-    k8s.CoreV1Api(kube_env.client).create_namespaced_secret(
-        "default",
-        {
-            "metadata": {"name": "s3-credentials"},
-            "stringData": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
-        },
-    )
-    doc = yaml.safe_load((ROOT / "examples" / "apo-tiny.yaml").read_text())
-    doc["spec"]["rounds"] = 1
-    doc["spec"]["storage"] = {
-        "uri": s3_storage.uri,
-        "endpoint": s3_storage.endpoint,
-        "pathStyle": True,
-        "secretRef": {"name": "s3-credentials"},
-    }
-    return dict(doc)
+    create_secret(kube_env, "s3-credentials", "testing", "testing")
+    return apo_tiny(s3_storage, rounds=1)
 
 
 def _custom(api: Any) -> Any:
@@ -131,7 +72,7 @@ def operator_calls(api: Any) -> set[Permission]:
     return calls
 
 
-def play_and_record(api: Any, op: OperatorProcess, game: dict[str, Any]) -> set[Permission]:
+def play_and_record(api: Any, op: Operator, game: dict[str, Any]) -> set[Permission]:
     log = op.tail
     _custom(api).create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, game)
     # Round 0 commits, round 1's first phase Job is created, and PhaseSucceeded is posted.
@@ -157,7 +98,7 @@ def play_and_record(api: Any, op: OperatorProcess, game: dict[str, Any]) -> set[
         )
 
     wait_for(saw_it_gone, TIMEOUT, message=log)
-    op.stop()
+    op.kill()
     agents = {r.user_agent.split("/")[0] + "/" for r in api.requests}
     assert set(OPERATOR_AGENTS) <= agents, f"expected requests of both clients, got {agents}"
     return operator_calls(api)
@@ -206,7 +147,7 @@ CLUSTER_SCOPED_RESOURCES = {
 
 
 def test_chart_rbac_allows_exactly_what_the_operator_calls(
-    kube_env: Any, kubelet: Any, operator: OperatorProcess, game: dict[str, Any]
+    kube_env: Any, kubelet: Any, operator: Operator, game: dict[str, Any]
 ) -> None:
     calls = play_and_record(kube_env, operator, game)
 

@@ -270,6 +270,8 @@ def _path(loc: Loc) -> str:
     out, tp = "", _unwrap(AdversarialGame)
     for part in loc:
         name, tp = _child(tp, part)
+        if not name.startswith("[") and not name.replace("_", "").replace("-", "").isalnum():
+            name = json.dumps(name)  # an odd key (empty, spaces, newlines) stays on one line
         out += name if name.startswith("[") or not out else f".{name}"
     return out
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import kubernetes_validate
-from gameops import (
+from harness.gameops import (
     GAME_TIMEOUT,
     GROUP,
     PHASES,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gameops import GROUP, PLURAL, VERSION, Operator, create, wait_phase
+from harness.gameops import GROUP, PLURAL, VERSION, Operator, create, wait_phase
 from harness.rawclient import wait_for
 from kubernetes import client as k8s
 
@@ -93,21 +93,9 @@ def test_prometheus_sees_the_game_and_forgets_it_when_deleted(
     op, prom = monitored
     s3_game["spec"]["rounds"] = 1
     create(kube_env, s3_game)
-    seen_progress: list[dict[str, Any]] = []
-
-    def progress_shown() -> bool:
-        obj = k8s.CustomObjectsApi(kube_env.client).get_namespaced_custom_object(
-            GROUP, VERSION, "default", PLURAL, "apo-tiny"
-        )
-        progress = ((obj.get("status") or {}).get("activeJob") or {}).get("progress")
-        if progress:
-            seen_progress.append(progress)
-        return bool(progress) or (obj.get("status") or {}).get("phase") == "Succeeded"
-
-    wait_for(progress_shown, 300, message=lambda: op.tail())
     wait_phase(kube_env, "apo-tiny", "Succeeded", op)
-    assert seen_progress, "no phase progress ever showed in .status.activeJob.progress"
-    assert 0 < seen_progress[-1]["percent"] <= 100 and seen_progress[-1]["total"] >= 1
+    # (The running phase's progress in status and as a gauge is tested deterministically in
+    # tests/test_progress.py: tiny phases finish too fast to catch it here reliably.)
 
     def scraped(expr: str) -> list[dict[str, Any]] | None:
         return prom.query(expr) or None

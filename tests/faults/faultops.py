@@ -1,10 +1,7 @@
 """Helpers and fixtures of the fault and security tests (tests/faults, tests/security).
 
-Fixture sharing: the e2e fixtures `operator` and `s3_game` live in tests/e2e/conftest.py, which
-pytest only loads for tests under tests/e2e, and `from conftest import ...` cannot name one
-conftest among several. So the two small fixtures are copied here (same behaviour), and each
-conftest (tests/faults, tests/security) puts tests/e2e and tests/faults on sys.path and
-re-exports them with `from faultops import operator, s3_game, ...`. Nothing in tests/e2e moves.
+The fixtures `operator` and `s3_game` and the game helpers come from tests/harness (registered
+for every test); tests/faults/conftest.py makes `s3_game` a one-round game for these tests.
 
 What the fault tests assert over and over:
 * `Watchdog`: sampled every 50 ms during a game: never two unfinished Jobs, and never two live
@@ -23,64 +20,16 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-import yaml
-from gameops import ROOT, Operator
 from harness.jobcontrol import finished
-from kubernetes import client as k8s
 from sparring_operator.machine import phase_sequence
-from sparring_trainer.config import StorageSpec
 from sparring_trainer.store import ArtifactStore, phase_prefix, require_committed
 
 NAMESPACE = "default"
 GAME = "apo-tiny"
 JOB_NAME = re.compile(r"^(?P<game>.+)-r(?P<round>\d{4})-(?P<phase>[a-z-]+)-a(?P<attempt>\d+)$")
 Marker = tuple[str, int, str]  # (game, round, phase)
-
-
-# ---- fixtures (copies of tests/e2e/conftest.py's, see the module docstring) ----------------
-
-
-@pytest.fixture
-def operator(kube_env: Any, kubelet: Any, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(kube_env.kubeconfig, tmp_path / "operator.log").start()
-    yield op
-    op.kill()
-
-
-def apo_tiny(storage: StorageSpec, secret: str = "s3-credentials", rounds: int = 1) -> dict:
-    """examples/apo-tiny.yaml as a resource storing in `storage` with a secretRef."""
-    doc = yaml.safe_load((ROOT / "examples" / "apo-tiny.yaml").read_text())
-    doc["spec"]["rounds"] = rounds
-    doc["spec"]["storage"] = {
-        "uri": storage.uri,
-        "endpoint": storage.endpoint,
-        "pathStyle": True,
-        "secretRef": {"name": secret},
-    }
-    doc["spec"]["phases"] = {"default": {"retry": {"limit": 2, "backoffSeconds": 1}}}
-    return dict(doc)
-
-
-def create_secret(api: Any, name: str, key_id: str, secret_key: str, namespace: str = NAMESPACE):
-    k8s.CoreV1Api(api.client).create_namespaced_secret(
-        namespace,
-        {
-            "metadata": {"name": name},
-            "stringData": {"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret_key},
-        },
-    )
-
-
-@pytest.fixture
-def s3_game(s3_storage: StorageSpec, kube_env: Any) -> dict[str, Any]:
-    """apo-tiny as a resource with ONE round, storing in moto with credentials from a Secret."""
-    create_secret(kube_env, "s3-credentials", "testing", "testing")
-    return apo_tiny(s3_storage)
 
 
 # ---- what a game left behind ------------------------------------------------------------

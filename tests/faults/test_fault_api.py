@@ -19,8 +19,9 @@ import itertools
 import threading
 from typing import Any
 
+import pytest
 from faultops import GAME, Watchdog, assert_store_intact, attempts
-from gameops import PHASES, Operator, create, wait_phase
+from harness.gameops import PHASES, Operator, create, wait_phase
 from harness.kubeapi import HARNESS_USER_AGENT_PREFIX
 from harness.rawclient import wait_for
 from sparring_trainer.config import StorageSpec
@@ -74,6 +75,7 @@ class Chaos:
             self.applied += 1
 
 
+@pytest.mark.slow  # ~45 s on 2 cores: run by .ci/run, not by default
 def test_api_errors_and_dropped_watches_cost_no_attempt_and_no_duplicate(
     kube_env: Any,
     kubelet: Any,

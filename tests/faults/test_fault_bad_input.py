@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 import yaml
 from faultops import NAMESPACE, condition
-from gameops import GROUP, PLURAL, ROOT, VERSION, Operator, get
+from harness.gameops import GROUP, PLURAL, ROOT, VERSION, Operator, get
 from harness.rawclient import wait_for
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st

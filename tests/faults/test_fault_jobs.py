@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from faultops import GAME, NAMESPACE, Watchdog, assert_store_intact, attempts
-from gameops import PHASES, Operator, create, wait_phase
+from harness.gameops import PHASES, Operator, create, wait_phase
 from harness.jobcontrol import true_conditions
 from harness.rawclient import wait_for
 from kubernetes import client as k8s
@@ -26,6 +27,7 @@ from sparring_trainer.store import open_store
 T = 180.0
 
 
+@pytest.mark.slow  # ~45 s on 2 cores: run by .ci/run, not by default
 def test_deleted_job_or_pod_is_replaced_by_the_next_attempt_and_preemption_costs_nothing(
     kube_env: Any,
     kubelet: Any,

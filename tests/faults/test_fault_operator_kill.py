@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from faultops import GAME, Watchdog, assert_store_intact, attempts, store_manifests
-from gameops import PHASES, Operator, create, get, wait_phase
+from harness.gameops import PHASES, Operator, create, get, wait_phase
 from harness.rawclient import wait_for
 from sparring_trainer.config import StorageSpec
 from sparring_trainer.store import open_store
@@ -40,6 +41,7 @@ def _restart(operator: Operator) -> None:
     operator.start()
 
 
+@pytest.mark.slow  # ~45 s on 2 cores: run by .ci/run, not by default
 def test_operator_killed_at_every_point_of_a_phase_loses_nothing(
     kube_env: Any,
     kubelet: Any,

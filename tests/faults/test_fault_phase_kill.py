@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from gameops import ROOT
+from harness.gameops import ROOT
 from harness.rawclient import wait_for
 from sparring_operator.machine import RunPhase, next_step
 from sparring_operator.observed import observe_store

@@ -24,14 +24,21 @@ from faultops import (
     GAME,
     TcpGate,
     Watchdog,
-    apo_tiny,
     assert_store_intact,
     attempts,
     condition,
-    create_secret,
     pod_messages,
 )
-from gameops import PHASES, ROOT, Operator, create, get, wait_phase
+from harness.gameops import (
+    PHASES,
+    ROOT,
+    Operator,
+    apo_tiny,
+    create,
+    create_secret,
+    get,
+    wait_phase,
+)
 from harness.rawclient import wait_for
 from sparring_trainer.config import GameDocument, StorageSpec
 from sparring_trainer.contract import make_context
@@ -47,6 +54,7 @@ from sparring_trainer.store import (
 T = 180.0
 
 
+@pytest.mark.slow  # ~45 s on 2 cores: run by .ci/run, not by default
 def test_store_outage_stalls_the_game_fails_the_phase_retryably_then_the_game_completes(
     kube_env: Any, kubelet: Any, operator: Operator, s3_server: str, s3_storage: StorageSpec
 ) -> None:
@@ -58,7 +66,7 @@ def test_store_outage_stalls_the_game_fails_the_phase_retryably_then_the_game_co
     tail = operator.tail
     try:
         with Watchdog(kube_env, kubelet) as dog:
-            create(kube_env, apo_tiny(through_gate))
+            create(kube_env, apo_tiny(through_gate, rounds=1))
             wait_for(lambda: kubelet.running(f"{GAME}-r0001-sample-a1"), T, message=tail)
             gate.close()  # sample-a1 has just started: it cannot read its inputs or commit
             stalled = wait_for(
@@ -103,7 +111,7 @@ def test_store_outage_stalls_the_game_fails_the_phase_retryably_then_the_game_co
     s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))
     with pytest.raises(UncommittedError, match=r"model\.safetensors does not match"):
         require_committed(store, policy, verify=True)
-    doc = GameDocument.model_validate(apo_tiny(s3_storage))
+    doc = GameDocument.model_validate(apo_tiny(s3_storage, rounds=1))
     evaluate = make_context(doc, 1, "evaluate", Path(kubelet.root) / "reader")
     with pytest.raises(UncommittedError, match=r"model\.safetensors does not match"):
         evaluate.fetch_dir(1, "update-policy", "policy")

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import kubernetes.config.kube_config
 import pytest
+from sparring_trainer.config import StorageSpec
 
+from .gameops import Operator, apo_tiny, create_secret
 from .kubeapi import KubeApi
 from .kubelet import LocalKubelet
 
@@ -53,3 +56,18 @@ def kubelet(kube_api: KubeApi, tmp_path: Path) -> Iterator[LocalKubelet]:
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture
+def operator(kube_env: KubeApi, kubelet: LocalKubelet, tmp_path: Path) -> Iterator[Operator]:
+    """`sparring operator` as a child process against the harness (kill/restart at will)."""
+    op = Operator(kube_env.kubeconfig, tmp_path / "operator.log").start()
+    yield op
+    op.kill()
+
+
+@pytest.fixture
+def s3_game(s3_storage: StorageSpec, kube_env: KubeApi) -> dict[str, Any]:
+    """apo-tiny (2 rounds) as a resource, storing in moto with credentials from a Secret."""
+    create_secret(kube_env, "s3-credentials", "testing", "testing")
+    return apo_tiny(s3_storage)

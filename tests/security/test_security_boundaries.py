@@ -17,8 +17,8 @@ import json
 from typing import Any
 
 import pytest
-from faultops import GAME, NAMESPACE, apo_tiny, attempts, condition, create_secret
-from gameops import Operator, create, get
+from faultops import GAME, NAMESPACE, attempts, condition
+from harness.gameops import Operator, apo_tiny, create, create_secret, get
 from harness.rawclient import wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -54,8 +54,8 @@ def test_a_game_can_only_use_secrets_of_its_own_namespace(
     core.create_namespaced_secret(
         NAMESPACE, {"metadata": {"name": "half"}, "stringData": {"AWS_ACCESS_KEY_ID": "x"}}
     )
-    create(kube_env, apo_tiny(s3_storage))  # secretRef: s3-credentials, only in team-b
-    no_key = apo_tiny(s3_storage, secret="half")
+    create(kube_env, apo_tiny(s3_storage, rounds=1))  # secretRef: s3-credentials, only in team-b
+    no_key = apo_tiny(s3_storage, secret="half", rounds=1)
     no_key["metadata"]["name"] = "no-key"
     create(kube_env, no_key)
 
@@ -170,7 +170,9 @@ BAD_FIELDS = [
 def test_names_uris_and_references_that_could_escape_are_rejected(
     s3_server: str, path: tuple[str, ...], value: str, field: str
 ) -> None:
-    doc = apo_tiny(StorageSpec(uri="s3://bucket/games", endpoint=s3_server, path_style=True))
+    doc = apo_tiny(
+        StorageSpec(uri="s3://bucket/games", endpoint=s3_server, path_style=True), rounds=1
+    )
     doc["metadata"]["namespace"] = NAMESPACE
     node = doc
     for part in path[:-1]:

@@ -29,9 +29,9 @@ from typing import Any
 
 import boto3
 import pytest
-from faultops import GAME, NAMESPACE, apo_tiny, create_secret
-from gameops import Operator, create, wait_phase
+from faultops import GAME, NAMESPACE
 from harness import KubeApi, LocalKubelet
+from harness.gameops import Operator, apo_tiny, create, create_secret, wait_phase
 from sparring_trainer.config import StorageSpec
 
 KEY_ID = "AKIACANARY7Q2W9SPARRING"
@@ -67,7 +67,7 @@ def played(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> Iterator
     try:
         create_secret(api, SECRET, KEY_ID, SECRET_KEY)
         storage = StorageSpec(uri=f"s3://{bucket}/games", endpoint=s3_server, path_style=True)
-        create(api, apo_tiny(storage, secret=SECRET))
+        create(api, apo_tiny(storage, secret=SECRET, rounds=1))
         obj = wait_phase(api, GAME, "Succeeded", operator)
         yield Played(api, kubelet, operator, bucket, s3_server, obj["status"])
     finally:

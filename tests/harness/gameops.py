@@ -1,4 +1,5 @@
-"""Helpers of the operator e2e tests: the operator as a process, and game resource calls."""
+"""Helpers of the operator tests (e2e, faults, security, RBAC): the operator as a process, the
+tiny game as a resource on S3, and calls on game resources."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.rawclient import wait_for
+import yaml
 from kubernetes import client as k8s
+from sparring_trainer.config import StorageSpec
+
+from .rawclient import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "sparring.dev", "v1alpha1", "adversarialgames"
@@ -95,3 +99,32 @@ def wait_phase(
 
 def jobs(api: Any, game: str) -> list[dict[str, Any]]:
     return [dict(j) for j in api.list("batch/v1/jobs", "default", f"sparring.dev/game={game}")]
+
+
+def create_secret(
+    api: Any, name: str, key_id: str, secret_key: str, namespace: str = "default"
+) -> None:
+    k8s.CoreV1Api(api.client).create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": name},
+            "stringData": {"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret_key},
+        },
+    )
+
+
+def apo_tiny(
+    storage: StorageSpec, secret: str = "s3-credentials", rounds: int = 2
+) -> dict[str, Any]:
+    """examples/apo-tiny.yaml as a resource storing in `storage` with a secretRef, and quick
+    retries (backoff 1 s) so that fault tests do not wait."""
+    doc = yaml.safe_load((ROOT / "examples" / "apo-tiny.yaml").read_text())
+    doc["spec"]["rounds"] = rounds
+    doc["spec"]["storage"] = {
+        "uri": storage.uri,
+        "endpoint": storage.endpoint,
+        "pathStyle": True,
+        "secretRef": {"name": secret},
+    }
+    doc["spec"]["phases"] = {"default": {"retry": {"limit": 2, "backoffSeconds": 1}}}
+    return dict(doc)
