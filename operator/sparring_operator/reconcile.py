@@ -78,6 +78,7 @@ class Reconciler:
     # process started are skipped: a restart must not count them twice).
     _timed: set[str] = field(default_factory=set)
     _started: float = field(default_factory=time.time)
+    _messages: dict[str, str] = field(default_factory=dict)  # finished Job -> pod message
 
     # The generated client's type stubs want its model classes; we send plain dicts (which it
     # accepts) and read attributes, so the handles are typed loosely on purpose.
@@ -114,7 +115,12 @@ class Reconciler:
                     reason, message = cond.reason or "", cond.message or ""
                     finished = _epoch(cond.last_transition_time)
             if state != "Active":
-                message = self.pod_message(namespace, job.metadata.name) or message
+                # A finished Job's pod message never changes: list its pods once, not on every
+                # pass (at 100 games that was most of the operator's API traffic).
+                key = f"{namespace}/{job.metadata.name}/{job.metadata.uid}"
+                if key not in self._messages:
+                    self._messages[key] = self.pod_message(namespace, job.metadata.name)
+                message = self._messages[key] or message
                 self._time_job(
                     job.metadata.name, phase, state, job.metadata.creation_timestamp, finished
                 )
