@@ -1,0 +1,93 @@
+"""Smoke tests of benchmarks/: each script runs in its --quick mode (tiny-random models where it
+has a choice) and prints its markdown table; --no-record keeps benchmarks/RESULTS.md untouched
+and --cache-dir sends caches to a temporary directory.
+
+Only operator_scale is fast (a few seconds); the others start real trainer processes, a moto
+server or TRL and take 30 s to 2 min each on 2 cores, so they are marked slow.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def run_benchmark(script: str, *args: str, tmp_path: Path, timeout: float = 600) -> str:
+    results = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, str(BENCH / script), "--quick", "--no-record"]
+    cmd += ["--results", str(results), "--cache-dir", str(tmp_path / "cache"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    done = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    assert not results.exists(), "--no-record must not write a results file"
+    out = done.stdout
+    assert "- command: `python benchmarks/" in out and "- machine: " in out, out[-2000:]
+    return out
+
+
+def table_rows(out: str, first_header: str) -> list[list[str]]:
+    """Cells of the markdown table whose header row starts with `first_header`."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split(" | ")])
+    return rows
+
+
+def test_operator_scale_quick(tmp_path: Path) -> None:
+    out = run_benchmark("operator_scale.py", tmp_path=tmp_path)
+    rows = table_rows(out, "games")
+    assert len(rows) == 1 and rows[0][1] == "2/2", rows
+    assert int(rows[0][2]) == 12  # 2 games x (prepare + 5 phases)
+
+
+@pytest.mark.slow
+def test_apo_rm_repro_quick_tiny(tmp_path: Path) -> None:
+    out = run_benchmark("apo_rm_repro.py", "--tiny", tmp_path=tmp_path)
+    rows = table_rows(out, "RM")
+    names = [r[0] for r in rows]
+    assert names == ["RM_init", "RM_base", "RM_APO r1", "RM_GAIL", "RM_base r2", "RM_APO r2"]
+    assert "Direction vs the paper" in out
+    assert list((tmp_path / "cache").glob("apo-samples-*.json")), "samples are cached"
+
+
+@pytest.mark.slow
+def test_apo_policy_quick_tiny(tmp_path: Path) -> None:
+    out = run_benchmark("apo_policy.py", "--tiny", tmp_path=tmp_path)
+    rows = table_rows(out, "policy")
+    assert [r[0] for r in rows] == ["SFT (initial policy)", "DPO vs RM_base", "DPO vs RM_APO"]
+
+
+@pytest.mark.slow
+def test_trainer_efficiency_quick(tmp_path: Path) -> None:
+    out = run_benchmark("trainer_efficiency.py", tmp_path=tmp_path)
+    contenders = {r[1] for r in table_rows(out, "what")}
+    assert {
+        "train_reward_model",
+        "plain torch BT loop",
+        "train_dpo",
+        "TRL DPOTrainer defaults",
+        "generate_transformers (batch 8)",
+        "boto3 upload_file",
+    } <= contenders
+
+
+@pytest.mark.slow
+def test_overhead_quick(tmp_path: Path) -> None:
+    out = run_benchmark("overhead.py", tmp_path=tmp_path)
+    local = table_rows(out, "game")
+    assert local[-1][0] == "**apo-tiny.yaml total**" and local[-1][2] == "6 phases", local
+    harness = dict(table_rows(out, "measure"))
+    assert harness["phase Jobs"] == "6"
