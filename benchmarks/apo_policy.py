@@ -22,7 +22,7 @@ the judge; a bias *in favour of the baseline*.
 
 Commands:
 
-    python benchmarks/apo_policy.py                   # default: ~15 min on 2 cores
+    python benchmarks/apo_policy.py                   # default: 12-25 min on 2 cores
     python benchmarks/apo_policy.py --quick           # smoke run with the real models
     python benchmarks/apo_policy.py --quick --tiny    # tiny-random models (seconds; the test)
     python benchmarks/apo_policy.py --train-queries 96 --test-queries 96 --dpo-epochs 2 \

@@ -32,7 +32,7 @@ metrics of `losses.py`), at a size that runs on 2 CPU cores:
 
 Commands:
 
-    python benchmarks/apo_rm_repro.py                 # default: 3 seeds, ~20 min on 2 cores
+    python benchmarks/apo_rm_repro.py                 # default: 3 seeds, 22 min on 2 idle cores
     python benchmarks/apo_rm_repro.py --quick         # smoke run with the real models (~2 min)
     python benchmarks/apo_rm_repro.py --quick --tiny  # tiny-random models (seconds; the test)
     python benchmarks/apo_rm_repro.py --human-pairs 1024 --test-pairs 800 --epochs 3 \

@@ -22,7 +22,7 @@ cluster whose phases take no time, so what is measured is the operator alone. Fo
 
 Commands:
 
-    python benchmarks/operator_scale.py                    # 10, 50, 100 games (~15 min)
+    python benchmarks/operator_scale.py                    # 10, 50, 100 games (~1 min)
     python benchmarks/operator_scale.py --games 10 50      # a subset
     python benchmarks/operator_scale.py --quick            # 2 games, 1 round (the test)
     python benchmarks/operator_scale.py --resync 1         # the e2e tests' 1 s timer

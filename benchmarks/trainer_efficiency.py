@@ -25,7 +25,7 @@ checkpoint) and all-MiniLM-L6-v2 (RM).
 
 Commands:
 
-    python benchmarks/trainer_efficiency.py                  # tiny-random, ~4 min
+    python benchmarks/trainer_efficiency.py                  # tiny-random, ~1 min
     python benchmarks/trainer_efficiency.py --real           # real small models, ~20 min
     python benchmarks/trainer_efficiency.py --quick          # smoke run (the test)
     python benchmarks/trainer_efficiency.py --parts rm dpo --repeats 5
