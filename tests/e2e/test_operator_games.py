@@ -1,7 +1,9 @@
-"""The operator plays games through Jobs on the harness: API stand-in, test kubelet, moto S3.
+"""The operator plays games through Jobs on the real control plane (kube-apiserver, the Job
+controller and garbage collector of kube-controller-manager), the process kubelet and moto S3.
 
-The operator runs as a real process (`python -m sparring_operator operator`), so it can be
-killed and restarted; the kubelet runs each Job's container command as a local process.
+The operator runs as a real process (`python -m sparring_operator operator`) under the chart's
+ServiceAccount and RBAC, so it can be killed and restarted; the kubelet runs each pod's command
+as a local process.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ def test_game_plays_through_jobs_survives_an_operator_kill_and_commits_to_s3(
     for r in (1, 2):
         assert {"rm_accuracy", "rm_ece", "reward_mean", "win_rate"} <= set(by_round[r]["metrics"])
         for phase_name, uri in by_round[r]["artifacts"].items():
-            assert uri == store.uri_for(phase_prefix("default", "apo-tiny", r, phase_name))
-            assert is_committed(store, phase_prefix("default", "apo-tiny", r, phase_name))
+            assert uri == store.uri_for(phase_prefix(kube_env.namespace, "apo-tiny", r, phase_name))
+            assert is_committed(store, phase_prefix(kube_env.namespace, "apo-tiny", r, phase_name))
     assert status["latestCheckpoint"].startswith("s3://")
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions["Ready"] == "True" and conditions["Succeeded"] == "True"
@@ -75,14 +77,14 @@ def test_game_plays_through_jobs_survives_an_operator_kill_and_commits_to_s3(
         }
         manifest = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
         kubernetes_validate.validate(manifest, "1.32", strict=True)
-    events = kube_env.list("v1/events", "default")
+    events = kube_env.list("v1/events")
     reasons = {e["reason"] for e in events}
     assert {"PhaseStarted", "PhaseSucceeded", "GameSucceeded"} <= reasons
 
     # Re-creating the finished game with the same spec (GitOps) is Succeeded at once, without
     # a single new Job; growing its rounds afterwards continues the game from round 3.
     k8s.CustomObjectsApi(kube_env.client).delete_namespaced_custom_object(
-        GROUP, VERSION, "default", PLURAL, "apo-tiny"
+        GROUP, VERSION, kube_env.namespace, PLURAL, "apo-tiny"
     )
     wait_for(lambda: not jobs(kube_env, "apo-tiny"), 60, message="Jobs were not garbage-collected")
     create(kube_env, s3_game)
@@ -113,8 +115,7 @@ def test_retries_with_backoff_then_fails_with_the_job_and_its_message(
             120,
             message=lambda: operator.tail(),
         )
-        assert run.proc is not None
-        run.proc.kill()
+        run.kill()
     wait_for(
         lambda: kubelet.running("apo-tiny-r0001-sample-a1"),
         GAME_TIMEOUT,
@@ -124,7 +125,7 @@ def test_retries_with_backoff_then_fails_with_the_job_and_its_message(
     assert [n for n in names if "prepare" in n] == [
         f"apo-tiny-r0000-prepare-a{i}" for i in (1, 2, 3)
     ], [(j["metadata"]["name"], j.get("status")) for j in jobs(kube_env, "apo-tiny")]
-    reasons = [e["reason"] for e in kube_env.list("v1/events", "default")]
+    reasons = [e["reason"] for e in kube_env.list("v1/events")]
     assert reasons.count("PhaseRetried") == 2
 
     # A phase that keeps failing on bad input ends the game Failed, naming Job and message.

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import chartops
+from harness.fixtures import operator_kubeconfig
 from harness.gameops import GROUP, PLURAL, VERSION, Operator, create, wait_phase
 from harness.rawclient import wait_for
 from kubernetes import client as k8s
@@ -77,7 +79,10 @@ class Prometheus:
 @pytest.fixture
 def monitored(kube_env: Any, kubelet: Any, tmp_path: Path) -> Iterator[tuple[Operator, Prometheus]]:
     port = free_port()
-    op = Operator(kube_env.kubeconfig, tmp_path / "operator.log", metrics_port=port).start()
+    kubeconfig, user = operator_kubeconfig(kube_env, tmp_path / "operator.kubeconfig")
+    op = Operator(kubeconfig, tmp_path / "operator.log", port, namespace=kube_env.namespace)
+    op.user = user
+    op.start()
     prom = Prometheus(tmp_path, f"127.0.0.1:{port}")
     try:
         wait_for(prom.ready, 60, message="prometheus never became ready")
@@ -85,6 +90,7 @@ def monitored(kube_env: Any, kubelet: Any, tmp_path: Path) -> Iterator[tuple[Ope
     finally:
         prom.stop()
         op.kill()
+        chartops.delete_cluster_objects(kube_env.client, f"op-{kube_env.namespace}")
 
 
 def test_prometheus_sees_the_game_and_forgets_it_when_deleted(
@@ -105,7 +111,7 @@ def test_prometheus_sees_the_game_and_forgets_it_when_deleted(
         60,
         message="completed rounds never reached Prometheus",
     )
-    assert rounds[0]["metric"]["namespace"] == "default"
+    assert rounds[0]["metric"]["namespace"] == kube_env.namespace
     accuracy = wait_for(
         lambda: scraped('sparring_game_metric{name="apo-tiny",metric="rm_accuracy"}'),
         30,
@@ -117,7 +123,7 @@ def test_prometheus_sees_the_game_and_forgets_it_when_deleted(
     assert scraped("sparring_build_info")
 
     k8s.CustomObjectsApi(kube_env.client).delete_namespaced_custom_object(
-        GROUP, VERSION, "default", PLURAL, "apo-tiny"
+        GROUP, VERSION, kube_env.namespace, PLURAL, "apo-tiny"
     )
     wait_for(
         lambda: not prom.query('sparring_game_status{name="apo-tiny"}'),

@@ -5,7 +5,7 @@ for every test); tests/faults/conftest.py makes `s3_game` a one-round game for t
 
 What the fault tests assert over and over:
 * `Watchdog`: sampled every 50 ms during a game: never two unfinished Jobs, and never two live
-  phase processes (test-kubelet pods), of one (game, round, phase) at once;
+  phase processes (pods the process kubelet runs), of one (game, round, phase) at once;
 * `store_manifests`/`assert_store_intact`: every phase of the game is committed and verifies
   (size + sha256 of every object against its `_SUCCESS` manifest), and manifests captured
   earlier are unchanged (nothing committed was lost or rewritten);
@@ -22,11 +22,10 @@ import threading
 import time
 from typing import Any
 
-from harness.jobcontrol import finished
+from harness.nodeview import job_finished
 from sparring_operator.machine import phase_sequence
 from sparring_trainer.store import ArtifactStore, phase_prefix, require_committed
 
-NAMESPACE = "default"
 GAME = "apo-tiny"
 JOB_NAME = re.compile(r"^(?P<game>.+)-r(?P<round>\d{4})-(?P<phase>[a-z-]+)-a(?P<attempt>\d+)$")
 Marker = tuple[str, int, str]  # (game, round, phase)
@@ -38,19 +37,21 @@ Marker = tuple[str, int, str]  # (game, round, phase)
 def attempts(api: Any, game: str = GAME) -> dict[tuple[int, str], list[str]]:
     """Job names of each (round, phase) now in the API, sorted."""
     found: dict[tuple[int, str], list[str]] = collections.defaultdict(list)
-    for job in api.list("batch/v1/jobs", NAMESPACE, f"sparring.dev/game={game}"):
+    for job in api.list("batch/v1/jobs", None, f"sparring.dev/game={game}"):
         m = JOB_NAME.match(job["metadata"]["name"])
         assert m is not None, job["metadata"]["name"]
         found[(int(m["round"]), m["phase"])].append(job["metadata"]["name"])
     return {k: sorted(v) for k, v in sorted(found.items())}
 
 
-def store_manifests(store: ArtifactStore, game: str = GAME, rounds: int = 1) -> dict:
+def store_manifests(
+    store: ArtifactStore, namespace: str, game: str = GAME, rounds: int = 1
+) -> dict:
     """The verified manifest of every committed phase, in play order (stops at the first one
     that is not committed)."""
     manifests = {}
     for marker in phase_sequence("apo", rounds):
-        prefix = phase_prefix(NAMESPACE, game, *marker)
+        prefix = phase_prefix(namespace, game, *marker)
         if not store.exists(prefix + "_SUCCESS"):
             break
         manifests[marker] = require_committed(store, prefix, verify=True)
@@ -58,10 +59,14 @@ def store_manifests(store: ArtifactStore, game: str = GAME, rounds: int = 1) -> 
 
 
 def assert_store_intact(
-    store: ArtifactStore, earlier: dict | None = None, game: str = GAME, rounds: int = 1
+    store: ArtifactStore,
+    namespace: str,
+    earlier: dict | None = None,
+    game: str = GAME,
+    rounds: int = 1,
 ) -> dict:
     """Every phase committed and verified; manifests seen `earlier` are unchanged."""
-    now = store_manifests(store, game, rounds)
+    now = store_manifests(store, namespace, game, rounds)
     assert list(now) == phase_sequence("apo", rounds), f"committed: {list(now)}"
     for marker, manifest in (earlier or {}).items():
         assert now[marker] == manifest, f"{marker} was re-committed or changed"
@@ -72,9 +77,9 @@ def assert_store_intact(
 
 
 class Watchdog:
-    """Samples the harness every `interval` s in a thread and records each moment at which one
-    (game, round, phase) had two unfinished Jobs in the API, or two live phase processes in the
-    test kubelet (a Job's pod being killed counts as live until its process is gone)."""
+    """Samples the cluster every `interval` s in a thread and records each moment at which one
+    (game, round, phase) had two unfinished Jobs in the API, or two live phase processes on the
+    node (a Job's pod being killed counts as live until its process is gone)."""
 
     def __init__(self, api: Any, kubelet: Any, interval: float = 0.05) -> None:
         self.api, self.kubelet, self.interval = api, kubelet, interval
@@ -103,16 +108,14 @@ class Watchdog:
         jobs: dict[Marker, list[str]] = collections.defaultdict(list)
         for job in self.api.list("batch/v1/jobs"):
             m = JOB_NAME.match(job["metadata"]["name"])
-            if m is None or finished(job) or job["metadata"].get("deletionTimestamp"):
+            if m is None or job_finished(job) or job["metadata"].get("deletionTimestamp"):
                 continue
             jobs[(m["game"], int(m["round"]), m["phase"])].append(job["metadata"]["name"])
-        with self.kubelet._lock:
-            runs = list(self.kubelet.pods.values())
         procs: dict[Marker, list[str]] = collections.defaultdict(list)
-        for run in runs:
-            m = JOB_NAME.match(run.job_name)
-            if m is not None and run.proc is not None and run.proc.poll() is None:
-                procs[(m["game"], int(m["round"]), m["phase"])].append(run.name)
+        for pod, job_name in self.kubelet.live_processes().items():
+            m = JOB_NAME.match(job_name)
+            if m is not None:
+                procs[(m["game"], int(m["round"]), m["phase"])].append(pod)
         for what, seen in (("Jobs", jobs), ("phase processes", procs)):
             for marker, names in seen.items():
                 if len(names) > 1:
@@ -218,7 +221,7 @@ def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
 def pod_messages(api: Any, job: str) -> list[str]:
     """Termination messages of a Job's pods (as the operator reads them)."""
     messages = []
-    for pod in api.list("v1/pods", NAMESPACE, f"job-name={job}"):
+    for pod in api.list("v1/pods", None, f"job-name={job}"):
         for status in (pod.get("status") or {}).get("containerStatuses") or []:
             terminated = (status.get("state") or {}).get("terminated")
             if terminated:

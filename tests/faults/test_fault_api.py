@@ -7,8 +7,8 @@ Jobs collection (list, create, kopf's watch), 429s with Retry-After on the game 
 (kopf's list/watch/patch and the status writes), 500s on status writes, on the pod list the
 termination messages come from, on the store's Secret, on Events and ConfigMaps; it drops every
 watch stream (cleanly and by resetting the connection) and compacts the watch history (kopf
-must re-list after 410 Gone). The path patterns match the operator's requests, not the test
-kubelet's, so the faults exercise the operator. The operator must ride them out without
+must re-list after 410 Gone). The faults come from a proxy in front of the real API server that
+only the operator talks to. The operator must ride them out without
 exiting (kopf gives up on a watch after ~9 failed attempts in a row; then only a restart by the
 Deployment helps, which test_fault_operator_kill shows is safe).
 """
@@ -22,20 +22,19 @@ from typing import Any
 import pytest
 from faultops import GAME, Watchdog, assert_store_intact, attempts
 from harness.gameops import PHASES, Operator, create, wait_phase
-from harness.kubeapi import HARNESS_USER_AGENT_PREFIX
 from harness.rawclient import wait_for
 from sparring_trainer.config import StorageSpec
 from sparring_trainer.store import open_store
 
 FAULTS: list[tuple[int, int, str | None, str] | str] = [
-    (4, 500, None, r"/namespaces/default/jobs(\?|$)"),
+    (4, 500, None, r"/namespaces/[^/]+/jobs(\?|$)"),
     (3, 429, None, r"/adversarialgames"),
     "drop",
     (3, 500, "PATCH", r"/adversarialgames/[^/?]+/status"),
-    (3, 500, "GET", r"/namespaces/default/pods\?"),
-    (2, 429, "GET", r"/namespaces/default/secrets/"),
+    (3, 500, "GET", r"/namespaces/[^/]+/pods\?"),
+    (2, 429, "GET", r"/namespaces/[^/]+/secrets/"),
     "compact",
-    (2, 500, "POST", r"/namespaces/default/(events|configmaps)"),
+    (2, 500, "POST", r"/namespaces/[^/]+/(events|configmaps)"),
     "drop-abrupt",
 ]
 
@@ -54,8 +53,8 @@ class Chaos:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-        for fault in self.api.handler.faults:
-            fault.times = 0
+        self.api.proxy.clear_faults()
+        self.api.end_compaction()
 
     def _run(self) -> None:
         for fault in itertools.chain.from_iterable([FAULTS] * self.rounds):
@@ -66,8 +65,13 @@ class Chaos:
             elif fault == "drop-abrupt":
                 self.api.drop_watches(abrupt=True)
             elif fault == "compact":
+                # etcd compacted past every watcher's resourceVersion: resumed watches get
+                # 410 Gone until the client re-lists (kopf must), then watch again.
                 self.api.compact_history()
                 self.api.drop_watches()
+                if self._stop.wait(self.every / 2):
+                    return
+                self.api.end_compaction()
             else:
                 times, status, method, path = fault
                 retry_after = 1 if status == 429 else None
@@ -86,7 +90,7 @@ def test_api_errors_and_dropped_watches_cost_no_attempt_and_no_duplicate(
     with Watchdog(kube_env, kubelet) as dog:
         # The first Job create fails twice: the failed pass is retried after one resync
         # interval (1 s here), as a missed event would be, not after kopf's default 60 s.
-        kube_env.fail_next(2, 500, "POST", r"/namespaces/default/jobs$")
+        kube_env.fail_next(2, 500, "POST", r"/namespaces/[^/]+/jobs$")
         create(kube_env, s3_game)
         wait_for(lambda: attempts(kube_env), 20, message=operator.tail)
         with Chaos(kube_env) as chaos:
@@ -94,11 +98,7 @@ def test_api_errors_and_dropped_watches_cost_no_attempt_and_no_duplicate(
     dog.check()
     assert operator.proc is not None and operator.proc.poll() is None, "the operator exited"
 
-    hit = [
-        r
-        for r in kube_env.requests
-        if r.injected and not r.user_agent.startswith(HARNESS_USER_AGENT_PREFIX)
-    ]
+    hit = [r for r in kube_env.requests if r.injected]  # the proxy sees the operator only
     assert chaos.applied == 2 * len(FAULTS), chaos.applied
     assert {r.status for r in hit} == {429, 500}, "the faults never reached the operator"
     assert {r.resource for r in hit} >= {"jobs", "adversarialgames/status", "pods"}, hit
@@ -106,4 +106,4 @@ def test_api_errors_and_dropped_watches_cost_no_attempt_and_no_duplicate(
     assert attempts(kube_env) == {
         (r, p): [f"{GAME}-r{r:04d}-{p}-a1"] for r, p in [(0, "prepare")] + [(1, p) for p in PHASES]
     }
-    assert_store_intact(open_store(s3_storage))
+    assert_store_intact(open_store(s3_storage), kube_env.namespace)

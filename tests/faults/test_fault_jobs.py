@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from faultops import GAME, NAMESPACE, Watchdog, assert_store_intact, attempts
+from faultops import GAME, Watchdog, assert_store_intact, attempts
 from harness.gameops import PHASES, Operator, create, wait_phase
 from harness.jobcontrol import true_conditions
 from harness.rawclient import wait_for
@@ -45,13 +45,15 @@ def test_deleted_job_or_pod_is_replaced_by_the_next_attempt_and_preemption_costs
         create(kube_env, s3_game)
 
         wait_for(lambda: kubelet.running(job("sample", 1)), T, message=operator.tail)
-        batch.delete_namespaced_job(job("sample", 1), NAMESPACE, propagation_policy="Background")
+        batch.delete_namespaced_job(
+            job("sample", 1), kube_env.namespace, propagation_policy="Background"
+        )
         wait_for(lambda: kubelet.running(job("sample", 2)), 60, message=operator.tail)
 
         preempted = kubelet.preempt(job("score", 1), timeout=T)
 
         run = wait_for(lambda: kubelet.running(job("update-policy", 1)), T, message=operator.tail)
-        core.delete_namespaced_pod(run.name, NAMESPACE)
+        core.delete_namespaced_pod(run.name, kube_env.namespace)
         wait_for(lambda: kubelet.running(job("update-policy", 2)), 60, message=operator.tail)
 
         obj = wait_phase(kube_env, GAME, "Succeeded", operator)
@@ -68,12 +70,12 @@ def test_deleted_job_or_pod_is_replaced_by_the_next_attempt_and_preemption_costs
     # and completed, counting no failure.
     score = kube_env.get("batch/v1/jobs", job("score", 1))
     assert true_conditions(score).get("Complete") and not score["status"].get("failed")
-    pods = {p["metadata"]["name"]: p for p in kube_env.list("v1/pods", NAMESPACE)}
+    pods = {p["metadata"]["name"]: p for p in kube_env.list("v1/pods")}
     assert "DisruptionTarget" in true_conditions(pods[preempted])
     assert len([p for p in pods if p.startswith(job("score", 1))]) == 2
 
-    events = [(e["reason"], e["message"]) for e in kube_env.list("v1/events", NAMESPACE)]
+    events = [(e["reason"], e["message"]) for e in kube_env.list("v1/events")]
     assert ("PhaseStarted", "round 1 sample (attempt 2)") in events
     retried = [m for r, m in events if r == "PhaseRetried"]
     assert len(retried) == 1 and job("update-policy", 1) in retried[0], events
-    assert_store_intact(open_store(s3_storage))
+    assert_store_intact(open_store(s3_storage), kube_env.namespace)

@@ -22,10 +22,11 @@ import pytest
 from faultops import GAME, Watchdog, assert_store_intact, attempts, store_manifests
 from harness.gameops import PHASES, Operator, create, get, wait_phase
 from harness.rawclient import wait_for
+from kubernetes import client as k8s
 from sparring_trainer.config import StorageSpec
 from sparring_trainer.store import open_store
 
-JOB_CREATE = r"/namespaces/default/jobs(\?|$)"
+JOB_CREATE = r"/namespaces/[^/]+/jobs(\?|$)"
 STATUS_WRITE = rf"/adversarialgames/{GAME}/status"
 T = 180.0  # seconds: generous bound for one phase on a busy 2-core machine
 
@@ -72,7 +73,7 @@ def test_operator_killed_at_every_point_of_a_phase_loses_nothing(
         operator.kill()
         block.times = 0
         assert (1, "update-adversary") not in attempts(kube_env)
-        before = store_manifests(store)
+        before = store_manifests(store, kube_env.namespace)
         assert (1, "sample") in before  # committed before the Job reported Complete
         operator.start()
 
@@ -105,7 +106,7 @@ def test_operator_killed_at_every_point_of_a_phase_loses_nothing(
     assert attempts(kube_env) == {
         (r, p): [f"{GAME}-r{r:04d}-{p}-a1"] for r, p in [(0, "prepare")] + [(1, p) for p in PHASES]
     }
-    assert_store_intact(store, earlier=before)
+    assert_store_intact(store, kube_env.namespace, earlier=before)
 
 
 def test_the_watchdog_sees_two_of_one_phase_at_once(kube_api: Any, kubelet: Any) -> None:
@@ -120,7 +121,7 @@ def test_the_watchdog_sees_two_of_one_phase_at_once(kube_api: Any, kubelet: Any)
                 "template": {"spec": {"restartPolicy": "Never", "containers": [container]}},
             },
         }
-        assert kube_api.http("POST", "/apis/batch/v1/namespaces/default/jobs", job).status == 201
+        k8s.BatchV1Api(kube_api.client).create_namespaced_job(kube_api.namespace, job)
     with Watchdog(kube_api, kubelet) as dog:
         wait_for(lambda: kubelet.running(f"{GAME}-r0001-sample-a2"), 30)
         wait_for(lambda: dog.samples > 12, 10)

@@ -99,10 +99,10 @@ def test_store_outage_stalls_the_game_fails_the_phase_retryably_then_the_game_co
     assert attempts(kube_env) == expected
     assert condition(obj, "Stalled")["status"] == "False"
     assert obj["status"]["completedRounds"] == 1
-    assert_store_intact(store)
+    assert_store_intact(store, kube_env.namespace)
 
     # A committed checkpoint corrupted in the store afterwards is refused, not loaded.
-    policy = phase_prefix("default", GAME, 1, "update-policy")
+    policy = phase_prefix(kube_env.namespace, GAME, 1, "update-policy")
     key = f"{s3_storage.uri.split('/', 3)[3]}/{policy}policy/model.safetensors"
     bucket = s3_storage.uri.split("/")[2]
     s3 = store._client  # type: ignore[attr-defined]

@@ -1,26 +1,13 @@
-"""A Kubernetes stand-in for tests on a machine with no cluster and no Docker.
+"""The test bed: a real Kubernetes control plane on 127.0.0.1 and what tests need around it.
 
-* :class:`KubeApi` (``kubeapi.py``): an API server on 127.0.0.1 built on kmock
-  (``apiserver.py``: HTTP, request log, faults; ``watches.py``; ``store.py`` + ``deletion.py``:
-  object semantics; ``patching.py``, ``selectors.py``, ``resources.py``: formats and kinds).
-* :class:`LocalKubelet` (``kubelet.py``): runs each Job's container command as a local process
-  (``podspec.py``) and reports Pod and Job status as the kubelet and the Job controller would
-  (``jobcontrol.py``).
-* pytest fixtures ``kube_api``, ``kube_env``, ``kubelet`` (``fixtures.py``); in-process kopf
-  with ``kopfrun.kopf_runner()``; ``rawclient.wait_for()`` for polling; ``mini_operator.py``.
+* ``controlplane.py``: etcd, kube-apiserver, kube-controller-manager (built by
+  ``scripts/kube-build`` at one pinned release) and the process kubelet; ``scripts/kube up``.
+* ``pki.py``: the control plane's CA, serving and client certificates, ServiceAccount key.
+* ``kubelet.py`` (+ ``podspec.py``): the process kubelet: node, scheduler and container runtime
+  in one, running each pod's command as a local process (images are not pulled).
+* ``faultproxy.py``: a reverse proxy in front of the API server that injects 429/500, drops
+  watches and answers 410 Gone, for the operator's traffic only.
+* ``cluster.py`` (a test's namespace, clients, audit log), ``nodeview.py`` (pods' processes,
+  evictions), ``chartops.py`` (the chart's identity and RBAC, Helm), ``gameops.py`` (the
+  operator process, games), ``fixtures.py`` (pytest fixtures), ``rawclient.py`` (``wait_for``).
 """
-
-from .apiserver import RequestRecord
-from .errors import ApiError
-from .kubeapi import KubeApi
-from .kubelet import LocalKubelet
-from .resources import ADVERSARIAL_GAMES, ResourceDef
-
-__all__ = [
-    "ADVERSARIAL_GAMES",
-    "ApiError",
-    "KubeApi",
-    "LocalKubelet",
-    "RequestRecord",
-    "ResourceDef",
-]

@@ -1,14 +1,15 @@
-"""pytest fixtures of the harness. Register them in ``tests/conftest.py`` with
-``from harness.fixtures import kube_api, kube_env, kubelet  # noqa: F401``
-(or ``pytest_plugins = ["harness.fixtures"]``).
+"""pytest fixtures of the test bed, registered by ``tests/conftest.py``.
 
-* ``kube_api``: a started :class:`harness.KubeApi` (attributes ``url``, ``kubeconfig``,
-  ``env``, ``client``, ``requests``, ``fail_next()``, ``drop_watches()``, ...); fresh per test.
-  At teardown it fails the test if the harness itself raised (``handler.server_errors``).
-* ``kube_env``: ``kube_api`` with ``KUBECONFIG`` pointing at it for this test, for in-process
-  kopf (``kopf.testing.KopfRunner``) and ``kubernetes.config.load_kube_config()``.
-* ``kubelet``: a started :class:`harness.kubelet.LocalKubelet` against ``kube_api``; at teardown
-  it is stopped and every process it started is killed.
+* ``control_plane`` (session): the real control plane (``controlplane.py``): etcd,
+  kube-apiserver, kube-controller-manager and the process kubelet, with the CRD from ``crds/``
+  installed and established. Started once per session (about 6 s).
+* ``kube`` / ``kube_env``: one test's :class:`harness.cluster.Kube`, a fresh namespace labelled
+  ``pod-security.kubernetes.io/enforce=restricted``; deleted at teardown. ``kube_env`` also
+  points ``KUBECONFIG`` at the admin kubeconfig for in-process clients.
+* ``kubelet``: a :class:`harness.nodeview.NodeView` of the node (running pods, crashes,
+  evictions).
+* ``operator``: ``sparring operator`` as a child process watching the test's namespace,
+  authenticated as the chart's ServiceAccount under the chart's RBAC, through the fault proxy.
 """
 
 from __future__ import annotations
@@ -17,57 +18,111 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes.client
 import kubernetes.config.kube_config
 import pytest
+import yaml
 from sparring_trainer.config import StorageSpec
 
+from . import chartops
+from .cluster import Kube, delete_namespace, new_namespace
+from .controlplane import ROOT, ControlPlane, write_kubeconfig
 from .gameops import Operator, apo_tiny, create_secret
-from .kubeapi import KubeApi
-from .kubelet import LocalKubelet
+from .nodeview import NodeView
+from .rawclient import wait_for
+
+CRD = ROOT / "crds" / "adversarialgames.sparring.dev.yaml"
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 
 
-@pytest.fixture
-def kube_api(tmp_path: Path) -> Iterator[KubeApi]:
-    api = KubeApi(tmp_path / "kube-api").start()
+def install_crd(client: kubernetes.client.ApiClient, path: Path = CRD) -> None:
+    ext = kubernetes.client.ApiextensionsV1Api(client)
+    crd = yaml.safe_load(path.read_text())
+    ext.create_custom_resource_definition(crd)
+
+    def established() -> bool:
+        obj = ext.read_custom_resource_definition(crd["metadata"]["name"])
+        return any(
+            c.type == "Established" and c.status == "True" for c in obj.status.conditions or []
+        )
+
+    wait_for(established, 30, message="the CRD was never Established")
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    plane = ControlPlane(tmp_path_factory.mktemp("kube")).start()
     try:
-        yield api
+        client = kubernetes.config.new_client_from_config(
+            config_file=str(plane.kubeconfig), persist_config=False
+        )
+        install_crd(client)
+        core = kubernetes.client.CoreV1Api(client)
+        wait_for(lambda: core.list_node().items, 60, message="the process kubelet never registered")
+        client.close()
+        yield plane
     finally:
-        api.stop()
-    errors = api.handler.server_errors if api.handler is not None else []
-    if errors:
-        pytest.fail("the harness API server failed internally:\n" + "\n".join(errors))
+        plane.stop()
 
 
 @pytest.fixture
-def kube_env(kube_api: KubeApi, monkeypatch: pytest.MonkeyPatch) -> KubeApi:
-    monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig))
-    # kubernetes.config reads $KUBECONFIG once, at import: kopf's default login handler
-    # (login_via_client) and load_kube_config() with no argument use this module variable.
-    monkeypatch.setattr(
-        kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kube_api.kubeconfig)
+def kube(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Kube]:
+    admin = kubernetes.config.new_client_from_config(
+        config_file=str(control_plane.kubeconfig), persist_config=False
     )
-    return kube_api
-
-
-@pytest.fixture
-def kubelet(kube_api: KubeApi, tmp_path: Path) -> Iterator[LocalKubelet]:
-    node = LocalKubelet(kube_api.kubeconfig, tmp_path / "kubelet").start()
+    namespace = new_namespace(kubernetes.client.CoreV1Api(admin), **RESTRICTED)
+    admin.close()
+    kube = Kube(control_plane, namespace, tmp_path)
     try:
-        yield node
+        yield kube
     finally:
-        node.stop()
+        delete_namespace(kube)
+        kube.close()
 
 
 @pytest.fixture
-def operator(kube_env: KubeApi, kubelet: LocalKubelet, tmp_path: Path) -> Iterator[Operator]:
-    """`sparring operator` as a child process against the harness (kill/restart at will)."""
-    op = Operator(kube_env.kubeconfig, tmp_path / "operator.log").start()
-    yield op
-    op.kill()
+def kube_env(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> Kube:
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    # kubernetes.config reads $KUBECONFIG once, at import: load_kube_config() with no argument
+    # uses this module variable.
+    monkeypatch.setattr(
+        kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kube.kubeconfig)
+    )
+    return kube
 
 
 @pytest.fixture
-def s3_game(s3_storage: StorageSpec, kube_env: KubeApi) -> dict[str, Any]:
+def kubelet(kube: Kube, control_plane: ControlPlane) -> NodeView:
+    return NodeView(kube, control_plane.root / "kubelet")
+
+
+def operator_kubeconfig(kube: Kube, path: Path, release: str = "") -> tuple[Path, str]:
+    """A kubeconfig for the chart's operator ServiceAccount in the test's namespace, through
+    the fault proxy; returns it and the ServiceAccount's username."""
+    release = release or f"op-{kube.namespace}"
+    user, token = chartops.apply_identity(kube.client, kube.namespace, release)
+    proxy = kube.start_proxy()
+    return write_kubeconfig(path, proxy.url, kube.plane.pki.ca_crt, None, None, token), user
+
+
+@pytest.fixture
+def operator(kube_env: Kube, tmp_path: Path) -> Iterator[Operator]:
+    """`sparring operator` as a child process (kill/restart at will) watching the test's
+    namespace as the chart's ServiceAccount."""
+    release = f"op-{kube_env.namespace}"
+    kubeconfig, user = operator_kubeconfig(kube_env, tmp_path / "operator.kubeconfig", release)
+    op = Operator(kubeconfig, tmp_path / "operator.log", namespace=kube_env.namespace)
+    op.user = user
+    op.start()
+    try:
+        yield op
+    finally:
+        op.kill()
+        chartops.delete_cluster_objects(kube_env.client, release)
+
+
+@pytest.fixture
+def s3_game(s3_storage: StorageSpec, kube_env: Kube) -> dict[str, Any]:
     """apo-tiny (2 rounds) as a resource, storing in moto with credentials from a Secret."""
     create_secret(kube_env, "s3-credentials", "testing", "testing")
     return apo_tiny(s3_storage)

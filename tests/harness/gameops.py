@@ -25,8 +25,12 @@ PHASES = ("sample", "update-adversary", "score", "update-policy", "evaluate")
 class Operator:
     """The operator as a child process with its log in a file; restartable."""
 
-    def __init__(self, kubeconfig: Path, log: Path, metrics_port: int = 0) -> None:
+    def __init__(
+        self, kubeconfig: Path, log: Path, metrics_port: int = 0, namespace: str = "default"
+    ) -> None:
         self.kubeconfig, self.log, self.metrics_port = kubeconfig, log, metrics_port
+        self.namespace = namespace
+        self.user = ""  # the Kubernetes username it authenticates as, where known
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Operator:
@@ -39,7 +43,7 @@ class Operator:
                     "sparring_operator",
                     "operator",
                     "--namespace",
-                    "default",
+                    self.namespace,
                     "--metrics-port",
                     str(self.metrics_port),
                 ],
@@ -61,20 +65,20 @@ class Operator:
 
 def create(api: Any, doc: dict[str, Any]) -> None:
     k8s.CustomObjectsApi(api.client).create_namespaced_custom_object(
-        GROUP, VERSION, "default", PLURAL, doc
+        GROUP, VERSION, api.namespace, PLURAL, doc
     )
 
 
 def get(api: Any, name: str) -> dict[str, Any]:
     obj = k8s.CustomObjectsApi(api.client).get_namespaced_custom_object(
-        GROUP, VERSION, "default", PLURAL, name
+        GROUP, VERSION, api.namespace, PLURAL, name
     )
     return dict(obj)
 
 
 def patch_spec(api: Any, name: str, spec: dict[str, Any]) -> None:
     k8s.CustomObjectsApi(api.client).patch_namespaced_custom_object(
-        GROUP, VERSION, "default", PLURAL, name, {"spec": spec}
+        GROUP, VERSION, api.namespace, PLURAL, name, {"spec": spec}
     )
 
 
@@ -98,14 +102,14 @@ def wait_phase(
 
 
 def jobs(api: Any, game: str) -> list[dict[str, Any]]:
-    return [dict(j) for j in api.list("batch/v1/jobs", "default", f"sparring.dev/game={game}")]
+    return [dict(j) for j in api.list("batch/v1/jobs", None, f"sparring.dev/game={game}")]
 
 
 def create_secret(
-    api: Any, name: str, key_id: str, secret_key: str, namespace: str = "default"
+    api: Any, name: str, key_id: str, secret_key: str, namespace: str | None = None
 ) -> None:
     k8s.CoreV1Api(api.client).create_namespaced_secret(
-        namespace,
+        namespace or api.namespace,
         {
             "metadata": {"name": name},
             "stringData": {"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret_key},

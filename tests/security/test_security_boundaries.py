@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 import pytest
-from faultops import GAME, NAMESPACE, attempts, condition
+from faultops import GAME, attempts, condition
 from harness.gameops import Operator, apo_tiny, create, create_secret, get
 from harness.rawclient import wait_for
 from hypothesis import given, settings
@@ -49,29 +49,30 @@ def test_a_game_can_only_use_secrets_of_its_own_namespace(
     kube_env: Any, operator: Operator, s3_storage: StorageSpec
 ) -> None:
     core = k8s.CoreV1Api(kube_env.client)
-    core.create_namespace({"metadata": {"name": "team-b"}})
-    create_secret(kube_env, "s3-credentials", "testing", "testing", namespace="team-b")
+    team_b = kube_env.namespace + "-b"
+    core.create_namespace({"metadata": {"name": team_b}})
+    create_secret(kube_env, "s3-credentials", "testing", "testing", namespace=team_b)
     core.create_namespaced_secret(
-        NAMESPACE, {"metadata": {"name": "half"}, "stringData": {"AWS_ACCESS_KEY_ID": "x"}}
+        kube_env.namespace,
+        {"metadata": {"name": "half"}, "stringData": {"AWS_ACCESS_KEY_ID": "x"}},
     )
-    create(kube_env, apo_tiny(s3_storage, rounds=1))  # secretRef: s3-credentials, only in team-b
+    create(kube_env, apo_tiny(s3_storage, rounds=1))  # secretRef: s3-credentials, only in team B
     no_key = apo_tiny(s3_storage, secret="half", rounds=1)
     no_key["metadata"]["name"] = "no-key"
     create(kube_env, no_key)
 
     stalled = wait_for(lambda: _stalled(kube_env, GAME), T, message=operator.tail)
     assert stalled["reason"] == "SecretUnavailable"
-    assert "Secret 's3-credentials' not found in namespace 'default'" in stalled["message"]
+    expected = f"Secret 's3-credentials' not found in namespace '{kube_env.namespace}'"
+    assert expected in stalled["message"]
     half = wait_for(lambda: _stalled(kube_env, "no-key"), T, message=operator.tail)
     assert half["reason"] == "SecretUnavailable"
     assert "'half'" in half["message"] and "no key 'AWS_SECRET_ACCESS_KEY'" in half["message"]
     assert attempts(kube_env) == {} and attempts(kube_env, "no-key") == {}
-    operator_reads = {
-        r.namespace
-        for r in kube_env.requests
-        if r.resource == "secrets" and not r.user_agent.startswith("harness-")
-    }
-    assert operator_reads == {NAMESPACE}
+    # The API server's audit log: every Secret request the operator's identity made.
+    operator_reads = {r.namespace for r in kube_env.audit(operator.user) if r.resource == "secrets"}
+    assert operator_reads == {kube_env.namespace}
+    core.delete_namespace(team_b)
 
     # Stalled, not Failed: the Secret in the game's own namespace lets the game start.
     create_secret(kube_env, "s3-credentials", "testing", "testing")
@@ -173,7 +174,7 @@ def test_names_uris_and_references_that_could_escape_are_rejected(
     doc = apo_tiny(
         StorageSpec(uri="s3://bucket/games", endpoint=s3_server, path_style=True), rounds=1
     )
-    doc["metadata"]["namespace"] = NAMESPACE
+    doc["metadata"]["namespace"] = "default"
     node = doc
     for part in path[:-1]:
         node = node.setdefault(part, {})

@@ -3,17 +3,18 @@ and every phase pod runs sandboxed.
 
 The game (examples/apo-tiny.yaml, one round) stores in moto S3 with credentials from a Secret
 holding canary values (moto accepts any keys). It is played once for this module by the real
-operator process on the harness, and every test reads what it left behind:
-* every object in the API server but the Secret itself (the game and its status, Jobs, Pods
-  with their termination messages, ConfigMaps, Events, ...), the API request log, the
-  operator's log, every phase pod's log, and every object in the store: no canary, in plain
-  text, base64 or URL-encoded;
+operator process (as the chart's ServiceAccount) on the real control plane, and every test reads
+what it left behind:
+* every object in the game's namespace but the Secret itself (the game and its status, Jobs,
+  Pods with their termination messages, ConfigMaps, Events, ...), the API server's audit log,
+  the operator's log, every phase pod's log, and every object in the store: no canary, in
+  plain text, base64 or URL-encoded;
 * the phase containers get the credentials only as `secretKeyRef`s to that Secret;
 * each phase pod: no service-account token, the Pod Security "restricted" profile (non-root,
   no privilege escalation, all capabilities dropped, seccomp RuntimeDefault), read-only root
   filesystem, only configMap/emptyDir volumes, no host namespaces or ports.
-The phase processes get no AWS variables from the test's environment (the test kubelet passes
-none through), so the game succeeding also proves the secretKeyRefs are what carried the keys.
+The phase processes get no AWS variables from the test's environment (the process kubelet
+passes none through), so the game succeeding also proves the secretKeyRefs carried the keys.
 """
 
 from __future__ import annotations
@@ -29,11 +30,28 @@ from typing import Any
 
 import boto3
 import pytest
-from faultops import GAME, NAMESPACE
-from harness import KubeApi, LocalKubelet
+from faultops import GAME
+from harness.cluster import Kube, delete_namespace, new_namespace
+from harness.controlplane import ControlPlane
+from harness.fixtures import RESTRICTED, operator_kubeconfig
 from harness.gameops import Operator, apo_tiny, create, create_secret, wait_phase
+from kubernetes import client as k8s
 from sparring_trainer.config import StorageSpec
 
+# Every kind of object a game could leave in its namespace.
+NAMESPACED_KINDS = (
+    "sparring.dev/v1alpha1/adversarialgames",
+    "batch/v1/jobs",
+    "v1/pods",
+    "v1/configmaps",
+    "v1/secrets",
+    "v1/events",
+    "v1/serviceaccounts",
+    "v1/services",
+    "apps/v1/deployments",
+    "rbac.authorization.k8s.io/v1/roles",
+    "rbac.authorization.k8s.io/v1/rolebindings",
+)
 KEY_ID = "AKIACANARY7Q2W9SPARRING"
 SECRET_KEY = "cAnArY/sparring+Secret=" + uuid.uuid4().hex
 SECRET = "team-store-credentials"
@@ -41,8 +59,8 @@ SECRET = "team-store-credentials"
 
 @dataclass
 class Played:
-    api: KubeApi
-    kubelet: LocalKubelet
+    api: Kube
+    kubelet_root: Path
     operator: Operator
     bucket: str
     endpoint: str
@@ -50,7 +68,9 @@ class Played:
 
 
 @pytest.fixture(scope="module")
-def played(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> Iterator[Played]:
+def played(
+    tmp_path_factory: pytest.TempPathFactory, s3_server: str, control_plane: ControlPlane
+) -> Iterator[Played]:
     tmp = tmp_path_factory.mktemp("secure-game")
     bucket = f"secure-{uuid.uuid4().hex[:12]}"
     s3 = boto3.client(
@@ -61,19 +81,26 @@ def played(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> Iterator
         aws_secret_access_key=SECRET_KEY,
     )
     s3.create_bucket(Bucket=bucket)
-    api = KubeApi(tmp / "kube-api").start()
-    kubelet = LocalKubelet(api.kubeconfig, tmp / "kubelet").start()
-    operator = Operator(api.kubeconfig, tmp / "operator.log").start()
+    admin = Kube(control_plane, "default", tmp)
+    namespace = new_namespace(k8s.CoreV1Api(admin.client), "secure", **RESTRICTED)
+    admin.close()
+    api = Kube(control_plane, namespace, tmp)
+    kubeconfig, user = operator_kubeconfig(api, tmp / "operator.kubeconfig")
+    operator = Operator(kubeconfig, tmp / "operator.log", namespace=namespace)
+    operator.user = user
+    operator.start()
     try:
         create_secret(api, SECRET, KEY_ID, SECRET_KEY)
         storage = StorageSpec(uri=f"s3://{bucket}/games", endpoint=s3_server, path_style=True)
         create(api, apo_tiny(storage, secret=SECRET, rounds=1))
         obj = wait_phase(api, GAME, "Succeeded", operator)
-        yield Played(api, kubelet, operator, bucket, s3_server, obj["status"])
+        yield Played(
+            api, control_plane.root / "kubelet", operator, bucket, s3_server, obj["status"]
+        )
     finally:
         operator.kill()
-        kubelet.stop()
-        api.stop()
+        delete_namespace(api)
+        api.close()
 
 
 def _canaries() -> list[str]:
@@ -91,18 +118,18 @@ def _leaks(where: str, text: str) -> list[str]:
 def test_credentials_appear_nowhere_but_in_their_secret(played: Played) -> None:
     assert played.status["completedRounds"] == 1
     api, leaks, kinds = played.api, [], set()
-    with api.store.lock:
-        objects = list(api.store.objects.items())
-    for (rkey, namespace, name), obj in objects:
-        if rkey[2] == "secrets" and name == SECRET:
-            assert _leaks("the Secret", json.dumps(obj))  # the search does find them
-            continue
-        kinds.add(rkey[2])
-        leaks += _leaks(f"{rkey[2]} {namespace}/{name}", json.dumps(obj))
+    for path in NAMESPACED_KINDS:
+        for obj in api.list(path):
+            kind, name = path.rsplit("/", 1)[1], obj["metadata"]["name"]
+            if kind == "secrets" and name == SECRET:
+                assert _leaks("the Secret", json.dumps(obj))  # the search does find them
+                continue
+            kinds.add(kind)
+            leaks += _leaks(f"{kind} {name}", json.dumps(obj))
     assert {"adversarialgames", "jobs", "pods", "configmaps", "events"} <= kinds, kinds
-    leaks += _leaks("API request log", api.request_log_path.read_text())
+    leaks += _leaks("API audit log", api.plane.audit_log.read_text())
     leaks += _leaks("operator log", played.operator.log.read_text(errors="replace"))
-    logs = sorted((played.kubelet.root / "logs").glob("*.log"))
+    logs = sorted((played.kubelet_root / "logs").glob(f"{api.namespace}_*.log"))
     assert len(logs) >= 6  # prepare and five phases
     for log in logs:
         leaks += _leaks(f"pod log {log.name}", log.read_text(errors="replace"))
@@ -122,7 +149,7 @@ def test_credentials_appear_nowhere_but_in_their_secret(played: Played) -> None:
 
 
 def test_phase_containers_get_credentials_only_as_secret_key_refs(played: Played) -> None:
-    jobs = played.api.list("batch/v1/jobs", NAMESPACE)
+    jobs = played.api.list("batch/v1/jobs")
     assert len(jobs) == 6
     for job in jobs:
         [container] = job["spec"]["template"]["spec"]["containers"]
@@ -180,8 +207,8 @@ def _restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
 
 
 def test_phase_pods_get_no_token_and_the_restricted_profile(played: Played) -> None:
-    jobs = played.api.list("batch/v1/jobs", NAMESPACE)
-    pods = played.api.list("v1/pods", NAMESPACE)
+    jobs = played.api.list("batch/v1/jobs")
+    pods = played.api.list("v1/pods")
     assert len(jobs) == 6 and len(pods) >= 6
     for obj in jobs:
         violations = _restricted_violations(obj["spec"]["template"]["spec"])
@@ -207,10 +234,11 @@ def test_the_sandbox_check_catches_what_it_should() -> None:
 
 
 def test_the_game_secret_is_read_only_in_the_games_namespace(played: Played) -> None:
+    # The API server's audit log of the operator's identity, not what the operator says it did.
     reads = {
-        (r.namespace, r.name)
-        for r in played.api.requests
-        if r.resource == "secrets" and not r.user_agent.startswith("harness-")
+        (r.namespace, r.name, r.verb)
+        for r in played.api.audit(played.operator.user)
+        if r.resource == "secrets"
     }
-    assert reads == {(NAMESPACE, SECRET)}, reads
+    assert reads == {(played.api.namespace, SECRET, "get")}, reads
     assert Path(played.operator.log).exists()

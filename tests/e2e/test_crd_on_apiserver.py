@@ -1,0 +1,136 @@
+"""The CRD from `crds/` on the real API server: accepted, its CEL rules compiled (within the
+cost budget, or the server refuses the CRD), and those rules reject what they promise to.
+Then every broken game in `tests/bad_games/` is sent to the API server and to `sparring
+validate`: the table below records which of the two rejects it, and none passes both.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from harness.gameops import GROUP, PLURAL, ROOT, VERSION
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+from sparring_operator.validate import check_file
+
+BAD_GAMES = sorted((ROOT / "tests" / "bad_games").glob("*.yaml"))
+GOOD = yaml.safe_load((ROOT / "examples" / "apo-tiny.yaml").read_text())
+
+# Who rejects each broken file: "api" (the API server, when applied), "validate" (`sparring
+# validate`), or "both". Files that are not one YAML mapping never reach the API server: kubectl
+# refuses them itself, so the API server column says "-" (not sent) for them.
+REJECTED_BY = {
+    "apl-without-settings.yaml": "validate",
+    "bad-update-method.yaml": "both",
+    "data-path-dotdot.yaml": "validate",
+    "duplicate-key.yaml": "validate",
+    "empty.yaml": "validate",
+    "inline-credentials.yaml": "both",
+    "multi-document.yaml": "validate",
+    "name-too-long.yaml": "both",
+    "negative-learning-rate.yaml": "both",
+    "not-a-mapping.yaml": "validate",
+    "rounds-zero.yaml": "both",
+    "samples-per-query-one.yaml": "both",
+    "snake-case-path.yaml": "both",
+    "storage-http.yaml": "validate",
+    "syntax-error.yaml": "validate",
+    "toleration-index.yaml": "both",
+    "unknown-field.yaml": "both",
+    "wrong-api-version.yaml": "both",
+    "wrong-kind.yaml": "both",
+}
+
+
+def _custom(kube: Any) -> k8s.CustomObjectsApi:
+    return k8s.CustomObjectsApi(kube.client)
+
+
+def _create(kube: Any, doc: dict[str, Any]) -> dict[str, Any]:
+    # Strict field validation, as `kubectl apply` sends by default: unknown fields are errors.
+    return dict(
+        _custom(kube).create_namespaced_custom_object(
+            GROUP, VERSION, kube.namespace, PLURAL, doc, field_validation="Strict"
+        )
+    )
+
+
+def _reason(err: ApiException) -> str:
+    try:
+        return str(json.loads(err.body).get("message"))
+    except (TypeError, ValueError):
+        return str(err.reason)
+
+
+def test_the_crd_rules_reject_what_they_promise(kube: Any) -> None:
+    game = copy.deepcopy(GOOD)
+    game["metadata"] = {"name": "cel-rules"}
+    _create(kube, game)
+
+    def patch(spec: dict[str, Any]) -> ApiException:
+        with pytest.raises(ApiException) as refused:
+            _custom(kube).patch_namespaced_custom_object(
+                GROUP, VERSION, kube.namespace, PLURAL, "cel-rules", {"spec": spec}
+            )
+        assert refused.value.status == 422, refused.value
+        return refused.value
+
+    rounds = game["spec"]["rounds"]
+    assert "may grow but never shrink" in _reason(patch({"rounds": rounds - 1}))
+    changed = {"uri": "s3://another-bucket/games"}
+    assert "spec.storage is immutable" in _reason(patch({"storage": changed}))
+    # Growing is allowed, and so is leaving storage as it is.
+    _custom(kube).patch_namespaced_custom_object(
+        GROUP, VERSION, kube.namespace, PLURAL, "cel-rules", {"spec": {"rounds": rounds + 1}}
+    )
+
+    too_long = copy.deepcopy(GOOD)
+    too_long["metadata"] = {"name": "a" * 37}
+    with pytest.raises(ApiException) as refused:
+        _create(kube, too_long)
+    assert "metadata.name must be at most 36 characters" in _reason(refused.value)
+    fits = copy.deepcopy(GOOD)
+    fits["metadata"] = {"name": "a" * 36}
+    _create(kube, fits)
+
+
+def _api_verdict(kube: Any, path: Path) -> str:
+    """ "reject" / "accept" from the API server; "-" when the file is not one mapping."""
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except yaml.YAMLError:
+        return "-"
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        return "-"
+    doc = docs[0]
+    doc.setdefault("metadata", {}).pop("namespace", None)
+    if doc.get("kind") != "AdversarialGame" or doc.get("apiVersion") != f"{GROUP}/{VERSION}":
+        # The server has no such kind: what kubectl would send goes nowhere.
+        return "reject"
+    try:
+        created = _create(kube, doc)
+    except ApiException as err:
+        assert err.status in (400, 422), err
+        return "reject"
+    _custom(kube).delete_namespaced_custom_object(
+        GROUP, VERSION, kube.namespace, PLURAL, created["metadata"]["name"]
+    )
+    return "accept"
+
+
+def test_every_bad_game_is_rejected_by_the_api_server_or_by_validate(kube: Any) -> None:
+    seen = {}
+    for path in BAD_GAMES:
+        api = _api_verdict(kube, path)
+        validated = "reject" if check_file(path).errors else "accept"
+        assert (api, validated) != ("accept", "accept"), f"{path.name} passes both"
+        who = {("reject", "reject"): "both", ("reject", "accept"): "api"}.get(
+            (api, validated), "validate"
+        )
+        seen[path.name] = who
+    assert seen == REJECTED_BY
