@@ -1,8 +1,15 @@
 """kopf handlers: thin triggers over one level-triggered reconcile.
 
-Creation, resumption, spec updates, a periodic timer and every event of a Job the operator
+Creation, resumption, spec updates, a periodic resync and every event of a Job the operator
 owns all lead to the same `Reconciler.reconcile(body)`, which derives everything from the Jobs
-and the store. Missing an event therefore costs at most one timer interval, never a game.
+and the store. Missing an event therefore costs at most one resync interval, never a game.
+
+No handler here makes kopf put a finalizer on games: nothing needs to happen before a game
+goes (its Jobs and ConfigMap are garbage-collected through their owner references, its
+checkpoints stay in the store), and a finalizer would strand every game, and its namespace,
+once the operator is uninstalled or down. That is why the resync is a loop of our own over the
+games kopf's watch reports, not a `kopf.timer` (kopf gives every object with a timer or daemon
+a finalizer, to stop it before deletion).
 
     sparring operator --namespace team-a            # or --all-namespaces
     kopf run --standalone -m sparring_operator.handlers --namespace team-a
@@ -34,6 +41,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     """All operator settings in one place (kopf's docs/configuration.rst)."""
     # kopf's own bookkeeping goes to annotations under our prefix: the generated status schema
     # is strict, so anything kopf wrote into .status would be silently pruned.
+    # No handler needs a finalizer any more; naming the one older versions added lets kopf
+    # recognise and remove it from their games.
     settings.persistence.finalizer = "sparring.dev/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="sparring.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -98,16 +107,54 @@ def game_deleted(name: str, namespace: str | None, **_: Any) -> None:
     metrics.GAMES.forget(namespace or "", name)
 
 
-@kopf.timer(
-    GROUP,
-    VERSION,
-    PLURAL,
-    interval=RESYNC_SECONDS,
-    initial_delay=RESYNC_SECONDS,
-    backoff=RETRY_BACKOFF,
-)
-async def game_resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await _reconcile(memo, body)
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def game_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the latest body of every game for the resync loop (`type` None: the initial list)."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    if type == "DELETED":
+        memo.games.pop(key, None)
+    else:
+        memo.games[key] = dict(body)
+
+
+async def _resync_forever(memo: kopf.Memo) -> None:
+    """Reconcile every known game each RESYNC_SECONDS, or sooner when a pass asked to come back
+    (a retry backoff ending before the next tick, or a failed pass after RETRY_BACKOFF)."""
+    loop = asyncio.get_running_loop()
+    due: dict[tuple[str, str], float] = {}
+    while True:
+        now = loop.time()
+        for key, body in list(memo.games.items()):
+            # A new game was just reconciled by its create handler: first resync one tick later.
+            if due.setdefault(key, now + RESYNC_SECONDS) > now:
+                continue
+            due[key] = now + RESYNC_SECONDS
+            if body["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                await _reconcile(memo, body)
+            except kopf.TemporaryError as exc:
+                due[key] = now + (exc.delay or RETRY_BACKOFF)
+            except Exception:
+                logging.getLogger(__name__).exception("resync of %s/%s failed", *key)
+                due[key] = now + RETRY_BACKOFF
+        for key in set(due) - set(memo.games):
+            del due[key]
+        wake = min(due.values(), default=now + RESYNC_SECONDS)
+        await asyncio.sleep(max(0.1, wake - loop.time()))
+
+
+@kopf.on.startup()
+async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+    memo.games = {}
+    memo.resync = asyncio.create_task(_resync_forever(memo), name="sparring-resync")
+
+
+@kopf.on.cleanup()
+async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    task = getattr(memo, "resync", None)
+    if task is not None:
+        task.cancel()
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_GAME: kopf.PRESENT})

@@ -177,22 +177,7 @@ def new_namespace(core: kubernetes.client.CoreV1Api, prefix: str = "t", **labels
 
 
 def delete_namespace(kube: Kube) -> None:
-    """Delete a test's namespace without waiting. Games keep a finalizer that only a running
-    operator removes; with the operator gone it is removed here so the namespace can go."""
-    custom = kubernetes.client.CustomObjectsApi(kube.client)
-    with contextlib.suppress(ApiException):
-        games = custom.list_namespaced_custom_object(
-            "sparring.dev", "v1alpha1", kube.namespace, "adversarialgames"
-        )
-        for game in games.get("items", []):
-            with contextlib.suppress(ApiException):
-                custom.patch_namespaced_custom_object(
-                    "sparring.dev",
-                    "v1alpha1",
-                    kube.namespace,
-                    "adversarialgames",
-                    game["metadata"]["name"],
-                    {"metadata": {"finalizers": None}},
-                )
+    """Delete a test's namespace without waiting (games carry no finalizer: nothing can keep
+    it)."""
     with contextlib.suppress(ApiException):
         kubernetes.client.CoreV1Api(kube.client).delete_namespace(kube.namespace)

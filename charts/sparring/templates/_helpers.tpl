@@ -148,6 +148,12 @@ ways against a recorded run). Shared by the ClusterRole and the per-namespace Ro
 - apiGroups: ["sparring.dev"]
   resources: ["adversarialgames/status"]
   verbs: ["patch"]
+# Jobs and ConfigMaps point at their game with blockOwnerDeletion (kopf.adopt): with the
+# OwnerReferencesPermissionEnforcement admission plugin that needs update on the owner's
+# finalizers (no finalizer is ever written; the check is on the right to).
+- apiGroups: ["sparring.dev"]
+  resources: ["adversarialgames/finalizers"]
+  verbs: ["update"]
 # Phase Jobs: observed by label (list + kopf's watch), created per attempt, deleted on suspend,
 # deadline or a shrunk spec.
 - apiGroups: ["batch"]
