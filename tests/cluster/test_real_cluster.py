@@ -10,10 +10,15 @@
     SPARRING_TEST_KUBECONFIG=~/.kube/config ... .venv/bin/pytest -m cluster tests/cluster
 
 The operator runs here (out of cluster) against that kubeconfig; the phases run as real Jobs.
+It can be re-run against the same cluster: the CRD is applied (created, or replaced when it
+exists), and each run makes its own Secret and game and deletes both afterwards. The control
+plane of `scripts/kube up` serves as such a cluster too (any image name will do there: the
+process kubelet runs commands from this project's environment).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -37,18 +42,29 @@ pytestmark = [
 
 
 def test_apo_tiny_on_a_real_cluster(tmp_path: Path) -> None:
-    from kubernetes import client, config, utils
+    from kubernetes import client, config
 
     kubeconfig = os.path.expanduser(os.environ["SPARRING_TEST_KUBECONFIG"])
     namespace = os.environ.get("SPARRING_TEST_NAMESPACE", "default")
     api = config.new_client_from_config(config_file=kubeconfig)
-    utils.create_from_yaml(api, str(ROOT / "crds" / "adversarialgames.sparring.dev.yaml"))
+    crd = yaml.safe_load((ROOT / "crds" / "adversarialgames.sparring.dev.yaml").read_text())
+    ext = client.ApiextensionsV1Api(api)
+    try:
+        ext.create_custom_resource_definition(crd)
+    except client.ApiException as err:
+        if err.status != 409:
+            raise
+        # A re-run: bring the CRD to this checkout's version.
+        crd["metadata"]["resourceVersion"] = ext.read_custom_resource_definition(
+            crd["metadata"]["name"]
+        ).metadata.resource_version
+        ext.replace_custom_resource_definition(crd["metadata"]["name"], crd)
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    core.create_namespaced_secret(namespace, {
+    created = core.create_namespaced_secret(namespace, {
         "metadata": {"generateName": "sparring-s3-"},
         "stringData": {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
     })  # fmt: skip
-    secret = core.list_namespaced_secret(namespace).items[-1].metadata.name
+    secret = created.metadata.name  # by name: other Secrets of the namespace are not ours
     doc = yaml.safe_load((ROOT / "examples" / "apo-tiny.yaml").read_text())
     name = f"apo-tiny-{int(time.time())}"
     doc["metadata"] = {"name": name, "namespace": namespace}
@@ -81,3 +97,8 @@ def test_apo_tiny_on_a_real_cluster(tmp_path: Path) -> None:
     finally:
         operator.terminate()
         operator.wait(30)
+        with contextlib.suppress(client.ApiException):
+            custom.delete_namespaced_custom_object(
+                "sparring.dev", "v1alpha1", namespace, "adversarialgames", name
+            )
+        core.delete_namespaced_secret(secret, namespace)

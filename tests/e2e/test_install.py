@@ -108,7 +108,7 @@ def test_chart_install_plays_a_game_and_uninstalls_leaving_nothing_stuck(
             wait="watcher",
             timeout=180,
         )
-        assert installed["info"]["status"] == "deployed", installed["info"]
+        assert installed["status"] == "deployed", installed.get("notes")
 
         pod = wait_for(lambda: _operator_pod(core, release_ns), 60, message="no operator pod")
         assert pod.spec.service_account_name == f"{release}"

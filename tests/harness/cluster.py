@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -119,16 +120,15 @@ class Kube:
                 return None
             raise
 
-    def _call(self, method: str, url: str, query: list[tuple[str, str]]) -> dict[str, Any]:
-        resp = self.client.call_api(
-            url,
-            method,
-            query_params=query,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-        )
-        return dict(json.loads(resp[0].data))
+    def _call(self, method: str, path: str, query: list[tuple[str, str]]) -> dict[str, Any]:
+        url = self.client.configuration.host + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        resp = self.client.call_api(method, url, header_params={"Accept": "application/json"})
+        resp.read()
+        if not 200 <= resp.status < 300:
+            raise ApiException(http_resp=resp)
+        return dict(json.loads(resp.data))
 
     # -- the request logs -----------------------------------------------------------------
     def audit(self, user: str | None = None) -> list[AuditRecord]:
