@@ -99,7 +99,7 @@ def play_and_record(api: Any, op: Operator, game: dict[str, Any]) -> set[Permiss
     assert set(OPERATOR_AGENTS) <= agents, f"expected requests of both clients, got {agents}"
     refused = sorted({r.permission for r in records if r.code == 403})
     assert not refused, f"the chart's RBAC refused these calls of the operator: {refused}"
-    return {r.permission for r in records}
+    return api.rbac_usage(op.user)
 
 
 # ---- the chart's rules ---------------------------------------------------------------------

@@ -101,18 +101,15 @@ async def game_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await _reconcile(memo, body)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def game_deleted(name: str, namespace: str | None, **_: Any) -> None:
-    """Drop the game's series: optional, so kopf adds no finalizer for it."""
-    metrics.GAMES.forget(namespace or "", name)
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def game_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Keep the latest body of every game for the resync loop (`type` None: the initial list)."""
+    """Keep the latest body of every game for the resync loop (`type` None: the initial list);
+    forget a deleted game, its metric series included (an on.delete handler would only run
+    for objects held back by a finalizer)."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     if type == "DELETED":
         memo.games.pop(key, None)
+        metrics.GAMES.forget(*key)
     else:
         memo.games[key] = dict(body)
 

@@ -137,8 +137,10 @@ class Kube:
         return [r for r in records if user is None or r.user == user]
 
     def rbac_usage(self, user: str) -> set[tuple[str, str, str]]:
-        """(apiGroup, resource[/subresource], verb) of every request `user` made."""
-        return {r.permission for r in self.audit(user)}
+        """(apiGroup, resource[/subresource], verb) of every request `user` made to a resource
+        (non-resource URLs such as /version and discovery are everyone's, through the
+        default system:discovery roles, and are left out)."""
+        return {r.permission for r in self.audit(user) if r.resource}
 
     # -- faults, through the proxy in front of the operator --------------------------------
     def start_proxy(self) -> FaultProxy:

@@ -1,364 +1,360 @@
-"""``LocalKubelet``: the kubelet and the Job controller of the harness, in one polling thread.
+"""The process kubelet: node, scheduler and container runtime of the test control plane, in one
+loop, against a real API server (``controlplane.py``). The real controllers (Jobs,
+Deployments, garbage collection) create and delete the pods; this kubelet only binds them and
+runs them, as local processes, like a one-node cluster would.
 
-It talks to the API server only over HTTP with the ``kubernetes`` client (User-Agent
-``harness-kubelet``), like the real ones, so what the operator sees is what it would see on a
-cluster. Each tick (``poll_interval``) it lists Jobs and, per Job that is neither finished nor
-suspended, runs one pod at a time:
+    python -m harness.kubelet --kubeconfig ADMIN --node sparring-node --root DIR \\
+        [--cpu 8] [--memory 32Gi] [--gpus 2]
 
-* creates the Pod (``{job}-{5 chars}``, the Job's labels, a controller ownerReference);
-* runs the first container's command as a local process group (see ``podspec.py``), stdout and
-  stderr to ``{root}/logs/{namespace}_{pod}.log`` (also served as ``pods/log``);
-* on exit reports the Pod (phase, ``state.terminated`` with the termination message) and the
-  Job as the Job controller does: Complete, or a retry until ``backoffLimit`` is exceeded
-  (then Failed/BackoffLimitExceeded); ``podFailurePolicy`` rules (Ignore, FailJob, Count on
-  exit codes and pod conditions); ``activeDeadlineSeconds`` (Failed/DeadlineExceeded);
-  ``suspend`` (the pod is killed and deleted, condition Suspended).
+runs until SIGTERM/SIGINT, then stops every pod process (SIGTERM, SIGKILL after the pod's grace
+period, at most ``--shutdown-grace`` seconds) and exits 0. :class:`ProcessKubelet` is the same
+in-process.
 
-A Job deleted while its pod runs has its process group killed; so does a Pod deleted through
-the API (counted as a failure). :meth:`LocalKubelet.preempt` simulates a scheduler preemption
-(SIGTERM, then SIGKILL after the grace period; Pod Failed with a DisruptionTarget condition).
-A missing Secret/ConfigMap keeps the Pod Pending (waiting: CreateContainerConfigError) until it
-appears, as on a cluster. At most ``max_parallel`` processes run; other Jobs wait.
+* Node (``nodeops.py``): registers the Node with the given allocatable, keeps Ready and the
+  node Lease fresh (every 10 s), removes the not-ready taint admission puts on new Nodes;
+  taints set by others stay.
+* Scheduler (``scheduler.py``, filters in ``nodeops.py``): binds pods of ``default-scheduler``
+  (binding subresource) that fit: nodeSelector/required node affinity, NoSchedule/NoExecute
+  taints, requests (cpu, memory, nvidia.com/gpu, any extended resource, pod count). Others get
+  ``PodScheduled=False``, reason Unschedulable, with the real scheduler's message, and are
+  re-evaluated on every change.
+* Runtime (``podsync.py``, ``podspec.py``, ``podrun.py``): the first container of each pod
+  bound to this node runs as a local process group, from the project's environment (no
+  images; ``python`` is the kubelet's interpreter; no user switching: ``securityContext`` is
+  accepted and ignored, every process runs as the kubelet's user, root here). Secrets,
+  ConfigMaps, emptyDir, downward API and projected volumes (the ServiceAccount token through
+  TokenRequest) become folders under ``{root}/pods/{namespace}_{pod}/``; mount paths are
+  rewritten where they appear in command, args and env values, and the ServiceAccount mount is
+  also bind-mounted at its real path in a private mount namespace, so in-cluster clients find
+  it; ``KUBERNETES_SERVICE_HOST/PORT`` point at the API server. Output goes to
+  ``{root}/logs/{namespace}_{pod}.log``. A missing Secret/ConfigMap keeps the pod Pending
+  (waiting: CreateContainerConfigError, or ContainerCreating for volumes), retried every second.
+* Status (pods/status, strategic merge): Running with conditions and containerStatuses; on
+  exit the terminated state (exit code, 128+N for signal N; termination message file or, with
+  FallbackToLogsOnError, the log's tail) and phase Succeeded/Failed, or, for restartPolicy
+  Always/OnFailure, a restart after a CrashLoopBackOff delay (1 s doubling to 10 s).
+* Deletion: SIGTERM, SIGKILL after ``deletionGracePeriodSeconds`` (capped at ``max_grace``),
+  the final status (conditions such as DisruptionTarget stay), then the delete with grace 0.
 
-Not emulated: more than one pod per Job at a time (completions/parallelism > 1), in-place
-container restarts (``restartPolicy: OnFailure`` behaves as Never), the exponential delay
-between retries (a retry starts on the next tick), init and sidecar containers.
+For tests: :func:`pod_pid` (the process group of a pod's running container, to signal it),
+:func:`pods_running` and :func:`pod_log` read the kubelet's folder, from any process.
+
+Pods a previous kubelet ran (it was killed; its leftover process group is SIGKILLed) count as
+exited with 137, reason ContainerStatusUnknown, as a real kubelet reports containers it lost:
+Failed with restartPolicy Never, restarted otherwise.
+
+Not supported: init and sidecar containers and any container but the first, probes (a running
+container is ready), pod ``activeDeadlineSeconds``, image entrypoints (a command is required),
+updates of mounted ConfigMaps/Secrets and token rotation, service links environment, events,
+and the kubelet API (pods/log, exec, port-forward: read the log file instead).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
+import argparse
+import logging
 import os
-import random
 import signal
-import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import kubernetes.client
 import kubernetes.config
 
-from . import jobcontrol, podspec
-from .rawclient import MERGE_PATCH, request_json, wait_for
+from . import nodeops, podrun, podspec
+from .informer import Informer
+from .podrun import pod_pid, pods_running
+from .podsync import PodSync
+from .rawclient import MERGE_PATCH, request_json
+from .scheduler import Scheduler
 
-_NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
+__all__ = ["ProcessKubelet", "main", "pod_log", "pod_pid", "pods_running"]
 
-
-@dataclasses.dataclass
-class PodRun:
-    namespace: str
-    name: str
-    job_uid: str
-    job_name: str
-    pod_dir: Path
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    prepared: podspec.Prepared | None = None
-    started: float = 0.0
-    kill_reason: str | None = None  # preempted|deadline|suspended|deleted (Job)|pod-deleted
-    kill_sent: float | None = None
-    grace: float = 2.0
-    last_try: float = 0.0
+log = logging.getLogger("harness.kubelet")
+NODE_NAME = "sparring-node"
+KUBE_VERSION = os.environ.get("SPARRING_KUBE_VERSION", "1.35.4")
+STRATEGIC = "application/strategic-merge-patch+json"
+HEARTBEAT_SECONDS = 10.0
 
 
-class LocalKubelet:
+def pod_log(root: Path, namespace: str, pod: str) -> str:
+    """The pod's output so far ('' before it starts)."""
+    path = podrun.log_path(root, namespace, pod)
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+class ProcessKubelet:
     def __init__(
         self,
         kubeconfig: Path,
         root: Path,
         *,
-        max_parallel: int = 4,
-        poll_interval: float = 0.1,
-        kill_grace: float = 2.0,
+        node_name: str = NODE_NAME,
+        cpu: str = "8",
+        memory: str = "32Gi",
+        gpus: str = "2",
+        extra_resources: dict[str, str] | None = None,
         extra_env: dict[str, str] | None = None,
-        node_name: str = "harness-node",
-    ):
-        self.kubeconfig, self.root = Path(kubeconfig), Path(root)
-        self.max_parallel, self.poll_interval, self.kill_grace = (
-            max_parallel,
-            poll_interval,
-            kill_grace,
-        )
-        self.extra_env, self.node_name = dict(extra_env or {}), node_name
-        self.pods: dict[tuple[str, str], PodRun] = {}  # every pod ever started, for debugging
+        max_grace: float = 30.0,
+        shutdown_grace: float = 5.0,
+        poll_interval: float = 0.1,
+    ) -> None:
+        self.kubeconfig, self.root, self.node_name = Path(kubeconfig), Path(root), node_name
+        self.resources = {
+            "cpu": cpu,
+            "memory": memory,
+            nodeops.GPU: gpus,
+            **(extra_resources or {}),
+        }
+        self.extra_env = dict(extra_env or {})
+        self.max_grace, self.shutdown_grace = max_grace, shutdown_grace
+        self.poll_interval = poll_interval
         self.errors: list[str] = []  # exceptions of the loop (it goes on after each)
-        self._active: dict[str, PodRun] = {}  # job uid -> its current pod
-        self._job_t0: dict[str, float] = {}  # job uid -> when it started (activeDeadlineSeconds)
-        self._preempt: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._wake, self._stop = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._client: kubernetes.client.ApiClient | None = None
+        self._informers: list[Informer] = []
+        self._beat = 0.0
+        self._logged: dict[str, float] = {}
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> LocalKubelet:
-        (self.root / "logs").mkdir(parents=True, exist_ok=True)
-        self._client = kubernetes.config.new_client_from_config(
+    # -- lifecycle --------------------------------------------------------------------------
+    def _new_client(self) -> kubernetes.client.ApiClient:
+        client = kubernetes.config.new_client_from_config(
             config_file=str(self.kubeconfig), persist_config=False
         )
-        self._client.user_agent = "harness-kubelet"
-        self._thread = threading.Thread(target=self._run, daemon=True, name="harness-kubelet")
+        client.user_agent = "harness-kubelet"  # the tests tell the kubelet's requests apart
+        return client
+
+    def start(self, timeout: float = 60.0) -> ProcessKubelet:
+        for sub in ("logs", "pods", "shared"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._client = self._new_client()
+        url = urlparse(self._client.configuration.host)
+        port = str(url.port or 443)
+        self._pod_env = {
+            "KUBERNETES_SERVICE_HOST": url.hostname or "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": port,
+            "KUBERNETES_SERVICE_PORT_HTTPS": port,
+            "KUBERNETES_PORT": f"tcp://{url.hostname}:{port}",
+            **self.extra_env,
+        }
+        self.sync = PodSync(
+            self.root,
+            self._call,
+            self._patch_status,
+            self,
+            self._pod_env,
+            podspec.Node(self.node_name, dict(self.resources)),
+            self.max_grace,
+        )
+        self.scheduler = Scheduler(self.node_name, self._call, self._patch_status, self._error)
+        self.node = nodeops.NodeAgent(self._call, self.node_name, self.resources, KUBE_VERSION)
+        deadline = time.monotonic() + timeout
+        while True:  # the API server may still be coming up
+            try:
+                self._node = self.node.register()
+                break
+            except Exception as e:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("registering node %s: %r", self.node_name, e)
+                time.sleep(0.5)
+        if not podrun.can_bind_mount():
+            log.warning(
+                "no private mount namespaces (unshare -m): in-cluster clients will not find "
+                "/var/run/secrets/kubernetes.io/serviceaccount"
+            )
+        self._beat = time.monotonic()
+        self.pods = Informer(self._new_client(), "/api/v1/pods", {}, self._wake).start()
+        selector = {"fieldSelector": f"metadata.name={self.node_name}"}
+        self.nodes = Informer(self._new_client(), "/api/v1/nodes", selector, self._wake).start()
+        self._informers = [self.pods, self.nodes]
+        for informer in self._informers:
+            if not informer.synced.wait(max(1.0, deadline - time.monotonic())):
+                raise TimeoutError(f"could not list {informer.path}")
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="process-kubelet")
         self._thread.start()
+        log.info("node %s ready; allocatable %s", self.node_name, self.resources)
         return self
 
     def stop(self) -> None:
-        """Stop the loop, then SIGKILL every process group still running and reap it."""
+        """Stop the loop, then every pod process: SIGTERM, SIGKILL after its grace period
+        (at most ``shutdown_grace``). Pod statuses are left as they are."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        for run in self.pods.values():
-            if run.proc is not None and run.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(run.proc.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    run.proc.wait(timeout=10)
+        for informer in self._informers:
+            informer.stop()
+        procs = self.sync.processes() if hasattr(self, "sync") else []
+        for proc in procs:
+            proc.signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.shutdown_grace
+        while any(p.exit_code() is None for p in procs) and time.monotonic() < deadline + 10:
+            if time.monotonic() > deadline:
+                for proc in procs:
+                    proc.signal(signal.SIGKILL)
+            time.sleep(0.05)
         if self._client is not None:
             self._client.close()
 
-    def __enter__(self) -> LocalKubelet:
+    def __enter__(self) -> ProcessKubelet:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- for tests ---------------------------------------------------------------------------
-    def log_path(self, pod: str, namespace: str = "default") -> Path:
-        return self.pods[(namespace, pod)].log_path
+    # -- for tests --------------------------------------------------------------------------
+    def pod_pid(self, pod: str, namespace: str = "default") -> int | None:
+        return pod_pid(self.root, namespace, pod)
 
-    def logs(self, job: str, namespace: str = "default") -> str:
-        """The combined output of every pod of a Job, oldest first."""
-        runs = [r for r in self.pods.values() if r.job_name == job and r.namespace == namespace]
-        return "".join(
-            f"--- {r.name}\n{r.log_path.read_text(errors='replace')}"
-            for r in sorted(runs, key=lambda r: r.started)
-            if r.log_path.exists()
-        )
+    def log(self, pod: str, namespace: str = "default") -> str:
+        return pod_log(self.root, namespace, pod)
 
-    def running(self, job: str, namespace: str = "default") -> PodRun | None:
-        with self._lock:
-            return next(
-                (
-                    r
-                    for r in self._active.values()
-                    if r.job_name == job
-                    and r.namespace == namespace
-                    and r.proc is not None
-                    and r.proc.poll() is None
-                    and r.kill_reason is None
-                ),
-                None,
-            )
-
-    def preempt(self, job: str, namespace: str = "default", timeout: float = 10.0) -> str:
-        """Preempt the Job's running pod (wait until it runs); return the pod's name."""
-        run = wait_for(
-            lambda: self.running(job, namespace),
-            timeout,
-            message=f"a running pod of job {namespace}/{job}",
-        )
-        with self._lock:
-            self._preempt.add((run.namespace, run.name))
-        return run.name
-
-    def wait_job(self, job: str, namespace: str = "default", timeout: float = 30.0) -> Any:
-        """Wait until the Job is Complete or Failed; return it (a dict, as the API has it).
-        On timeout, the error shows the Job's status and the output of its pods."""
-        path = f"/apis/batch/v1/namespaces/{namespace}/jobs/{job}"
-        last: dict[str, Any] = {}
-
-        def finished() -> dict[str, Any] | None:
-            last.update(self._call("GET", path))
-            return dict(last) if jobcontrol.finished(last) else None
-
-        def message() -> str:
-            return f"job {namespace}/{job}: {last.get('status')}\n{self.logs(job)}"
-
-        return wait_for(finished, timeout, message=message)
-
-    # -- the loop ----------------------------------------------------------------------------
+    # -- API --------------------------------------------------------------------------------
     def _call(
-        self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str | None = None,
+        **query: str,
     ) -> Any:
-        assert self._client is not None
-        return request_json(
-            self._client, method, path, body, MERGE_PATCH if method == "PATCH" else None, query
-        )
+        if method == "PATCH" and content_type is None:
+            content_type = MERGE_PATCH
+        assert self._client is not None, "start() first"
+        return request_json(self._client, method, path, body, content_type, query or None)
 
-    def _read(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def read(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """podspec.Sources: a Secret or ConfigMap, None when missing."""
         try:
-            return self._call("GET", f"/api/v1/namespaces/{namespace}/{plural}/{name}")
+            found: dict[str, Any] = self._call(
+                "GET", f"/api/v1/namespaces/{namespace}/{plural}/{name}"
+            )
+            return found
         except kubernetes.client.ApiException as e:
             if e.status == 404:
                 return None
             raise
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_interval):
+    def token(self, pod: dict[str, Any], audience: str | None, expiration: int) -> str:
+        """podspec.Sources: a token bound to the pod, as the kubelet gets it (TokenRequest)."""
+        meta = pod["metadata"]
+        account = pod["spec"].get("serviceAccountName") or "default"
+        spec: dict[str, Any] = {
+            "expirationSeconds": expiration,
+            "boundObjectRef": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
+        }
+        if audience:
+            spec["audiences"] = [audience]
+        path = f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{account}/token"
+        try:
+            answer = self._call(
+                "POST",
+                path,
+                {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
+            )
+        except kubernetes.client.ApiException as e:
+            raise podspec.NotReady(
+                "ContainerCreating", f"failed to fetch token: {e.status} {e.reason}: {e.body}"
+            ) from e
+        return str(answer["status"]["token"])
+
+    def _patch_status(self, pod: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+        try:  # the uid is a precondition: never the status of a newer pod of the same name
+            self._call(
+                "PATCH", path, {"metadata": {"uid": meta["uid"]}, "status": status}, STRATEGIC
+            )
+        except kubernetes.client.ApiException as e:
+            if e.status not in (404, 409):
+                raise
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _error(self, what: str, e: Exception) -> None:
+        text = f"{what}: {e!r}"
+        self.errors.append(text)
+        del self.errors[:-1000]  # a lasting fault repeats every tick
+        if time.monotonic() - self._logged.get(text, -60.0) > 30:  # not 10 times a second
+            self._logged[text] = time.monotonic()
+            log.warning("%s", text, exc_info=e)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
             try:
                 self._tick()
-            except Exception as e:  # the API may be down or faulty: try again next tick
-                self.errors.append(repr(e))
+            except Exception as e:
+                self._error("kubelet loop", e)
 
     def _tick(self) -> None:
-        jobs = {j["metadata"]["uid"]: j for j in self._call("GET", "/apis/batch/v1/jobs")["items"]}
-        if self._active:  # a pod deleted through the API: its process is killed, too
-            pods = self._call(
-                "GET", "/api/v1/pods", query={"labelSelector": "batch.kubernetes.io/controller-uid"}
-            )["items"]
-            alive = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in pods}
-            for run in list(self._active.values()):
-                if (run.namespace, run.name) not in alive:
-                    self._kill(run, "pod-deleted")
-        for uid, run in list(self._active.items()):
-            if uid not in jobs or jobs[uid]["metadata"].get("deletionTimestamp"):
-                self._kill(run, "deleted")
-                self._escalate(run)
-                if run.proc is None or run.proc.poll() is not None:
-                    self._reap(None, run)
-        for job in jobs.values():
-            if not jobcontrol.finished(job):
-                self._sync(job)
+        if time.monotonic() - self._beat >= HEARTBEAT_SECONDS:
+            self._beat = time.monotonic()
+            try:
+                self._node = self.node.heartbeat()
+            except Exception as e:
+                self._error("node heartbeat", e)
+        pods = self.pods.snapshot()
+        nodes = self.nodes.snapshot()
+        self.scheduler.schedule(pods, nodes[0] if nodes else self._node)
+        mine = {
+            p["metadata"]["uid"]: p for p in pods if p["spec"].get("nodeName") == self.node_name
+        }
+        for pod in mine.values():
+            try:
+                self.sync.sync(pod)
+            except Exception as e:
+                self._error(f"pod {pod['metadata']['namespace']}/{pod['metadata']['name']}", e)
+        for uid in list(self.sync.runs):
+            if uid not in mine:  # gone from the API: stop what still runs
+                self.sync.orphan(uid)
 
-    def _escalate(self, run: PodRun) -> None:
-        """SIGKILL a process group that outlived its grace period after SIGTERM."""
-        if run.proc is not None and run.kill_sent and time.monotonic() - run.kill_sent > run.grace:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(run.proc.pid, signal.SIGKILL)
 
-    def _sync(self, job: dict[str, Any]) -> None:
-        uid, spec = job["metadata"]["uid"], job.get("spec") or {}
-        run = self._active.get(uid)
-        deadline = spec.get("activeDeadlineSeconds")
-        if run is not None:
-            if (run.namespace, run.name) in self._preempt:
-                self._kill(run, "preempted")
-            elif deadline and time.monotonic() - self._job_t0.get(uid, time.monotonic()) > deadline:
-                self._kill(run, "deadline")
-            elif spec.get("suspend"):
-                self._kill(run, "suspended")
-            if run.proc is None and run.kill_reason is None:
-                self._try_start(job, run)
-            elif run.proc is None or run.proc.poll() is not None:
-                self._reap(job, run)
-            else:
-                self._escalate(run)
-            return
-        if spec.get("suspend"):
-            self._job_t0.pop(uid, None)  # as startTime, the deadline restarts on resume
-            if not jobcontrol.has_condition(job, "Suspended"):
-                self._patch_status(job, jobcontrol.suspended_status(job))
-            return
-        if sum(1 for r in self._active.values() if r.proc is not None) >= self.max_parallel:
-            return  # like a full node: the Job waits
-        self._create_pod(job)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.kubelet", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--node", default=NODE_NAME, help="the Node's name")
+    parser.add_argument("--root", type=Path, required=True, help="pod directories and logs")
+    parser.add_argument("--cpu", default="8", help="allocatable cpu")
+    parser.add_argument("--memory", default="32Gi", help="allocatable memory")
+    parser.add_argument("--gpus", default="2", help="allocatable nvidia.com/gpu")
+    parser.add_argument("--max-grace", type=float, default=30.0, help="cap of grace periods")
+    parser.add_argument(
+        "--shutdown-grace", type=float, default=5.0, help="grace of pod processes on exit"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    kubelet = ProcessKubelet(
+        args.kubeconfig,
+        args.root,
+        node_name=args.node,
+        cpu=args.cpu,
+        memory=args.memory,
+        gpus=args.gpus,
+        max_grace=args.max_grace,
+        shutdown_grace=args.shutdown_grace,
+    ).start()
+    stop.wait()
+    log.info("stopping")
+    kubelet.stop()
+    return 0
 
-    def _patch_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
-        meta = job["metadata"]
-        path = f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}/status"
-        self._call("PATCH", path, {"status": status})
 
-    def _create_pod(self, job: dict[str, Any]) -> None:
-        meta = job["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        # As the Job controller's generateName: at most 58 chars, then 5 random ones.
-        pod_name = f"{name}-"[:58] + "".join(random.choices(_NAME_CHARS, k=5))
-        log_path = self.root / "logs" / f"{namespace}_{pod_name}.log"
-        pod = jobcontrol.pod_manifest(job, pod_name, log_path, self.node_name)
-        created = self._call("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
-        pod_dir = self.root / "pods" / namespace / pod_name
-        run = PodRun(namespace, pod_name, meta["uid"], name, pod_dir, log_path)
-        grace = float(created["spec"].get("terminationGracePeriodSeconds", 30))
-        run.grace = min(grace, self.kill_grace)
-        with self._lock:
-            self._active[meta["uid"]] = run
-            self.pods[(namespace, pod_name)] = run
-            self._job_t0.setdefault(meta["uid"], time.monotonic())
-        self._patch_status(job, jobcontrol.started_status(job))
-        self._try_start(job, run)
-
-    def _try_start(self, job: dict[str, Any], run: PodRun) -> None:
-        if time.monotonic() - run.last_try < 0.5:
-            return  # the real kubelet retries a pending container with a backoff, too
-        run.last_try = time.monotonic()
-        pod_path = f"/api/v1/namespaces/{run.namespace}/pods/{run.name}"
-        pod = self._read("pods", run.namespace, run.name)
-        if pod is None:
-            return
-        try:
-            run.pod_dir.mkdir(parents=True, exist_ok=True)
-            run.prepared = podspec.prepare(
-                pod, run.pod_dir, self.root / "shared", self._read, self.extra_env
-            )
-        except podspec.NotReady as e:
-            status = jobcontrol.waiting_status(pod, e.reason, e.message)
-            self._call("PATCH", pod_path + "/status", {"status": status})
-            return
-        except ValueError as e:
-            run.log_path.write_text(f"harness kubelet: {e}\n")
-            self._report(job, run, pod, 128, str(e))
-            return
-        with open(run.log_path, "ab") as log:
-            run.proc = subprocess.Popen(
-                run.prepared.argv,
-                env=run.prepared.env,
-                cwd=run.prepared.cwd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its own process group: killed as a whole
-            )
-        run.started = time.monotonic()
-        self._call("PATCH", pod_path + "/status", {"status": jobcontrol.running_status(pod)})
-        self._patch_status(job, {"ready": 1})
-
-    def _kill(self, run: PodRun, reason: str) -> None:
-        if run.kill_reason is not None:
-            return
-        run.kill_reason, run.kill_sent = reason, time.monotonic()
-        if run.proc is not None and run.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(run.proc.pid, signal.SIGTERM)
-
-    def _reap(self, job: dict[str, Any] | None, run: PodRun) -> None:
-        """The process has exited (or never started): report the Pod, then the Job."""
-        rc = run.proc.returncode if run.proc is not None else 137
-        exit_code = rc if rc >= 0 else 128 - rc
-        pod = self._read("pods", run.namespace, run.name)
-        message = ""
-        if run.prepared is not None and run.prepared.termination_path.exists():
-            with open(run.prepared.termination_path, "rb") as f:
-                message = f.read(4096).decode(errors="replace")
-        policy = pod and pod["spec"]["containers"][0].get("terminationMessagePolicy")
-        if not message and exit_code != 0 and policy == "FallbackToLogsOnError":
-            message = run.log_path.read_bytes()[-2048:].decode(errors="replace")
-        with self._lock:
-            self._active.pop(run.job_uid, None)
-            self._preempt.discard((run.namespace, run.name))
-        self._report(job, run, pod, exit_code, message)
-
-    def _report(
-        self,
-        job: dict[str, Any] | None,
-        run: PodRun,
-        pod: dict[str, Any] | None,
-        exit_code: int,
-        message: str,
-    ) -> None:
-        succeeded = exit_code == 0 and run.kill_reason is None
-        preempted = run.kill_reason == "preempted"
-        pod_status = jobcontrol.terminated_status(pod, exit_code, message, succeeded, preempted)
-        if pod is not None:
-            pod_path = f"/api/v1/namespaces/{run.namespace}/pods/{run.name}"
-            with contextlib.suppress(kubernetes.client.ApiException):  # deleted meanwhile
-                self._call("PATCH", pod_path + "/status", {"status": pod_status})
-                if run.kill_reason == "suspended":  # the Job controller deletes such pods
-                    self._call("DELETE", pod_path)
-        if job is None or run.kill_reason in ("deleted", "suspended"):
-            return
-        deadline = run.kill_reason == "deadline"
-        status = jobcontrol.status_after_pod(job, pod_status, exit_code, succeeded, deadline)
-        with contextlib.suppress(kubernetes.client.ApiException):
-            self._patch_status(job, status)
+if __name__ == "__main__":
+    sys.exit(main())
