@@ -22,7 +22,7 @@ import kubernetes.config
 from kubernetes.client.rest import ApiException
 
 from .controlplane import ControlPlane
-from .faultproxy import FaultProxy
+from .faultproxy import FaultProxy, ProxyFault
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,8 +152,9 @@ class Kube:
     def requests(self) -> list[Any]:
         return list(self.proxy.records) if self.proxy is not None else []
 
-    def fail_next(self, *args: Any, **kwargs: Any) -> None:
-        self.start_proxy().fail_next(*args, **kwargs)
+    def fail_next(self, *args: Any, **kwargs: Any) -> ProxyFault:
+        """See FaultProxy.fail_next; set the returned fault's `times` to 0 to lift it."""
+        return self.start_proxy().fail_next(*args, **kwargs)
 
     def drop_watches(self, abrupt: bool = False) -> None:
         self.start_proxy().drop_watches(abrupt=abrupt)

@@ -208,9 +208,10 @@ class FaultProxy:
 
     def expire_watches(self, times: int = 1) -> None:
         """Answer the next ``times`` watches resuming from a resourceVersion with 410 Expired,
-        as the API server does once etcd has compacted that revision away."""
+        as the API server does once etcd has compacted that revision away. It replaces the
+        count still pending: ``times=0`` ends the expiry."""
         with self._lock:
-            self._expiries += times
+            self._expiries = times
 
     def clear_faults(self) -> None:
         """Forget every pending fault, ``expire_watches`` ones included."""
