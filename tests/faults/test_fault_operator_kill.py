@@ -113,7 +113,19 @@ def test_the_watchdog_sees_two_of_one_phase_at_once(kube_api: Any, kubelet: Any)
     """The duplicate check every fault test relies on is not vacuous."""
     for attempt in (1, 2):
         name = f"{GAME}-r0001-sample-a{attempt}"
-        container = {"name": "phase", "image": "x", "command": ["sleep", "30"]}
+        container = {
+            "name": "phase",
+            "image": "x",
+            "command": ["sleep", "30"],
+            # the namespace enforces the restricted Pod Security profile
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+        }
         job = {
             "metadata": {"name": name},
             "spec": {

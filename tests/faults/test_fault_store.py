@@ -111,7 +111,9 @@ def test_store_outage_stalls_the_game_fails_the_phase_retryably_then_the_game_co
     s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))
     with pytest.raises(UncommittedError, match=r"model\.safetensors does not match"):
         require_committed(store, policy, verify=True)
-    doc = GameDocument.model_validate(apo_tiny(s3_storage, rounds=1))
+    played = apo_tiny(s3_storage, rounds=1)
+    played["metadata"]["namespace"] = kube_env.namespace
+    doc = GameDocument.model_validate(played)
     evaluate = make_context(doc, 1, "evaluate", Path(kubelet.root) / "reader")
     with pytest.raises(UncommittedError, match=r"model\.safetensors does not match"):
         evaluate.fetch_dir(1, "update-policy", "policy")

@@ -81,6 +81,12 @@ def kube(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Kube]:
 
 
 @pytest.fixture
+def kube_api(kube: Kube) -> Kube:
+    """The old stand-in's name for `kube`: tests that only need the API and a namespace."""
+    return kube
+
+
+@pytest.fixture
 def kube_env(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> Kube:
     monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
     # kubernetes.config reads $KUBECONFIG once, at import: load_kube_config() with no argument

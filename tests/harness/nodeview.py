@@ -34,6 +34,7 @@ class RunningPod:
     name: str
     job_name: str
     pid: int  # the container's process group
+    conditions: dict[str, str] = dataclasses.field(default_factory=dict)  # type -> reason
 
     def alive(self) -> bool:
         return _pid_alive(self.pid)
@@ -79,13 +80,19 @@ class NodeView:
 
     def preempt(self, job_name: str, timeout: float = 60.0) -> RunningPod:
         """Evict the Job's running pod through the eviction API (what a preempting scheduler
-        or a node drain does); returns once its process has exited."""
+        or a node drain does); returns once its process has exited, with the conditions the
+        API server put on the pod (DisruptionTarget) before the pod went away."""
         run = wait_for(lambda: self.running(job_name), timeout, message=f"{job_name} never ran")
         self.core.create_namespaced_pod_eviction(
             run.name,
             run.namespace,
             {"metadata": {"name": run.name, "namespace": run.namespace}},
         )
+        with contextlib.suppress(ApiException):  # already gone: no conditions to read
+            pod = self.core.read_namespaced_pod(run.name, run.namespace)
+            run.conditions = {
+                c.type: c.reason or "" for c in pod.status.conditions or [] if c.status == "True"
+            }
         wait_for(lambda: not run.alive(), timeout, message=f"{run.name} outlived its eviction")
         return run
 
