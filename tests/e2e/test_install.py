@@ -50,6 +50,8 @@ def _values(variant: str, game_ns: str) -> dict[str, Any]:
     if variant == "namespaced":
         values["watchNamespaces"] = [game_ns]
         values["rbac"] = {"scope": "namespace", "observeClusterScope": True}
+    else:
+        values["rbac"] = {"scope": "cluster"}
     return values
 
 
