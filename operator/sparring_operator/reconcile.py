@@ -57,6 +57,7 @@ from sparring_operator.jobs import (
     job_name,
 )
 from sparring_operator.observed import CommittedPhase, condition, observe_store
+from sparring_operator.statuspatch import merge_patch
 
 log = logging.getLogger("sparring.reconcile")
 COMPLETE = "_COMPLETE"
@@ -203,6 +204,7 @@ class Reconciler:
         namespace, name = meta["namespace"], meta["name"]
         generation = meta.get("generation")
         old = _old_status(body)
+        stored = dict(body.get("status") or {})
         now = time.time()
         try:
             game = AdversarialGame.model_validate(
@@ -218,7 +220,7 @@ class Reconciler:
             decision = Decision(
                 invalid_spec_status(f"invalid spec: {errors}", old, now, generation)
             )
-            self.write_status(namespace, name, old, decision.status)
+            self.write_status(namespace, name, stored, decision.status)
             return decision
         jobs = self.observe_jobs(namespace, name)
         try:
@@ -240,14 +242,14 @@ class Reconciler:
                     ]
                 }
             )
-            self.write_status(namespace, name, old, stalled)
+            self.write_status(namespace, name, stored, stalled)
             raise kopf.TemporaryError(f"{reason}: {exc}", delay=10) from exc
         created = _epoch(meta.get("creationTimestamp")) or now
         decision = decide(game, generation, old, jobs, view, complete, created, now)
         for action in decision.actions:
             self.act(body, game, action, store)
         decision.status = self.with_progress(decision.status, store, namespace, name, now)
-        self.write_status(namespace, name, old, decision.status)
+        self.write_status(namespace, name, stored, decision.status)
         self.export(namespace, name, decision.status)
         return decision
 
@@ -366,11 +368,14 @@ class Reconciler:
             log.warning("event %s not posted: %s", action.reason, exc.reason)
 
     def write_status(
-        self, namespace: str, name: str, old: AdversarialGameStatus, new: AdversarialGameStatus
+        self, namespace: str, name: str, stored: dict[str, Any], new: AdversarialGameStatus
     ) -> None:
-        if new == old:
+        """Make the stored status equal `new`: fields that went away are removed, and nothing
+        is written when nothing changed (see statuspatch)."""
+        changes = merge_patch(stored, new.model_dump(mode="json", by_alias=True, exclude_none=True))
+        if not changes:
             return
-        patch = {"status": new.model_dump(by_alias=True, exclude_none=True)}
+        patch = {"status": changes}
         try:
             self._custom().patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, patch
