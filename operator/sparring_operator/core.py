@@ -149,6 +149,20 @@ def invalid_spec_status(
     )
 
 
+def _refuse(
+    reason: str, message: str, old: AdversarialGameStatus, now: float, gen: int | None
+) -> Decision:
+    """Failed for good with `reason` on every condition, one Warning event on the way in."""
+    status = invalid_spec_status(message, old, now, gen)
+    status = status.model_copy(
+        update={"conditions": [c.model_copy(update={"reason": reason}) for c in status.conditions]}
+    )
+    events: list[Action] = (
+        [] if old.phase == "Failed" else [RecordEvent("Warning", reason, message)]
+    )
+    return _finish(status, old, events, None)
+
+
 def decide(
     game: AdversarialGame,
     generation: int | None,
@@ -174,18 +188,11 @@ def decide(
             "the store holds a finished game of this name with a different spec.game/storage; "
             "use a new game name (or remove its store prefix) to play a different game"
         )
-        status = invalid_spec_status(message, old, now, generation)
-        status = status.model_copy(
-            update={
-                "conditions": [
-                    c.model_copy(update={"reason": "SpecConflict"}) for c in status.conditions
-                ]
-            }
-        )
-        events: list[Action] = (
-            [] if old.phase == "Failed" else [RecordEvent("Warning", "SpecConflict", message)]
-        )
-        return _finish(status, old, events, None)
+        return _refuse("SpecConflict", message, old, now, generation)
+    if view.bad_output is not None:
+        # Output the operator cannot publish (NaN, a non-number, hundreds of keys): retrying the
+        # same image would commit the same, so the game fails, naming phase and key.
+        return _refuse("BadPhaseOutput", view.bad_output[1], old, now, generation)
     step = next_step(kind, spec.rounds, view.committed, view.round_metrics(), early)
     actions: list[Action] = []
     requeue: float | None = None

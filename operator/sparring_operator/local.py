@@ -123,6 +123,8 @@ def run_game(
             view = observe_store(store, meta.namespace, meta.name, kind, spec.rounds)
             done = completed_rounds(kind, view.committed)
             decision = next_step(kind, spec.rounds, view.committed, view.round_metrics(), early)
+            if view.bad_output is not None:  # as the operator: the game fails, naming it
+                return build_status(view, decision, done, failed=view.bad_output[1]), timings
             if isinstance(decision, GameDone):
                 return build_status(view, decision, done), timings
             assert isinstance(decision, RunPhase)

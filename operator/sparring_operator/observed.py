@@ -7,6 +7,8 @@ store (level-triggered), never from what a process remembers.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -20,6 +22,38 @@ MAX_STATUS_ROUNDS = 20  # older rounds stay in the store; the resource must stay
 # Headline metrics are copied into rounds[].metrics under their own names; the rest get the
 # phase as a prefix so that e.g. the RM's and the policy's train_loss do not collide.
 HEADLINE_PHASES = ("evaluate", PREPARE_PHASE)
+# A phase's metrics.json is written by a user-chosen image: each key becomes a status entry and
+# a Prometheus label value, each value a JSON number in the status (where NaN is not JSON).
+MAX_METRICS = 64
+METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
+
+
+class BadOutput(ValueError):
+    """A committed phase's metrics.json that the operator refuses to publish."""
+
+
+def checked_metrics(raw: bytes, where: str) -> dict[str, float]:
+    """The metrics of `where` (a phase), or BadOutput naming the phase and the offending key."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise BadOutput(f"{where}: metrics.json is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadOutput(f"{where}: metrics.json must be an object, not {type(data).__name__}")
+    if len(data) > MAX_METRICS:
+        raise BadOutput(f"{where}: metrics.json has {len(data)} keys; at most {MAX_METRICS}")
+    metrics = {}
+    for key, value in data.items():
+        if not METRIC_NAME.match(key):
+            raise BadOutput(
+                f"{where}: metric name {key[:80]!r} must be a letter and then up to 62 letters, "
+                "digits, '_', '.' or '-'"
+            )
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value):
+            raise BadOutput(f"{where}: metric {key!r} is {str(value)[:40]!r}: not a finite number")
+        metrics[key] = float(value)
+    return metrics
 
 
 @dataclass
@@ -28,6 +62,8 @@ class StoreView:
     metrics: dict[Marker, dict[str, float]] = field(default_factory=dict)
     uris: dict[Marker, str] = field(default_factory=dict)
     committed_at: dict[Marker, str] = field(default_factory=dict)
+    # The first committed phase whose metrics were refused, and why: nothing after it counts.
+    bad_output: tuple[Marker, str] | None = None
 
     def round_metrics(self) -> dict[int, dict[str, float]]:
         rounds: dict[int, dict[str, float]] = {}
@@ -65,7 +101,12 @@ def observe_store(
             if not is_committed(store, prefix):
                 break
             manifest = json.loads(store.get_bytes(prefix + "_SUCCESS"))
-            metrics = json.loads(store.get_bytes(prefix + "metrics.json"))
+            where = f"round {marker[0]} {marker[1]}"
+            try:
+                metrics = checked_metrics(store.get_bytes(prefix + "metrics.json"), where)
+            except BadOutput as exc:
+                view.bad_output = (marker, str(exc))
+                break
             hit = (store.uri_for(prefix), str(manifest.get("committed_at", "")), metrics)
             if cache is not None:
                 cache[key] = hit
