@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import itertools
 import json
+import re
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -367,8 +370,9 @@ def test_namespace_scope_grants_roles_in_each_watched_namespace_only(chart: Any)
     ("values", "message"),
     [
         ({"rbac": {"scope": "namespace"}}, "needs watchNamespaces"),
-        ({"rbac": {"scope": "namespace"}, "watchNamespaces": ["team-*"]}, "glob"),
         ({"rbac": {"scope": "everywhere"}}, "rbac.scope must be"),
+        ({"watchNamespaces": "team-a"}, "watchNamespaces must be a list of namespace names"),
+        ({"watchNamespaces": ["team-a", "team-a"]}, "watchNamespaces lists a namespace twice"),
     ],
 )
 def test_values_that_cannot_work_fail_with_the_fix(
@@ -376,6 +380,105 @@ def test_values_that_cannot_work_fail_with_the_fix(
 ) -> None:
     with pytest.raises(helm.HelmError, match=message):
         render(chart, values)
+
+
+NOT_A_NAMESPACE = ["team-*", "!kube-system", "team-?", "Team-A", "team_a", "-team", "a" * 64, 7]
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespace"])
+@pytest.mark.parametrize("name", NOT_A_NAMESPACE, ids=str)
+@pytest.mark.parametrize(
+    "key",
+    ["watchNamespaces", "phaseServiceAccount.namespaces", "monitoring.dashboard.namespace"],
+)
+def test_a_value_that_is_no_namespace_name_fails_naming_it(
+    chart: Any, key: str, name: Any, scope: str
+) -> None:
+    """Each of these is rendered into metadata.namespace, which the API server only accepts
+    as a DNS-1123 label (tests/e2e/test_chart_on_apiserver.py): kopf's globs cannot be."""
+    values: dict[str, Any] = {"rbac": {"scope": scope}, "watchNamespaces": ["team-a"]}
+    if key == "watchNamespaces":
+        values["watchNamespaces"] = ["team-a", name]
+        index = "[1]"
+    elif key == "phaseServiceAccount.namespaces":
+        values["phaseServiceAccount"] = {"namespaces": [name]}
+        index = "[0]"
+    else:
+        values["monitoring"] = {"dashboard": {"enabled": True, "namespace": name}}
+        index = ""
+    expected = f"{key}{index} = {json.dumps(name)} is not a namespace name"
+    with pytest.raises(helm.HelmError, match=re.escape(expected)) as failed:
+        render(chart, values)
+    assert "Globs and patterns are not supported" in str(failed.value)
+
+
+@pytest.mark.parametrize("name", ["team-a", "a", "0", "a" * 63, "kube-system"])
+def test_every_dns_label_is_a_namespace_name(chart: Any, name: str) -> None:
+    for scope in ("cluster", "namespace"):
+        objects = render(chart, {"rbac": {"scope": scope}, "watchNamespaces": [name]})
+        namespaces = {o["metadata"].get("namespace") for o in objects} - {None, NAMESPACE}
+        assert namespaces == {name}
+
+
+# ---- least privilege: the documented install, and what NOTES says -------------------------
+
+
+def _first_helm_install(markdown: str) -> list[str]:
+    """The words of the first `helm install` command of a markdown file's bash blocks."""
+    for block in re.findall(r"```bash\n(.*?)```", markdown, flags=re.S):
+        command = re.sub(r"\\\n\s*", " ", block)
+        for line in command.splitlines():
+            if line.startswith("helm install"):
+                return shlex.split(line.split("#")[0])
+    raise AssertionError("no `helm install` in a bash block")
+
+
+def _set_values(words: list[str]) -> dict[str, Any]:
+    """The values of `--set key=value` words (the forms the READMEs use: a scalar, `{a,b}`)."""
+    values: dict[str, Any] = {}
+    for flag, arg in itertools.pairwise(words):
+        if flag != "--set":
+            continue
+        key, _, raw = arg.partition("=")
+        node = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = raw[1:-1].split(",") if raw.startswith("{") else raw
+    return values
+
+
+@pytest.mark.parametrize("readme", ["README.md", "charts/sparring/README.md"])
+def test_the_documented_install_is_the_least_privilege_one(chart: Any, readme: str) -> None:
+    words = _first_helm_install((ROOT / readme).read_text(encoding="utf-8"))
+    values = _set_values(words)
+    assert values.get("watchNamespaces"), f"{readme}: the first install lists no namespaces"
+    objects = render(chart, values)
+    # Secrets and Jobs only through Roles in the listed namespaces; nothing cluster-wide.
+    assert not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding")
+    roles = by_kind(objects, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(values["watchNamespaces"])
+    for role in roles:
+        resources = {r for rule in role["rules"] for r in rule["resources"]}
+        assert {"secrets", "jobs"} <= resources
+
+
+def _notes(chart: Any, values: dict[str, Any]) -> str:
+    manifests = chart.render(
+        values=copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE, is_install=True
+    )
+    return next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+
+
+def test_notes_tell_a_cluster_wide_install_how_to_narrow_it(chart: Any) -> None:
+    default = _notes(chart, {})
+    assert "read Secrets and create\nJobs in every namespace" in default
+    assert "--set rbac.scope=namespace --set 'watchNamespaces={team-a,team-b}'" in default
+    listed = _notes(chart, {"watchNamespaces": ["team-a"]})
+    assert "--set rbac.scope=namespace\n" in listed and "watchNamespaces={" not in listed
+    narrow = _notes(chart, VALUE_SETS["ci/namespaced-values.yaml"])
+    assert "Least privilege" not in narrow
+    assert not default.startswith("\n")
 
 
 @pytest.mark.parametrize("values_name", list(VALUE_SETS))

@@ -86,7 +86,7 @@ Namespaces the chart creates the phase ServiceAccount in (a JSON list).
 {{- if not .Values.phaseServiceAccount.create }}
 {{- list | toJson }}
 {{- else }}
-{{- default .Values.watchNamespaces .Values.phaseServiceAccount.namespaces | uniq | toJson }}
+{{- default .Values.watchNamespaces .Values.phaseServiceAccount.namespaces | default list | uniq | toJson }}
 {{- end }}
 {{- end }}
 
@@ -119,18 +119,49 @@ Images; the tags default to the chart's appVersion.
 Fail on values that cannot work, with the fix in the message.
 */}}
 {{- define "sparring.validate" -}}
+{{- include "sparring.validateNamespaces" (list "watchNamespaces" .Values.watchNamespaces) }}
+{{- include "sparring.validateNamespaces" (list "phaseServiceAccount.namespaces" .Values.phaseServiceAccount.namespaces) }}
+{{- with .Values.monitoring.dashboard.namespace }}
+{{- include "sparring.validateNamespace" (list "monitoring.dashboard.namespace" .) }}
+{{- end }}
 {{- if not (has .Values.rbac.scope (list "cluster" "namespace")) }}
 {{- fail (printf "rbac.scope must be \"cluster\" or \"namespace\", not %q" .Values.rbac.scope) }}
 {{- end }}
 {{- if and (eq .Values.rbac.scope "namespace") (not .Values.watchNamespaces) }}
 {{- fail "rbac.scope=namespace needs watchNamespaces: the namespaces to create a Role in" }}
 {{- end }}
-{{- if eq .Values.rbac.scope "namespace" }}
-{{- range .Values.watchNamespaces }}
-{{- if regexMatch "[*?\\[]" . }}
-{{- fail (printf "rbac.scope=namespace cannot grant a Role in the glob %q: list exact namespaces" .) }}
+{{- end }}
+
+{{/*
+A list of namespace names, each rendered into metadata.namespace of some object: no globs, no
+duplicates. Call as: include "sparring.validateNamespaces" (list "the.values.key" $list)
+*/}}
+{{- define "sparring.validateNamespaces" -}}
+{{- $key := index . 0 }}
+{{- $names := index . 1 | default list }}
+{{- if not (kindIs "slice" $names) }}
+{{- fail (printf "%s must be a list of namespace names, not %s (with --set: '%s={team-a,team-b}')" $key (toJson $names) $key) }}
+{{- end }}
+{{- range $i, $name := $names }}
+{{- include "sparring.validateNamespace" (list (printf "%s[%d]" $key $i) $name) }}
+{{- end }}
+{{- if ne (len $names) (len (uniq $names)) }}
+{{- fail (printf "%s lists a namespace twice: %s" $key (toJson $names)) }}
 {{- end }}
 {{- end }}
+
+{{/*
+One namespace name: a DNS-1123 label, as the API server requires. kopf would take a glob
+("team-*") or a negation ("!kube-system") for --namespace, but the chart also renders Roles,
+RoleBindings and the phase ServiceAccount into each listed namespace, and a glob is no
+namespace: refuse it here rather than at install time with an API server error.
+Call as: include "sparring.validateNamespace" (list "the.values.key" $name)
+*/}}
+{{- define "sparring.validateNamespace" -}}
+{{- $key := index . 0 }}
+{{- $name := index . 1 }}
+{{- if not (and (kindIs "string" $name) (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $name) (le (len $name) 63)) }}
+{{- fail (printf "%s = %s is not a namespace name: it must be a DNS-1123 label (lowercase letters, digits and '-', at most 63 characters). Globs and patterns are not supported: list each namespace, or leave watchNamespaces empty to watch every namespace (rbac.scope=cluster)" $key (toJson $name)) }}
 {{- end }}
 {{- end }}
 
