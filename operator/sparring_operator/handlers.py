@@ -21,7 +21,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes import client as k8s
@@ -62,18 +62,37 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         OperatorSettings(
             trainer_image=os.environ.get("SPARRING_TRAINER_IMAGE", OperatorSettings.trainer_image),
             phase_service_account=os.environ.get("SPARRING_PHASE_SERVICE_ACCOUNT") or None,
+            allow_file_store=os.environ.get("SPARRING_ALLOW_FILE_STORE") == "1",
         ),
     )
     memo.locks = {}
 
 
+def _read_game(memo: kopf.Memo, namespace: str, name: str) -> dict[str, Any] | None:
+    api = k8s.CustomObjectsApi(memo.reconciler.api)
+    try:
+        obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return cast(dict[str, Any], obj)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
 async def _reconcile(memo: kopf.Memo, body: Any) -> None:
+    """One pass over the game, one at a time per game. The pass decides from the game as it is
+    now, read inside the lock: a body handed to a trigger predates any pass that ran while the
+    trigger waited, and deciding from its status again repeats that pass's events."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     lock = memo.locks.setdefault(key, asyncio.Lock())  # one pass per game at a time
     async with lock:
         started = time.perf_counter()
         try:
-            decision = await asyncio.to_thread(memo.reconciler.reconcile, dict(body))
+            current = await asyncio.to_thread(_read_game, memo, *key)
+            if current is None:
+                memo.locks.pop(key, None)
+                return  # deleted meanwhile; garbage collection removes its Jobs
+            decision = await asyncio.to_thread(memo.reconciler.reconcile, current)
         except kopf.TemporaryError:
             raise  # e.g. the store is down: status says so; kopf retries
         except Exception:
@@ -109,6 +128,7 @@ def game_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> N
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     if type == "DELETED":
         memo.games.pop(key, None)
+        memo.locks.pop(key, None)
         metrics.GAMES.forget(*key)
     else:
         memo.games[key] = dict(body)
@@ -158,16 +178,7 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
 async def job_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A phase Job changed (or vanished): reconcile its game now rather than at the next tick."""
     namespace, game = body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_GAME]
-    api = k8s.CustomObjectsApi(memo.reconciler.api)
-    try:
-        owner = await asyncio.to_thread(
-            api.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, game
-        )
-    except ApiException as exc:
-        if exc.status == 404:
-            return  # the game is gone; garbage collection removes its Jobs
-        raise
-    await _reconcile(memo, owner)
+    await _reconcile(memo, {"metadata": {"namespace": namespace, "name": game}})
 
 
 @kopf.on.probe(id="games")

@@ -52,6 +52,10 @@ class OperatorSettings:
     phase_service_account: str | None = None
     image_pull_policy: str = "IfNotPresent"
     scratch_size_limit: str = "50Gi"
+    # A file:// store is a folder of whichever machine opens it: on a cluster each phase pod
+    # would write into its own scratch, never seen by the next pod or by the operator. Only a
+    # one-machine cluster whose pods share the host's filesystem can use one (development).
+    allow_file_store: bool = False
 
 
 def job_name(game: str, round: int, phase: str, attempt: int) -> str:

@@ -222,6 +222,15 @@ class Reconciler:
             )
             self.write_status(namespace, name, stored, decision.status)
             return decision
+        if game.spec.storage.uri.startswith("file:") and not self.settings.allow_file_store:
+            message = (
+                f"invalid spec: spec.storage.uri: {game.spec.storage.uri!r} is a folder on one "
+                "machine, which the phase pods and the operator do not share on a cluster; set "
+                "spec.storage to an s3:// store (with spec.storage.secretRef)"
+            )
+            decision = Decision(invalid_spec_status(message, old, now, generation))
+            self.write_status(namespace, name, stored, decision.status)
+            return decision
         jobs = self.observe_jobs(namespace, name)
         try:
             store = self.open_game_store(game)
