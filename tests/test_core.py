@@ -197,3 +197,25 @@ def test_condition_transition_time_only_moves_when_status_changes() -> None:
         game(), [job("prepare", 1, "Active", rnd=0)], view(), now=T0 + 500, old=first.status
     )
     assert later.status == first.status
+
+
+def test_finished_jobs_of_rounds_before_the_last_two_are_deleted() -> None:
+    """Retention (issue 13, item 12): the last two rounds' Jobs stay; older finished ones of
+    committed phases go; a running Job and an uncommitted phase's Jobs are never retired."""
+    from sparring_operator.core import _retired
+
+    view = StoreView(committed={(0, "prepare"), (1, "sample"), (1, "score"), (2, "sample")})
+    jobs = [
+        ObservedJob("g-r0000-prepare-a1", 0, "prepare", 1, "Succeeded", 0.0),
+        ObservedJob("g-r0001-sample-a1", 1, "sample", 1, "Failed", 0.0),
+        ObservedJob("g-r0001-sample-a2", 1, "sample", 2, "Succeeded", 0.0),
+        ObservedJob("g-r0001-score-a1", 1, "score", 1, "Active", 0.0),
+        ObservedJob("g-r0002-sample-a1", 2, "sample", 1, "Succeeded", 0.0),
+    ]
+    assert [a.name for a in _retired(jobs, view, 2)] == ["g-r0000-prepare-a1"]
+    assert [a.name for a in _retired(jobs, view, 3)] == [
+        "g-r0000-prepare-a1",
+        "g-r0001-sample-a1",
+        "g-r0001-sample-a2",
+    ]
+    assert _retired(jobs, view, 1) == []

@@ -203,6 +203,8 @@ def decide(
         # A Job of an uncommitted phase beyond the game's end (rounds shrank) is stopped; one
         # whose phase committed is left to finish, so its record and message stay readable.
         actions += [DeleteJob(j.name) for j in active if (j.round, j.phase) not in view.committed]
+        last_round = max((m[0] for m in view.committed), default=0)
+        actions += _retired(jobs, view, last_round)
         this_hash = spec_hash(game)
         if complete_hash != this_hash:
             actions.append(WriteComplete(this_hash))
@@ -225,6 +227,7 @@ def decide(
     here = (step.round, step.phase)
     stale = [j for j in active if (j.round, j.phase) not in (here, *view.committed)]
     actions += [DeleteJob(j.name) for j in stale]
+    actions += _retired(jobs, view, step.round)
     retry = spec.phases.for_phase(step.phase).retry
     failures = [j for j in phase_jobs if j.state == "Failed"]
     # A phase's Job that "succeeded" without committing its outputs counts as a failure too.
@@ -342,6 +345,23 @@ def decide(
     if failed_message is not None and old.phase != "Failed":
         actions.append(RecordEvent("Warning", "GameFailed", failed_message))
     return _finish(status, old, actions, requeue)
+
+
+# Finished Jobs (and, through their owner references, their pods and logs) of the last rounds
+# stay for debugging; older ones go, so a long game does not pile up objects without bound.
+# Their outcome is already in the store and in status.rounds; decisions need only the Jobs of
+# the phase being played.
+KEEP_JOB_ROUNDS = 2
+
+
+def _retired(jobs: list[ObservedJob], view: StoreView, current_round: int) -> list[Action]:
+    """Delete finished Jobs of committed phases older than the last KEEP_JOB_ROUNDS rounds."""
+    oldest_kept = current_round - KEEP_JOB_ROUNDS + 1
+    return [
+        DeleteJob(j.name)
+        for j in jobs
+        if j.state != "Active" and j.round < oldest_kept and (j.round, j.phase) in view.committed
+    ]
 
 
 def _status_attempt(old: AdversarialGameStatus, step: RunPhase) -> int:

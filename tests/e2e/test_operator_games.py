@@ -61,9 +61,19 @@ def test_game_plays_through_jobs_survives_an_operator_kill_and_commits_to_s3(
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions["Ready"] == "True" and conditions["Succeeded"] == "True"
 
+    # Retention: the last two rounds' Jobs stay for debugging, round 0's is gone, and its pod
+    # with it (garbage collector).
+    wait_for(
+        lambda: (
+            not [j for j in jobs(kube_env, "apo-tiny") if "-r0000-" in j["metadata"]["name"]]
+            and not _pods(kube_env, "apo-tiny-r0000-")
+        ),
+        60,
+        message=lambda: f"round 0's Job was kept\n{operator.tail()}",
+    )
     created = jobs(kube_env, "apo-tiny")
     names = [j["metadata"]["name"] for j in created]
-    assert len(names) == 11 and all(n.endswith("-a1") for n in names), names  # no duplicates
+    assert len(names) == 10 and all(n.endswith("-a1") for n in names), names  # no duplicates
     for job in created:
         assert job["metadata"]["ownerReferences"][0]["name"] == "apo-tiny"
         # What the operator sent, less the fields the API server adds (selector, its labels).
@@ -106,6 +116,11 @@ def test_game_plays_through_jobs_survives_an_operator_kill_and_commits_to_s3(
     assert {j["metadata"]["name"] for j in jobs(kube_env, "apo-tiny")} == {
         f"apo-tiny-r0003-{p}-a1" for p in PHASES
     }
+
+
+def _pods(api: Any, job_prefix: str) -> list[str]:
+    pods = [p["metadata"]["name"] for p in api.list("v1/pods")]
+    return [p for p in pods if p.startswith(job_prefix)]
 
 
 def test_retries_with_backoff_then_fails_with_the_job_and_its_message(
