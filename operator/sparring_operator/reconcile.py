@@ -93,11 +93,16 @@ class Reconciler:
         return k8s.CustomObjectsApi(self.api)
 
     # ---- observe ------------------------------------------------------------------------
-    def observe_jobs(self, namespace: str, game: str) -> list[ObservedJob]:
+    def observe_jobs(self, namespace: str, game: str, uid: str | None) -> list[ObservedJob]:
+        """The game's Jobs: labelled with its name and controlled by this incarnation (`uid`).
+        A Job of a deleted game of the same name waits for the garbage collector, which works
+        asynchronously; counting it would adopt another game's attempt."""
         batch = self._batch()
         items = batch.list_namespaced_job(namespace, label_selector=f"{LABEL_GAME}={game}").items
         observed = []
         for job in items:
+            if uid is not None and _controller_uid(job.metadata.owner_references) != uid:
+                continue
             labels = job.metadata.labels or {}
             try:
                 rnd, phase, attempt = (
@@ -231,7 +236,7 @@ class Reconciler:
             decision = Decision(invalid_spec_status(message, old, now, generation))
             self.write_status(namespace, name, stored, decision.status)
             return decision
-        jobs = self.observe_jobs(namespace, name)
+        jobs = self.observe_jobs(namespace, name, meta.get("uid"))
         try:
             store = self.open_game_store(game)
             view = observe_store(
@@ -320,6 +325,7 @@ class Reconciler:
             except ApiException as exc:
                 if exc.status != 409:  # 409: it exists already (e.g. we restarted): adopt it
                     raise
+                self._evict_foreign_job(namespace, job["metadata"]["name"], body)
         elif isinstance(action, DeleteJob):
             try:
                 self._batch().delete_namespaced_job(
@@ -336,6 +342,20 @@ class Reconciler:
         elif isinstance(action, RecordEvent):
             self.event(body, action)
 
+    def _evict_foreign_job(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """The Job holding our name is ours (adopted as it is) or another incarnation's:
+        then it is deleted and the pass retried once the name is free."""
+        existing = self._batch().read_namespaced_job(name, namespace)
+        owner = _controller_uid(existing.metadata.owner_references)
+        if owner == body["metadata"].get("uid"):
+            return
+        try:
+            self._batch().delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        raise kopf.TemporaryError(f"Job {name} belongs to an earlier game of this name", delay=1)
+
     def ensure_configmap(self, body: dict[str, Any], game: AdversarialGame) -> None:
         cm = build_configmap(game)
         kopf.adopt(cm, owner=cast(Any, body))
@@ -345,9 +365,19 @@ class Reconciler:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            # Keep it in step with the spec (rounds may have grown since it was written).
+            # Keep it in step with the spec (rounds may have grown since it was written), and
+            # owned by this incarnation: left to a deleted one, the garbage collector would
+            # remove it under a running pod.
+            patch = {
+                "data": cm["data"],
+                "metadata": {"ownerReferences": cm["metadata"]["ownerReferences"]},
+            }
+            # (A JSON merge patch replaces the owner list; a strategic one would add ours to it.)
             core.patch_namespaced_config_map(
-                cm["metadata"]["name"], game.metadata.namespace, {"data": cm["data"]}
+                cm["metadata"]["name"],
+                game.metadata.namespace,
+                patch,
+                _content_type="application/merge-patch+json",
             )
 
     def event(self, body: dict[str, Any], action: RecordEvent) -> None:
@@ -408,6 +438,10 @@ def _spec_errors(exc: ValidationError) -> str:
     if len(found) > MAX_SPEC_ERRORS:
         shown.append(f"and {len(found) - MAX_SPEC_ERRORS} more")
     return "; ".join(shown)
+
+
+def _controller_uid(owners: list[Any] | None) -> str | None:
+    return next((o.uid for o in owners or [] if o.controller), None)
 
 
 def _old_status(body: dict[str, Any]) -> AdversarialGameStatus:
