@@ -13,19 +13,14 @@ from typing import Any
 
 import kubernetes.client
 from harness.controlplane import KUBE_VERSION, ROOT, ControlPlane
+from harness.gameops import RESTRICTED_SECURITY
 from harness.rawclient import wait_for
 
 RESTRICTED_CONTAINER = {
     "name": "c",
     "image": "not-pulled",
     "command": ["python", "-c", "print('hello from a pod')"],
-    "securityContext": {
-        "runAsNonRoot": True,
-        "runAsUser": 1000,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    },
+    "securityContext": RESTRICTED_SECURITY,
 }
 
 

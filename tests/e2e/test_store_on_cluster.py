@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from harness.gameops import ROOT, Operator, create, get, jobs
-from harness.rawclient import wait_for
+from harness.gameops import ROOT, Operator, create, jobs, wait_phase
 
 
 def test_a_game_with_the_local_default_store_fails_naming_the_field_and_runs_nothing(
@@ -19,14 +18,7 @@ def test_a_game_with_the_local_default_store_fails_naming_the_field_and_runs_not
     doc = yaml.safe_load((ROOT / "examples" / "apo-tiny.yaml").read_text())
     doc["spec"].pop("storage", None)
     create(kube_env, doc)
-    obj = wait_for(
-        lambda: (
-            (get(kube_env, "apo-tiny").get("status") or {}).get("phase") == "Failed"
-            and get(kube_env, "apo-tiny")
-        ),
-        60,
-        message=operator.tail,
-    )
+    obj = wait_phase(kube_env, "apo-tiny", "Failed", operator, timeout=60)
     message = obj["status"]["message"]
     assert message.startswith("invalid spec: spec.storage.uri: 'file://./.sparring'"), message
     reasons = {c["type"]: c["reason"] for c in obj["status"]["conditions"]}

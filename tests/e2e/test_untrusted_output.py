@@ -9,8 +9,7 @@ import json
 from typing import Any
 
 import pytest
-from harness.gameops import Operator, create, get, jobs
-from harness.rawclient import wait_for
+from harness.gameops import Operator, create, jobs, wait_phase
 from sparring_operator.observed import BadOutput, checked_metrics
 from sparring_trainer.config import StorageSpec
 from sparring_trainer.store import commit, open_store, phase_prefix
@@ -57,14 +56,7 @@ def test_a_committed_phase_with_a_nan_metric_fails_the_game_naming_it(
     commit(store, prefix)
 
     create(kube_env, s3_game)
-    obj = wait_for(
-        lambda: (
-            (get(kube_env, "apo-tiny").get("status") or {}).get("phase") == "Failed"
-            and get(kube_env, "apo-tiny")
-        ),
-        60,
-        message=operator.tail,
-    )
+    obj = wait_phase(kube_env, "apo-tiny", "Failed", operator, timeout=60)
     failed = condition(obj, "Failed")
     assert failed["reason"] == "BadPhaseOutput", failed
     assert "round 0 prepare: metric 'rm_accuracy' is 'nan'" in obj["status"]["message"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from faultops import GAME, Watchdog, assert_store_intact, attempts, store_manifests
-from harness.gameops import PHASES, Operator, create, get, wait_phase
+from harness.gameops import PHASES, RESTRICTED_SECURITY, Operator, create, get, wait_phase
 from harness.rawclient import wait_for
 from kubernetes import client as k8s
 from sparring_trainer.config import StorageSpec
@@ -117,14 +117,7 @@ def test_the_watchdog_sees_two_of_one_phase_at_once(kube_api: Any, kubelet: Any)
             "name": "phase",
             "image": "x",
             "command": ["sleep", "30"],
-            # the namespace enforces the restricted Pod Security profile
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": 1000,
-                "allowPrivilegeEscalation": False,
-                "capabilities": {"drop": ["ALL"]},
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": RESTRICTED_SECURITY,  # the namespace enforces "restricted"
         }
         job = {
             "metadata": {"name": name},

@@ -20,6 +20,14 @@ ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "sparring.dev", "v1alpha1", "adversarialgames"
 GAME_TIMEOUT = 420.0
 PHASES = ("sample", "update-adversary", "score", "update-policy", "evaluate")
+# What a container needs to be admitted where Pod Security "restricted" is enforced.
+RESTRICTED_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 class Operator:
