@@ -26,6 +26,7 @@ from sparring_operator.api import (
     AdversarialGameStatus,
     Condition,
 )
+from sparring_operator.jobs import job_name as job_name_of
 from sparring_operator.machine import EarlyStop, GameDone, RunPhase, completed_rounds, next_step
 from sparring_operator.observed import StoreView, build_status
 
@@ -290,6 +291,20 @@ def decide(
 
     status = build_status(view, step, done, failed=failed_message, generation=generation)
     creating = next((a for a in actions if isinstance(a, CreateJob)), None)
+    if suspended and last_attempt:
+        # No Job runs while suspended, but the interrupted attempt stays named here: the next
+        # one after resume gets a new name, since pods of the deleted Job may still be
+        # terminating under the old one.
+        status = status.model_copy(
+            update={
+                "active_job": ActiveJob(
+                    name=job_name_of(game.metadata.name, step.round, step.phase, last_attempt),
+                    round=step.round,
+                    phase=step.phase,
+                    attempt=last_attempt,
+                )
+            }
+        )
     if failed_message is None and not suspended:
         job_name, attempt, started = None, 0, None
         if running is not None:
@@ -299,9 +314,7 @@ def decide(
         elif failures:
             attempt = last_attempt
         if attempt:
-            from sparring_operator.jobs import job_name as make_name
-
-            job_name = job_name or make_name(game.metadata.name, step.round, step.phase, attempt)
+            job_name = job_name or job_name_of(game.metadata.name, step.round, step.phase, attempt)
             status = status.model_copy(
                 update={
                     "active_job": ActiveJob(
