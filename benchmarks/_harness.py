@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import json
 import os
 import signal
 import subprocess
@@ -28,7 +27,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,7 @@ if str(ROOT / "tests") not in sys.path:
 import kubernetes.client
 import kubernetes.config
 from harness import chartops  # tests/ is on sys.path from here on
-from harness.cluster import Kube, new_namespace
+from harness.cluster import AuditRecord, Kube, new_namespace, read_audit
 from harness.controlplane import ControlPlane, write_kubeconfig
 from harness.fixtures import RESTRICTED, install_crd
 from harness.rawclient import wait_for
@@ -205,56 +203,12 @@ class JobWatch:
 
 
 # ---- the audit log ----------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Request:
-    user: str
-    verb: str
-    resource: str  # "jobs", "adversarialgames/status", ...; "" for non-resource URLs
-    namespace: str
-    name: str
-    code: int
-    received: float  # requestReceivedTimestamp, epoch seconds (microseconds)
-    answered: float  # stageTimestamp of ResponseComplete
-    uri: str
-
-
-def _epoch(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+# The API server's own record, with its microsecond timestamps (tests/harness/cluster.py).
+Request = AuditRecord
 
 
 def audit(path: Path, user: str | None = None) -> list[Request]:
-    """Finished requests (stage ResponseComplete) of the audit log, optionally of one user.
-
-    `tests/harness/cluster.read_audit` drops the timestamps, which are the point here."""
-    out = []
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            if not line.endswith("\n"):
-                break  # the line being written
-            event = json.loads(line)
-            if event.get("stage") != "ResponseComplete":
-                continue
-            name = (event.get("user") or {}).get("username", "")
-            if user is not None and name != user:
-                continue
-            ref = event.get("objectRef") or {}
-            resource = ref.get("resource", "")
-            if ref.get("subresource"):
-                resource += "/" + ref["subresource"]
-            out.append(
-                Request(
-                    user=name,
-                    verb=event.get("verb", ""),
-                    resource=resource,
-                    namespace=ref.get("namespace", ""),
-                    name=ref.get("name", ""),
-                    code=int((event.get("responseStatus") or {}).get("code", 0)),
-                    received=_epoch(event["requestReceivedTimestamp"]),
-                    answered=_epoch(event["stageTimestamp"]),
-                    uri=event.get("requestURI", ""),
-                )
-            )
-    return out
+    return read_audit(path, user)
 
 
 def between(requests: list[Request], since: float, until: float | None = None) -> list[Request]:

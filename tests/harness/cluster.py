@@ -14,6 +14,7 @@ import dataclasses
 import json
 import urllib.parse
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,20 @@ class AuditRecord:
     name: str
     code: int
     uri: str
+    received: float  # requestReceivedTimestamp, epoch seconds (microsecond resolution)
+    answered: float  # stageTimestamp of ResponseComplete
 
     @property
     def permission(self) -> tuple[str, str, str]:
         return (self.api_group, self.resource, self.verb)
 
 
-def read_audit(path: Path) -> list[AuditRecord]:
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def read_audit(path: Path, user_name: str | None = None) -> list[AuditRecord]:
+    """Finished requests (stage ResponseComplete) of the audit log, optionally of one user."""
     records = []
     with path.open(encoding="utf-8") as lines:
         for line in lines:
@@ -59,6 +67,8 @@ def read_audit(path: Path) -> list[AuditRecord]:
             if ref.get("subresource"):
                 resource += "/" + ref["subresource"]
             user = event.get("user") or {}
+            if user_name is not None and user.get("username") != user_name:
+                continue
             records.append(
                 AuditRecord(
                     user=user.get("username", ""),
@@ -71,6 +81,8 @@ def read_audit(path: Path) -> list[AuditRecord]:
                     name=ref.get("name", ""),
                     code=int((event.get("responseStatus") or {}).get("code", 0)),
                     uri=event.get("requestURI", ""),
+                    received=_epoch(event["requestReceivedTimestamp"]),
+                    answered=_epoch(event["stageTimestamp"]),
                 )
             )
     return records
@@ -133,8 +145,7 @@ class Kube:
     # -- the request logs -----------------------------------------------------------------
     def audit(self, user: str | None = None) -> list[AuditRecord]:
         """The API server's own record of every finished request, optionally of one user."""
-        records = read_audit(self.plane.audit_log)
-        return [r for r in records if user is None or r.user == user]
+        return read_audit(self.plane.audit_log, user)
 
     def rbac_usage(self, user: str) -> set[tuple[str, str, str]]:
         """(apiGroup, resource[/subresource], verb) of every request `user` made to a resource
