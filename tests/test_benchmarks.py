@@ -2,9 +2,10 @@
 has a choice) and prints its markdown table; --no-record keeps benchmarks/RESULTS.md untouched
 and --cache-dir sends caches to a temporary directory.
 
-On an idle 2-core machine operator_scale takes ~3 s, apo_policy, apo_rm_repro and
-trainer_efficiency 7-11 s each (two to five times that under load); overhead plays a game
-twice through real phase processes (~70 s) and is marked slow.
+On a 2-core machine operator_scale takes ~10-20 s (it starts a control plane of its own),
+apo_policy, apo_rm_repro and trainer_efficiency 7-11 s each (two to five times that under
+load); overhead plays a game locally and on a control plane with the process kubelet (~90-110 s)
+and is marked slow.
 """
 
 from __future__ import annotations
