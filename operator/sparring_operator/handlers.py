@@ -79,11 +79,15 @@ def _read_game(memo: kopf.Memo, namespace: str, name: str) -> dict[str, Any] | N
         raise
 
 
-async def _reconcile(memo: kopf.Memo, body: Any) -> None:
-    """One pass over the game, one at a time per game. The pass decides from the game as it is
-    now, read inside the lock: a body handed to a trigger predates any pass that ran while the
-    trigger waited, and deciding from its status again repeats that pass's events."""
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+def _key(body: Any) -> tuple[str, str]:
+    return (body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+async def _reconcile(memo: kopf.Memo, key: tuple[str, str]) -> None:
+    """One pass over the game (namespace, name), one at a time per game. The pass decides from
+    the game as it is now, read inside the lock: a body handed to a trigger predates any pass
+    that ran while the trigger waited, and deciding from its status again repeats that pass's
+    events."""
     lock = memo.locks.setdefault(key, asyncio.Lock())  # one pass per game at a time
     async with lock:
         started = time.perf_counter()
@@ -92,6 +96,8 @@ async def _reconcile(memo: kopf.Memo, body: Any) -> None:
             if current is None:
                 memo.locks.pop(key, None)
                 return  # deleted meanwhile; garbage collection removes its Jobs
+            if current["metadata"].get("deletionTimestamp"):
+                return  # going (foreground deletion): start nothing new for it
             decision = await asyncio.to_thread(memo.reconciler.reconcile, current)
         except kopf.TemporaryError:
             raise  # e.g. the store is down: status says so; kopf retries
@@ -117,21 +123,21 @@ RETRY_BACKOFF = RESYNC_SECONDS
 @kopf.on.create(GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", backoff=RETRY_BACKOFF)
 async def game_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await _reconcile(memo, body)
+    await _reconcile(memo, _key(body))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def game_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Keep the latest body of every game for the resync loop (`type` None: the initial list);
-    forget a deleted game, its metric series included (an on.delete handler would only run
-    for objects held back by a finalizer)."""
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    """Keep the set of games for the resync loop (`type` None: the initial list); forget a
+    deleted game, its metric series included (an on.delete handler would only run for objects
+    held back by a finalizer)."""
+    key = _key(body)
     if type == "DELETED":
-        memo.games.pop(key, None)
+        memo.games.discard(key)
         memo.locks.pop(key, None)
         metrics.GAMES.forget(*key)
     else:
-        memo.games[key] = dict(body)
+        memo.games.add(key)
 
 
 async def _resync_forever(memo: kopf.Memo) -> None:
@@ -141,21 +147,19 @@ async def _resync_forever(memo: kopf.Memo) -> None:
     due: dict[tuple[str, str], float] = {}
     while True:
         now = loop.time()
-        for key, body in list(memo.games.items()):
+        for key in list(memo.games):
             # A new game was just reconciled by its create handler: first resync one tick later.
             if due.setdefault(key, now + RESYNC_SECONDS) > now:
                 continue
             due[key] = now + RESYNC_SECONDS
-            if body["metadata"].get("deletionTimestamp"):
-                continue
             try:
-                await _reconcile(memo, body)
+                await _reconcile(memo, key)
             except kopf.TemporaryError as exc:
                 due[key] = now + (exc.delay or RETRY_BACKOFF)
             except Exception:
                 logging.getLogger(__name__).exception("resync of %s/%s failed", *key)
                 due[key] = now + RETRY_BACKOFF
-        for key in set(due) - set(memo.games):
+        for key in set(due) - memo.games:
             del due[key]
         wake = min(due.values(), default=now + RESYNC_SECONDS)
         await asyncio.sleep(max(0.1, wake - loop.time()))
@@ -163,7 +167,7 @@ async def _resync_forever(memo: kopf.Memo) -> None:
 
 @kopf.on.startup()
 async def start_resync(memo: kopf.Memo, **_: Any) -> None:
-    memo.games = {}
+    memo.games = set()
     memo.resync = asyncio.create_task(_resync_forever(memo), name="sparring-resync")
 
 
@@ -177,8 +181,7 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_GAME: kopf.PRESENT})
 async def job_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A phase Job changed (or vanished): reconcile its game now rather than at the next tick."""
-    namespace, game = body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_GAME]
-    await _reconcile(memo, {"metadata": {"namespace": namespace, "name": game}})
+    await _reconcile(memo, (body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_GAME]))
 
 
 @kopf.on.probe(id="games")
