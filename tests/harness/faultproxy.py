@@ -1,9 +1,10 @@
 """A fault-injecting reverse proxy between a Kubernetes client and a real kube-apiserver.
 
 A real API server cannot be told to answer 429, to drop its watch streams or to expire a
-resourceVersion on demand, so the operator under test talks to this proxy instead (plain HTTP on
-127.0.0.1, see :meth:`FaultProxy.write_kubeconfig`) and the proxy forwards everything to the API
-server over verified TLS, byte for byte, except what a test asked it to break.
+resourceVersion on demand, so the operator under test talks to this proxy instead (plain HTTP
+on 127.0.0.1, through a kubeconfig from ``controlplane.write_kubeconfig`` with a bearer token)
+and the proxy forwards everything to the API server over verified TLS, byte for byte, except
+what a test asked it to break.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any
 
 import aiohttp
 import aiohttp.web
-import yaml
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -239,22 +239,6 @@ class FaultProxy:
         if watches:
             await asyncio.wait([asyncio.ensure_future(w.closed.wait()) for w in watches], timeout=5)
         return len(watches)
-
-    def write_kubeconfig(self, path: Path, token: str, namespace: str = "default") -> Path:
-        name = "fault-proxy"
-        context = {"cluster": name, "user": name, "namespace": namespace}
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": name, "cluster": {"server": self.url}}],
-            "users": [{"name": name, "user": {"token": token}}],
-            "contexts": [{"name": name, "context": context}],
-            "current-context": name,
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        path.chmod(0o600)  # it holds a bearer token
-        return path
 
     # -- request handling --------------------------------------------------------------------
     def _take_fault(self, method: str, path_qs: str) -> ProxyFault | None:

@@ -104,11 +104,7 @@ class NodeView:
                 job = self.kube.get("batch/v1/jobs", job_name)
             except ApiException:
                 return None
-            conditions = ((job or {}).get("status") or {}).get("conditions") or []
-            finished = any(
-                c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conditions
-            )
-            return job if finished else None
+            return job if job is not None and job_finished(job) else None
 
         return wait_for(done, timeout, message=f"Job {job_name} never finished")
 
