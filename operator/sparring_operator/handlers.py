@@ -127,14 +127,17 @@ async def game_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def game_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def game_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Keep the set of games for the resync loop (`type` None: the initial list); forget a
     deleted game, its metric series included (an on.delete handler would only run for objects
     held back by a finalizer)."""
     key = _key(body)
     if type == "DELETED":
         memo.games.discard(key)
-        memo.locks.pop(key, None)
+        lock = memo.locks.pop(key, None)
+        if lock is not None:
+            async with lock:
+                pass  # a pass in flight exports the game's series: let it end, then forget
         metrics.GAMES.forget(*key)
     else:
         memo.games.add(key)
