@@ -61,6 +61,13 @@ def test_stored_status_loses_stale_fields_and_unchanged_passes_write_nothing(
 
     status = obj["status"]
     assert "currentPhase" not in status and "activeJob" not in status, status
+    # One event per transition, even with passes queued behind each other (issue 13, item 5).
+    events = kube_env.list("v1/events")
+    posted = [(e["reason"], e["message"]) for e in events for _ in range(e.get("count") or 1)]
+    assert [r for r, _ in posted].count("GameSucceeded") == 1, posted
+    transitions = [p for p in posted if p[0] in ("PhaseStarted", "PhaseSucceeded")]
+    assert len(transitions) == len(set(transitions)), sorted(transitions)
+    assert [r for r, _ in transitions].count("PhaseStarted") == 6  # prepare + five phases
     assert {j["name"] for j in seen} >= {"apo-tiny-r0000-prepare-a1"}, seen
     for job in seen:
         progress = job.get("progress")
