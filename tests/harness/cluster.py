@@ -28,7 +28,8 @@ from .faultproxy import FaultProxy, ProxyFault
 
 @dataclasses.dataclass(frozen=True)
 class AuditRecord:
-    """One request as the API server's audit log has it (stage ResponseComplete)."""
+    """One request as the API server's audit log has it (stage ResponseComplete; for a watch,
+    ResponseStarted)."""
 
     user: str
     groups: tuple[str, ...]
@@ -41,7 +42,7 @@ class AuditRecord:
     code: int
     uri: str
     received: float  # requestReceivedTimestamp, epoch seconds (microsecond resolution)
-    answered: float  # stageTimestamp of ResponseComplete
+    answered: float  # stageTimestamp of ResponseComplete (ResponseStarted for a watch)
 
     @property
     def permission(self) -> tuple[str, str, str]:
@@ -53,14 +54,19 @@ def _epoch(stamp: str) -> float:
 
 
 def read_audit(path: Path, user_name: str | None = None) -> list[AuditRecord]:
-    """Finished requests (stage ResponseComplete) of the audit log, optionally of one user."""
+    """Requests of the audit log, optionally of one user: finished ones (ResponseComplete), and
+    watches once started (ResponseStarted), since a watch completes only when it ends, and a
+    killed client's never may."""
     records = []
     with path.open(encoding="utf-8") as lines:
         for line in lines:
             if not line.endswith("\n"):
                 break  # the line being written
             event = json.loads(line)
-            if event.get("stage") not in ("ResponseComplete", "Panic"):
+            stage, code = event.get("stage"), (event.get("responseStatus") or {}).get("code", 0)
+            # A refused watch never starts: its one record is ResponseComplete.
+            started_watch = event.get("verb") == "watch" and int(code) < 400
+            if stage != ("ResponseStarted" if started_watch else "ResponseComplete"):
                 continue
             ref = event.get("objectRef") or {}
             resource = ref.get("resource", "")
