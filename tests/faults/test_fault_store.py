@@ -12,7 +12,7 @@ the phases' own `PhaseContext.read_jsonl/read_metrics/fetch_dir` for the objects
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -176,8 +176,10 @@ def test_phase_inputs_are_checked_against_the_manifest_as_they_are_read(
     doc["spec"]["storage"] = any_storage.model_dump(by_alias=True, exclude_none=True)
     game = GameDocument.model_validate(doc)
 
-    def reader() -> Any:
-        return make_context(game, 1, "score", tmp_path / f"ctx-{hashlib.md5(how.encode())}")
+    scratches = itertools.count()
+
+    def reader() -> Any:  # a fresh scratch each time: no local copy from the intact read
+        return make_context(game, 1, "score", tmp_path / f"ctx-{next(scratches)}")
 
     assert read(reader())  # intact: read as before
     _damage(store, prefix + name, how)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -164,7 +165,12 @@ class PhaseContext:
         if local is None:
             local = self.scratch / "inputs" / f"round-{round:04d}" / phase / name
             if not local.exists():
-                self.store.download_tree(prefix, local)
+                # Download beside it and rename: a pod killed mid-download must not leave
+                # a half directory that the next attempt takes for a finished copy.
+                partial = local.with_name(local.name + ".partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                self.store.download_tree(prefix, partial)
+                partial.rename(local)
         if prefix not in self._verified:
             files = [n for n in self._manifests[base]["files"] if n.startswith(rel)]
             if not files:
