@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from sparring_operator.api import AdversarialGame, AdversarialGameStatus
-from sparring_operator.core import (
+from sparring_operator.actions import (
     CreateJob,
     DeleteJob,
+    FailJob,
     ObservedJob,
     RecordEvent,
     WriteComplete,
-    decide,
-    spec_hash,
 )
+from sparring_operator.api import AdversarialGame, AdversarialGameStatus
+from sparring_operator.core import decide, spec_hash
 from sparring_operator.machine import phase_sequence
 from sparring_operator.observed import StoreView
 
@@ -121,16 +122,69 @@ def test_failure_is_retried_after_exponential_backoff_then_gives_up() -> None:
     assert {c.type: c.status for c in d.status.conditions}["Stalled"] == "True"
 
 
-def test_bad_input_is_not_retried() -> None:
-    jobs = [
-        job("sample", 1, "Failed", finished=T0, reason="PodFailurePolicy", message="no such file")
-    ]
-    d = run(game(), jobs, view((0, "prepare")), now=T0 + 1000)
-    assert (
-        creates(d) == []
-        and d.status.phase == "Failed"
-        and "no such file" in (d.status.message or "")
+def test_bad_input_is_not_retried_but_a_crash_is() -> None:
+    """Every non-zero exit fails the Job by its pod failure policy; the exit code tells bad
+    input (3, 2: fail the game) from a crash (retried)."""
+    bad = replace(
+        job("sample", 1, "Failed", finished=T0, reason="PodFailurePolicy", message="no such file"),
+        exit_code=3,
     )
+    d = run(game(), [bad], view((0, "prepare")), now=T0 + 1000)
+    assert creates(d) == [] and d.status.phase == "Failed"
+    assert "no such file" in (d.status.message or "")
+    crash = replace(bad, exit_code=1, message="Segmentation fault")
+    d = run(game(), [crash], view((0, "prepare")), now=T0 + 1000)
+    assert creates(d) == [CreateJob(1, "sample", 2, "PodFailurePolicy")]
+
+
+def test_a_job_that_succeeded_without_committing_counts_as_a_failed_attempt() -> None:
+    done_but_nothing_committed = job("sample", 1, "Succeeded", finished=T0)
+    d = run(game(), [done_but_nothing_committed], view((0, "prepare")), now=T0 + 10)
+    assert creates(d) == [CreateJob(1, "sample", 2, "Failed")]
+    limit = game(phases={"default": {"retry": {"limit": 0}}})
+    d = run(limit, [done_but_nothing_committed], view((0, "prepare")), now=T0 + 10)
+    assert creates(d) == [] and d.status.phase == "Failed"
+    assert "g-r0001-sample-a1 failed after 1 attempt(s)" in (d.status.message or "")
+
+
+def waiting(reason: str, message: str, since: float = T0) -> ObservedJob:
+    return replace(
+        job("sample", 1, "Active"), waiting=reason, waiting_message=message, waiting_since=since
+    )
+
+
+def test_a_pod_that_cannot_start_is_shown_then_fails_the_attempt_after_the_timeout() -> None:
+    g = game(phases={"default": {"pendingTimeoutSeconds": 300, "retry": {"limit": 1}}})
+    stuck = waiting("ImagePullBackOff", 'Back-off pulling image "nope:1"')
+    d = run(g, [stuck], view((0, "prepare")), now=T0 + 100)
+    running = {c.type: c for c in d.status.conditions}["Running"]
+    assert (running.status, running.reason) == ("True", "ImagePullBackOff")
+    assert 'Back-off pulling image "nope:1"' in running.message
+    assert "in 200 s" in (d.status.message or "") and d.requeue_after == 200
+    assert not any(isinstance(a, FailJob) for a in d.actions)
+    d = run(g, [stuck], view((0, "prepare")), now=T0 + 300)
+    [fail] = [a for a in d.actions if isinstance(a, FailJob)]
+    assert (fail.name, fail.reason) == ("g-r0001-sample-a1", "ImagePullBackOff")
+    assert "pendingTimeoutSeconds=300" in fail.message and "nope:1" in fail.message
+    assert not creates(d)  # the next attempt comes from the failed Job, after its backoff
+
+
+def test_a_job_queued_by_kueue_is_shown_but_never_timed_out() -> None:
+    queued = waiting("Queued", "suspended, waiting for admission by Kueue queue team-a")
+    d = run(game(), [queued], view((0, "prepare")), now=T0 + 86_400 * 7)
+    assert not any(isinstance(a, FailJob) for a in d.actions) and d.requeue_after is None
+    assert "Kueue queue team-a" in (d.status.message or "")
+    assert {c.type: c.reason for c in d.status.conditions}["Running"] == "Queued"
+
+
+def test_status_depends_on_the_injected_clock_only() -> None:
+    """The same observations at the same `now` give the same status, to the character."""
+    jobs, v = [job("sample", 1, "Failed", finished=T0)], view((0, "prepare"))
+    first = run(game(), jobs, v, now=T0 + 5)
+    assert run(game(), jobs, v, now=T0 + 5).status == first.status
+    stamps = {c.last_transition_time for c in first.status.conditions}
+    assert stamps == {"2023-11-14T22:13:25Z"}, stamps  # T0 + 5, not the wall clock
+    assert first.status.rounds_done == "0/1"
 
 
 def test_a_deleted_job_is_recreated_as_the_next_attempt() -> None:

@@ -211,9 +211,10 @@ def test_names_scope_and_version(crd: dict[str, Any]) -> None:
 def test_printer_columns(crd: dict[str, Any]) -> None:
     columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
     assert [(c["name"], c["jsonPath"], c["type"]) for c in columns] == [
-        ("Round", ".status.currentRound", "integer"),
+        ("Rounds", ".status.roundsDone", "string"),
         ("Phase", ".status.currentPhase", "string"),
         ("Status", ".status.phase", "string"),
+        ("Message", ".status.message", "string"),
         ("Age", ".metadata.creationTimestamp", "date"),
     ]
 

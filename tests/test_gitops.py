@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import yaml
 from sparring_operator import validate
+from sparring_operator.actions import ObservedJob
 from sparring_operator.api import API_VERSION, KIND, AdversarialGame, AdversarialGameStatus
-from sparring_operator.core import ObservedJob, decide, invalid_spec_status
+from sparring_operator.core import decide, invalid_spec_status
 from sparring_operator.machine import phase_sequence
 from sparring_operator.observed import StoreView
 
@@ -75,7 +76,9 @@ def committed(*markers: tuple[int, str]) -> StoreView:
     return view
 
 
-def prepare_job(state: str, reason: str = "", message: str = "") -> ObservedJob:
+def prepare_job(
+    state: str, reason: str = "", message: str = "", exit_code: int | None = None
+) -> ObservedJob:
     return ObservedJob(
         "g-r0000-prepare-a1",
         0,
@@ -86,6 +89,7 @@ def prepare_job(state: str, reason: str = "", message: str = "") -> ObservedJob:
         finished_at=T0 + 10,
         reason=reason,
         message=message,
+        exit_code=exit_code,
     )
 
 
@@ -121,7 +125,7 @@ def written_statuses() -> dict[str, AdversarialGameStatus | None]:
         "Succeeded": decided(game(), [], everything).status,
         "Failed": decided(
             game(),
-            [prepare_job("Failed", "PodFailurePolicy", "no such model: ./nope")],
+            [prepare_job("Failed", "PodFailurePolicy", "no such model: ./nope", exit_code=3)],
             StoreView(),
         ).status,
         "InvalidSpec": invalid_spec_status(

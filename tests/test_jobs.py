@@ -179,20 +179,30 @@ def test_job_metadata_and_labels() -> None:
 def test_job_spec_reliability_settings() -> None:
     job = build_job(_game(), 1, "sample", 3, FULL_SETTINGS)
     spec = job["spec"]
-    assert spec["backoffLimit"] == 0
+    # Only disruptions are retried inside the Job, and only up to retry.disruptionLimit.
+    assert spec["backoffLimit"] == 3
     assert "suspend" not in spec
     assert "ttlSecondsAfterFinished" not in spec
     assert spec["activeDeadlineSeconds"] == 3600
     assert spec["template"]["spec"]["restartPolicy"] == "Never"
     rules = spec["podFailurePolicy"]["rules"]
     assert rules[0] == {
-        "action": "Ignore",
+        "action": "Count",
         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
     }
     assert rules[1]["action"] == "FailJob"
     assert rules[1]["onExitCodes"]["containerName"] == "phase"
     assert rules[1]["onExitCodes"]["operator"] == "In"
-    assert rules[1]["onExitCodes"]["values"] == [2, 3]  # bad input; exit 1 stays retryable
+    assert rules[1]["onExitCodes"]["values"] == [2, 3]  # bad input: the operator does not retry
+    # Every other exit fails the Job too (the operator retries it with backoff): the Job's
+    # backoffLimit is spent on disruptions alone.
+    assert rules[2] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "phase", "operator": "NotIn", "values": [0]},
+    }
+    capped = _game(full=False)
+    capped.spec.phases.default.retry.disruption_limit = 0
+    assert build_job(capped, 1, "sample", 1, OperatorSettings())["spec"]["backoffLimit"] == 0
     assert (
         "activeDeadlineSeconds"
         not in build_job(_game(full=False), 1, "sample", 1, OperatorSettings())["spec"]
@@ -334,7 +344,16 @@ def test_container_env_mounts_and_termination_message() -> None:
     mpod = m["spec"]["template"]["spec"]
     assert _container(m)["image"] == "ghcr.io/sparring-dev/sparring-trainer:0.1.0"
     assert _container(m)["imagePullPolicy"] == "IfNotPresent"
-    assert "resources" not in _container(m)
+    # No cpu/memory/GPU: only the scratch disk is requested (the scheduler must find room).
+    assert _container(m)["resources"] == {"requests": {"ephemeral-storage": "50Gi"}}
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}} in mpod["volumes"]
+    big = _game(full=False)
+    big.spec.phases.default.resources.scratch = "400Gi"
+    bjob = build_job(big, 0, "prepare", 1, OperatorSettings())
+    assert _container(bjob)["resources"]["requests"]["ephemeral-storage"] == "400Gi"
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "400Gi"}} in bjob["spec"]["template"][
+        "spec"
+    ]["volumes"]
     assert {v["name"] for v in mpod["volumes"]} == {"game", "scratch"}
     assert "/dev/shm" not in {mt["mountPath"] for mt in _container(m)["volumeMounts"]}
     for key in ("priorityClassName", "nodeSelector", "tolerations", "serviceAccountName"):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from sparring_operator import metrics
 from sparring_operator.api import ActiveJob, AdversarialGameStatus
-from sparring_operator.reconcile import Reconciler
+from sparring_operator.reconcile import Reconciler, _progress_report
+from sparring_operator.status import with_progress
 from sparring_trainer.config import GameDocument, StorageSpec
 from sparring_trainer.contract import make_context
 from sparring_trainer.store import open_store, phase_prefix
@@ -63,15 +64,14 @@ def test_operator_shows_progress_with_eta_in_status_and_as_gauges(tmp_path: Path
             started_at=started,
         ),
     )
-    reconciler = Reconciler(api=None)  # type: ignore[arg-type]  # with_progress reads the store only
-    shown = reconciler.with_progress(status, store, "ns", "g", T + 1)
+    shown = with_progress(status, _progress_report(store, prefix))
     assert shown.active_job is not None and shown.active_job.progress is not None
     progress = shown.active_job.progress
     assert (progress.step, progress.total, progress.percent) == (3, 12, 25.0)
     assert progress.eta_seconds == 90  # 30 s for 3 steps -> 9 steps left take 90 s
     assert progress.unit == "policy steps"
 
-    reconciler.export("ns", "g", shown)
+    Reconciler(api=None).export("ns", "g", shown)  # type: ignore[arg-type]  # no API call
     families = {f.name: f for f in metrics.GAMES.collect()}
     ratio = [
         s for s in families["sparring_game_phase_progress_ratio"].samples if s.labels["name"] == "g"
@@ -94,4 +94,5 @@ def test_no_progress_report_leaves_status_alone(tmp_path: Path) -> None:
         phase="Running",
         active_job=ActiveJob(name="g-r0001-sample-a1", round=1, phase="sample", attempt=1),
     )
-    assert Reconciler(api=None).with_progress(status, store, "ns", "g", T) == status  # type: ignore[arg-type]
+    report = _progress_report(store, phase_prefix("ns", "g", 1, "sample"))
+    assert report is None and with_progress(status, report) == status

@@ -71,6 +71,10 @@ class SchedulingSpec(_Model):
     """Taints phase pods tolerate (e.g. nvidia.com/gpu)."""
 
 
+# A byte quantity as Kubernetes writes one (no exponent forms, no milli-bytes).
+DISK_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+
+
 class ResourceList(_Model):
     """Requests/limits of one phase container."""
 
@@ -80,6 +84,9 @@ class ResourceList(_Model):
     """Memory quantity, e.g. '32Gi'."""
     gpu: Annotated[int, Field(ge=0, le=64)] = 0
     """nvidia.com/gpu count; more than 1 runs the phase under torchrun."""
+    scratch: Annotated[str, Field(pattern=DISK_QUANTITY)] | None = None
+    """Local scratch disk, e.g. '200Gi': the scratch volume's size limit and the pod's
+    ephemeral-storage request (default: the operator's, 50Gi)."""
 
 
 class RetrySpec(_Model):
@@ -89,6 +96,9 @@ class RetrySpec(_Model):
     """Extra attempts after the first failure."""
     backoff_seconds: Annotated[int, Field(ge=1, le=86400)] = 30
     """First retry delay; doubles on each further attempt."""
+    disruption_limit: Annotated[int, Field(ge=0, le=20)] = 3
+    """Pod disruptions (preemption, eviction, node drain) one attempt survives, its pod replaced
+    each time without using a retry; one more fails the attempt."""
 
 
 class PhaseSpec(_Model):
@@ -102,6 +112,10 @@ class PhaseSpec(_Model):
     """Retry policy."""
     deadline_seconds: Annotated[int, Field(ge=1)] | None = None
     """activeDeadlineSeconds of the phase Job."""
+    pending_timeout_seconds: Annotated[int, Field(ge=10, le=86400)] = 900
+    """How long a pod may be kept from starting (unschedulable, image not pullable, missing
+    Secret or ServiceAccount) before the attempt counts as failed; a Job queued by Kueue waits
+    without limit."""
 
 
 class PhasesSpec(_Model):
@@ -251,6 +265,8 @@ class AdversarialGameStatus(_Model):
     """Phase being played."""
     completed_rounds: int = 0
     """Rounds whose every phase committed."""
+    rounds_done: str | None = None
+    """Completed rounds out of spec.rounds, e.g. '2/3'."""
     observed_generation: int | None = None
     """Spec generation this status reflects."""
     conditions: list[Condition] = []
@@ -262,7 +278,7 @@ class AdversarialGameStatus(_Model):
     latest_checkpoint: str | None = None
     """URI of the newest committed policy checkpoint."""
     message: str | None = None
-    """Why the game failed or is stalled."""
+    """What the game is doing or why it stopped, in short (conditions hold the whole text)."""
 
 
 class ObjectMeta(_Model):

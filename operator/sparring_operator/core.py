@@ -1,91 +1,42 @@
 """The operator's pure decision core: (spec, status, observed Jobs, store) -> actions + status.
 
-No API calls and no clock reads happen here: `reconcile.py` observes the world, calls `decide`,
-and carries out the actions. That makes every lifecycle rule (retries with backoff, preemption,
-suspend, deadlines, growing rounds, GitOps re-creation) a plain unit test.
+No API calls and no clock reads happen here: `reconcile.py` observes the world, calls `decide`
+with the time, and carries out the actions. Every lifecycle rule (retries with backoff, bad
+input, pods that never start, suspend, deadlines, growing rounds, GitOps re-creation) is a
+plain unit test.
 
-Reconcile, in numbered steps (kubebuilder's shape):
-1. the spec is valid, or the game fails with the field named and no Jobs;
+`decide` in named steps (kubebuilder's shape):
+1. refuse what must not be played (a store holding another spec's game, unpublishable output);
 2. the game machine says which (round, phase) is next, from committed store markers alone;
-3. the Jobs of that phase say whether it runs, failed (retry after backoff or give up), or has
-   not started; preempted pods never use up the retry budget;
-4. suspend and deadlines override;
-5. status is recomputed from all of the above; conditions keep their transition times.
+3. the first rule that applies to that phase's Jobs decides: deadline, suspend, running (or
+   stuck before it runs), bad input, out of retries, retry after backoff, start;
+4. status is computed once, in `status.game_status`; a change of the game's phase posts one
+   event.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, replace
 
-from sparring_operator.api import (
-    ActiveJob,
-    AdversarialGame,
-    AdversarialGameStatus,
-    Condition,
+from sparring_operator.actions import (
+    STUCK_REASONS,
+    Action,
+    CreateJob,
+    Decision,
+    DeleteJob,
+    FailJob,
+    ObservedJob,
+    RecordEvent,
+    WriteComplete,
 )
+from sparring_operator.api import ActiveJob, AdversarialGame, AdversarialGameStatus
+from sparring_operator.jobs import NON_RETRYABLE_EXIT_CODES
 from sparring_operator.jobs import job_name as job_name_of
 from sparring_operator.machine import EarlyStop, GameDone, RunPhase, completed_rounds, next_step
-from sparring_operator.observed import StoreView, build_status
-
-# ---- what reconcile observes --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ObservedJob:
-    """A phase Job as seen in the API (plus its pod's termination message when it ended)."""
-
-    name: str
-    round: int
-    phase: str
-    attempt: int
-    state: str  # Active | Succeeded | Failed
-    created_at: float  # epoch seconds
-    finished_at: float | None = None
-    reason: str = ""  # Job condition reason, e.g. BackoffLimitExceeded, DeadlineExceeded
-    message: str = ""  # the pod's termination message (error summary) or condition message
-
-
-# ---- what reconcile does ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CreateJob:
-    round: int
-    phase: str
-    attempt: int
-    retry_reason: str | None = None  # why an earlier attempt ended (for the retries metric)
-
-
-@dataclass(frozen=True)
-class DeleteJob:
-    name: str
-
-
-@dataclass(frozen=True)
-class RecordEvent:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class WriteComplete:
-    """Mark the game finished in the store with a hash of its spec (GitOps re-creation)."""
-
-    spec_hash: str
-
-
-Action = CreateJob | DeleteJob | RecordEvent | WriteComplete
-
-
-@dataclass
-class Decision:
-    status: AdversarialGameStatus
-    actions: list[Action] = field(default_factory=list)
-    requeue_after: float | None = None  # seconds; None: wait for the next event or timer
+from sparring_operator.observed import StoreView
+from sparring_operator.status import Outcome, game_status, iso
 
 
 def spec_hash(game: AdversarialGame) -> str:
@@ -95,73 +46,103 @@ def spec_hash(game: AdversarialGame) -> str:
     return hashlib.sha256(json.dumps(essence, sort_keys=True).encode()).hexdigest()
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+# ---- refusals: the game fails for good, with a reason on every condition ------------------
 
 
-def _keep_transition_times(new: list[Condition], old: list[Condition]) -> list[Condition]:
-    """A condition's lastTransitionTime changes only when its status does (metav1 rule)."""
-    previous = {c.type: c for c in old}
-    kept = []
-    for cond in new:
-        before = previous.get(cond.type)
-        if before is not None and before.status == cond.status:
-            cond = cond.model_copy(update={"last_transition_time": before.last_transition_time})
-        kept.append(cond)
-    return kept
-
-
-def _with_condition(status: AdversarialGameStatus, cond: Condition) -> AdversarialGameStatus:
-    others = [c for c in status.conditions if c.type != cond.type]
-    return status.model_copy(update={"conditions": [*others, cond]})
-
-
-def _cond(
-    type_: str, ok: bool, reason: str, message: str, now: float, gen: int | None
-) -> Condition:
-    return Condition(
-        type=type_,
-        status="True" if ok else "False",
-        reason=reason,
-        message=message,
-        last_transition_time=_iso(now),
-        observed_generation=gen,
+def refused(
+    reason: str,
+    message: str,
+    old: AdversarialGameStatus,
+    now: float,
+    generation: int | None,
+    view: StoreView | None = None,
+    total: int | None = None,
+) -> Decision:
+    """Failed for good with `reason` (InvalidSpec, SpecConflict, BadPhaseOutput) and no Jobs;
+    the history already in status stays."""
+    outcome = Outcome("Failed", reason, message)
+    status = game_status(
+        outcome,
+        view or StoreView(),
+        old.completed_rounds,
+        total,
+        old,
+        now,
+        generation,
     )
+    status = status.model_copy(
+        update={"rounds": old.rounds, "latest_checkpoint": old.latest_checkpoint}
+    )
+    return Decision(status, _transition_events(old, outcome))
 
 
 def invalid_spec_status(
-    message: str, old: AdversarialGameStatus, now: float, gen: int | None
+    message: str, old: AdversarialGameStatus, now: float, generation: int | None
 ) -> AdversarialGameStatus:
     """A game that slipped past the schema: Failed, with the field named, and no Jobs."""
-    status = AdversarialGameStatus(
-        phase="Failed",
-        observed_generation=gen,
-        message=message,
-        completed_rounds=old.completed_rounds,
-        rounds=old.rounds,
-        latest_checkpoint=old.latest_checkpoint,
-        conditions=[
-            _cond(t, t in ("Failed", "Stalled"), "InvalidSpec", message, now, gen)
-            for t in ("Ready", "Running", "Succeeded", "Failed", "Stalled")
-        ],
-    )
-    return status.model_copy(
-        update={"conditions": _keep_transition_times(status.conditions, old.conditions)}
-    )
+    return refused("InvalidSpec", message, old, now, generation).status
 
 
-def _refuse(
-    reason: str, message: str, old: AdversarialGameStatus, now: float, gen: int | None
-) -> Decision:
-    """Failed for good with `reason` on every condition, one Warning event on the way in."""
-    status = invalid_spec_status(message, old, now, gen)
-    status = status.model_copy(
-        update={"conditions": [c.model_copy(update={"reason": reason}) for c in status.conditions]}
-    )
-    events: list[Action] = (
-        [] if old.phase == "Failed" else [RecordEvent("Warning", reason, message)]
-    )
-    return _finish(status, old, events, None)
+def _refusal(
+    game: AdversarialGame, view: StoreView, complete_hash: str | None
+) -> tuple[str, str] | None:
+    if complete_hash is not None and complete_hash != spec_hash(game):
+        # The store holds a finished game of this name that computed something else: replaying
+        # on top of its artifacts would mix two games. GitOps re-creation must keep the spec.
+        return "SpecConflict", (
+            "the store holds a finished game of this name with a different spec.game/storage; "
+            "use a new game name (or remove its store prefix) to play a different game"
+        )
+    if view.bad_output is not None:
+        # Output the operator cannot publish (NaN, a non-number, hundreds of keys): retrying the
+        # same image would commit the same, so the game fails, naming phase and key.
+        return "BadPhaseOutput", view.bad_output[1]
+    return None
+
+
+# ---- the decision ---------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What one rule decided: the game's outcome, what to do, and when to look again."""
+
+    outcome: Outcome
+    actions: list[Action] = field(default_factory=list)
+    requeue: float | None = None
+
+
+@dataclass(frozen=True)
+class PhaseJobs:
+    """Everything the rules need to know about the phase to play."""
+
+    game: AdversarialGame
+    step: RunPhase
+    jobs: list[ObservedJob]  # this phase's, oldest attempt first
+    active: list[ObservedJob]  # every active Job of the game
+    running: ObservedJob | None
+    # Attempts that ended without committing: Failed Jobs, and "succeeded" ones whose outputs
+    # never committed (the phase is still uncommitted, or it would not be played).
+    failures: list[ObservedJob]
+    # Attempts continue from the highest seen, in the API or in status, so that a Job deleted by
+    # someone is recreated as the next attempt instead of reusing its name.
+    last_attempt: int
+    created_at: float
+    now: float
+
+    def attempt(self, attempt: int, started: float | None = None) -> ActiveJob:
+        """An attempt of this phase, as status.activeJob shows it."""
+        return ActiveJob(
+            name=job_name_of(self.game.metadata.name, self.step.round, self.step.phase, attempt),
+            round=self.step.round,
+            phase=self.step.phase,
+            attempt=attempt,
+            started_at=iso(started) if started is not None else None,
+        )
+
+    @property
+    def where(self) -> str:
+        return f"round {self.step.round} {self.step.phase}"
 
 
 def decide(
@@ -176,188 +157,257 @@ def decide(
 ) -> Decision:
     spec = game.spec
     kind = spec.game.kind
+    done = completed_rounds(kind, view.committed)
+    if (refusal := _refusal(game, view, complete_hash)) is not None:
+        return refused(*refusal, old, now, generation, view, spec.rounds)
     early = (
         EarlyStop(spec.early_stop.metric, spec.early_stop.threshold, spec.early_stop.direction)
         if spec.early_stop
         else None
     )
-    done = completed_rounds(kind, view.committed)
-    if complete_hash is not None and complete_hash != spec_hash(game):
-        # The store holds a finished game of this name that computed something else: replaying
-        # on top of its artifacts would mix two games. GitOps re-creation must keep the spec.
-        message = (
-            "the store holds a finished game of this name with a different spec.game/storage; "
-            "use a new game name (or remove its store prefix) to play a different game"
-        )
-        return _refuse("SpecConflict", message, old, now, generation)
-    if view.bad_output is not None:
-        # Output the operator cannot publish (NaN, a non-number, hundreds of keys): retrying the
-        # same image would commit the same, so the game fails, naming phase and key.
-        return _refuse("BadPhaseOutput", view.bad_output[1], old, now, generation)
     step = next_step(kind, spec.rounds, view.committed, view.round_metrics(), early)
-    actions: list[Action] = []
-    requeue: float | None = None
     active = [j for j in jobs if j.state == "Active"]
-
     if isinstance(step, GameDone):
-        status = build_status(view, step, done, generation=generation)
-        # A Job of an uncommitted phase beyond the game's end (rounds shrank) is stopped; one
-        # whose phase committed is left to finish, so its record and message stay readable.
-        actions += [DeleteJob(j.name) for j in active if (j.round, j.phase) not in view.committed]
-        last_round = max((m[0] for m in view.committed), default=0)
-        actions += _retired(jobs, view, last_round)
-        this_hash = spec_hash(game)
-        if complete_hash != this_hash:
-            actions.append(WriteComplete(this_hash))
-        if old.phase != "Succeeded":
-            actions.append(RecordEvent("Normal", "GameSucceeded", step.message))
-        return _finish(status, old, actions, None)
+        plan = _game_done(game, step, active, view, complete_hash)
+        plan.actions += _retired(jobs, view, max((m[0] for m in view.committed), default=0))
+    else:
+        phase = _phase_jobs(game, step, jobs, active, old, created_at, now)
+        plan = (
+            _deadline(phase)
+            or _suspended(phase)
+            or _running(phase)
+            or _bad_input(phase)
+            or _out_of_retries(phase)
+            or _retry(phase)
+            or _start(phase)
+        )
+        # Active Jobs of other phases: those that committed are finishing (left alone); any other
+        # would run out of order (the spec changed under it), so it is stopped.
+        stale = [
+            j
+            for j in active
+            if (j.round, j.phase) not in ((step.round, step.phase), *view.committed)
+        ]
+        plan.actions = [
+            *_phase_committed(old, view),
+            *(DeleteJob(j.name) for j in stale if DeleteJob(j.name) not in plan.actions),
+            *_retired(jobs, view, step.round),
+            *plan.actions,
+        ]
+    status = game_status(plan.outcome, view, done, spec.rounds, old, now, generation)
+    return Decision(status, plan.actions + _transition_events(old, plan.outcome), plan.requeue)
 
-    assert isinstance(step, RunPhase)
-    if old.current_phase is not None and (old.current_round, old.current_phase) in view.committed:
-        finished = view.metrics.get((old.current_round, old.current_phase), {})
-        seconds = finished.get("compute_seconds")
-        took = f" in {seconds:.0f} s" if seconds is not None else ""
-        done_msg = f"round {old.current_round} {old.current_phase} committed{took}"
-        actions.append(RecordEvent("Normal", "PhaseSucceeded", done_msg))
-    phase_jobs = sorted(
+
+def _game_done(
+    game: AdversarialGame,
+    step: GameDone,
+    active: list[ObservedJob],
+    view: StoreView,
+    complete_hash: str | None,
+) -> Plan:
+    # A Job of an uncommitted phase beyond the game's end (rounds shrank) is stopped; one whose
+    # phase committed is left to finish, so its record and message stay readable.
+    actions: list[Action] = [
+        DeleteJob(j.name) for j in active if (j.round, j.phase) not in view.committed
+    ]
+    this_hash = spec_hash(game)
+    if complete_hash != this_hash:
+        actions.append(WriteComplete(this_hash))
+    return Plan(Outcome("Succeeded", step.reason, step.message, step), actions)
+
+
+def _phase_jobs(
+    game: AdversarialGame,
+    step: RunPhase,
+    jobs: list[ObservedJob],
+    active: list[ObservedJob],
+    old: AdversarialGameStatus,
+    created_at: float,
+    now: float,
+) -> PhaseJobs:
+    mine = sorted(
         (j for j in jobs if (j.round, j.phase) == (step.round, step.phase)), key=lambda j: j.attempt
     )
-    # Active Jobs of other phases: those that committed are finishing (left alone); any other
-    # would run out of order (the spec changed under it), so it is stopped.
-    here = (step.round, step.phase)
-    stale = [j for j in active if (j.round, j.phase) not in (here, *view.committed)]
-    actions += [DeleteJob(j.name) for j in stale]
-    actions += _retired(jobs, view, step.round)
-    retry = spec.phases.for_phase(step.phase).retry
-    failures = [j for j in phase_jobs if j.state == "Failed"]
-    # A phase's Job that "succeeded" without committing its outputs counts as a failure too.
-    failures += [j for j in phase_jobs if j.state == "Succeeded"]
-    running = next((j for j in reversed(phase_jobs) if j.state == "Active"), None)
-    # Attempts continue from the highest seen, in the API or in status, so that a Job deleted
-    # by someone is recreated as the next attempt instead of reusing its name.
-    last_attempt = max([j.attempt for j in phase_jobs] + [_status_attempt(old, step)], default=0)
-    failed_message: str | None = None
-    suspended = False
+    remembered = old.active_job
+    from_status = (
+        remembered.attempt
+        if remembered is not None
+        and (remembered.round, remembered.phase) == (step.round, step.phase)
+        else 0
+    )
+    return PhaseJobs(
+        game=game,
+        step=step,
+        jobs=mine,
+        active=active,
+        running=next((j for j in reversed(mine) if j.state == "Active"), None),
+        failures=[j for j in mine if j.state in ("Failed", "Succeeded")],
+        last_attempt=max([j.attempt for j in mine] + [from_status]),
+        created_at=created_at,
+        now=now,
+    )
 
-    if spec.active_deadline_seconds and now - created_at > spec.active_deadline_seconds:
-        failed_message = f"game exceeded activeDeadlineSeconds={spec.active_deadline_seconds}"
-        actions += [DeleteJob(j.name) for j in active]
-    elif spec.suspend:
-        suspended = True
-        actions += [DeleteJob(j.name) for j in active if j not in stale]
-    elif running is not None:
-        pass
-    elif fatal := [j for j in failures if j.reason == "PodFailurePolicy"]:
-        # The trainer exited "bad input" (exit 3): the same input fails again, so no retry.
-        failed_message = (
-            f"round {step.round} {step.phase}: Job {fatal[-1].name} failed on bad input: "
-            f"{fatal[-1].message or fatal[-1].reason}"
+
+def _running_outcome(
+    p: PhaseJobs, job: ActiveJob | None, message: str = "", reason: str = "PhaseRunning"
+) -> Outcome:
+    return Outcome(
+        "Running", reason, message or f"round {p.step.round}: {p.step.phase}", p.step, job
+    )
+
+
+def _deadline(p: PhaseJobs) -> Plan | None:
+    limit = p.game.spec.active_deadline_seconds
+    if not limit or p.now - p.created_at <= limit:
+        return None
+    message = f"game exceeded activeDeadlineSeconds={limit}"
+    return Plan(
+        Outcome("Failed", "PhaseFailed", message, p.step), [DeleteJob(j.name) for j in p.active]
+    )
+
+
+def _suspended(p: PhaseJobs) -> Plan | None:
+    if not p.game.spec.suspend:
+        return None
+    # No Job runs while suspended, but the interrupted attempt stays named in status: the next
+    # one after resume gets a new name, since pods of the deleted Job may still be terminating
+    # under the old one.
+    job = None
+    if p.last_attempt:
+        job = p.attempt(p.last_attempt)
+    message = f"suspended before round {p.step.round} {p.step.phase}"
+    stop: list[Action] = [DeleteJob(j.name) for j in p.jobs if j.state == "Active"]
+    return Plan(Outcome("Suspended", "Suspended", message, p.step, job), stop)
+
+
+def _running(p: PhaseJobs) -> Plan | None:
+    job = p.running
+    if job is None:
+        return None
+    shown = p.attempt(job.attempt, started=job.created_at)
+    if not job.waiting:
+        return Plan(_running_outcome(p, shown))
+    # Its pod is not running: say why where `kubectl get` shows it, and give up on the attempt
+    # once it waited too long for something that does not come by waiting.
+    timeout = p.game.spec.phases.for_phase(p.step.phase).pending_timeout_seconds
+    waited = p.now - (job.waiting_since or job.created_at)
+    what = f"{p.where}: Job {job.name} waiting: {job.waiting}: {job.waiting_message}".rstrip(": ")
+    if job.waiting not in STUCK_REASONS:
+        return Plan(_running_outcome(p, shown, what, job.waiting))
+    if waited < timeout:
+        left = f" (counts as a failed attempt in {timeout - waited:.0f} s)"
+        return Plan(_running_outcome(p, shown, what + left, job.waiting), requeue=timeout - waited)
+    gave_up = (
+        f"pod did not start within pendingTimeoutSeconds={timeout}: "
+        f"{job.waiting}: {job.waiting_message}"
+    )
+    return Plan(
+        _running_outcome(p, shown, what, job.waiting), [FailJob(job.name, job.waiting, gave_up)]
+    )
+
+
+def _bad_input(p: PhaseJobs) -> Plan | None:
+    # The trainer exited "bad input" (exit 3) or "bad usage" (2): the same input fails again,
+    # so no retry.
+    fatal = [
+        j
+        for j in p.failures
+        if j.reason == "PodFailurePolicy" and j.exit_code in NON_RETRYABLE_EXIT_CODES
+    ]
+    if not fatal:
+        return None
+    last = fatal[-1]
+    message = f"{p.where}: Job {last.name} failed on bad input: {last.message or last.reason}"
+    return Plan(Outcome("Failed", "PhaseFailed", message, p.step))
+
+
+def _out_of_retries(p: PhaseJobs) -> Plan | None:
+    if len(p.failures) <= p.game.spec.phases.for_phase(p.step.phase).retry.limit:
+        return None
+    last = p.failures[-1]
+    message = (
+        f"{p.where}: Job {last.name} failed after {len(p.failures)} attempt(s): "
+        f"{last.message or last.reason or 'no message'}"
+    )
+    return Plan(Outcome("Failed", "PhaseFailed", message, p.step))
+
+
+def _retry(p: PhaseJobs) -> Plan | None:
+    if not p.failures:
+        return None
+    last = max(p.failures, key=lambda j: j.finished_at or j.created_at)
+    backoff = p.game.spec.phases.for_phase(p.step.phase).retry.backoff_seconds
+    ready_at = (last.finished_at or last.created_at) + backoff * 2 ** (len(p.failures) - 1)
+    shown = p.attempt(p.last_attempt)
+    if p.now < ready_at:
+        wait = ready_at - p.now
+        outcome = replace(
+            _running_outcome(p, shown), backing_off=f"retrying {p.where} in {wait:.0f} s"
         )
-    elif len(failures) > retry.limit:
-        last = failures[-1]
-        failed_message = (
-            f"round {step.round} {step.phase}: Job {last.name} failed after {len(failures)} "
-            f"attempt(s): {last.message or last.reason or 'no message'}"
+        return Plan(outcome, requeue=wait)
+    attempt = p.last_attempt + 1
+    started = p.attempt(attempt, started=p.now)
+    if p.last_attempt != last.attempt:  # the failed Job is gone already; a newer attempt is due
+        return Plan(
+            _running_outcome(p, started),
+            [CreateJob(p.step.round, p.step.phase, attempt, "JobDeleted")],
         )
-    elif failures:
-        last = max(failures, key=lambda j: j.finished_at or j.created_at)
-        delay = retry.backoff_seconds * 2 ** (len(failures) - 1)
-        ready_at = (last.finished_at or last.created_at) + delay
-        if now >= ready_at and last_attempt == last.attempt:
-            reason = last.reason or "Failed"
-            actions.append(CreateJob(step.round, step.phase, last_attempt + 1, reason))
-            actions.append(
-                RecordEvent(
-                    "Warning",
-                    "PhaseRetried",
-                    f"round {step.round} {step.phase}: attempt {last_attempt + 1} after "
-                    f"{last.name} failed: {last.message or last.reason}",
-                )
-            )
-        elif now >= ready_at:  # the failed Job is gone already; a newer attempt is due
-            actions.append(CreateJob(step.round, step.phase, last_attempt + 1, "JobDeleted"))
-        else:
-            requeue = ready_at - now
-    else:
-        attempt = last_attempt + 1 if last_attempt and not phase_jobs else max(1, last_attempt)
-        deleted = "JobDeleted" if attempt > 1 else None  # its Job vanished (deleted by someone)
-        actions.append(CreateJob(step.round, step.phase, attempt, deleted))
-        actions.append(
+    why = last.message or last.reason
+    return Plan(
+        _running_outcome(p, started),
+        [
+            CreateJob(p.step.round, p.step.phase, attempt, last.reason or "Failed"),
             RecordEvent(
-                "Normal", "PhaseStarted", f"round {step.round} {step.phase} (attempt {attempt})"
-            )
-        )
+                "Warning",
+                "PhaseRetried",
+                f"{p.where}: attempt {attempt} after {last.name} failed: {why}",
+            ),
+        ],
+    )
 
-    status = build_status(view, step, done, failed=failed_message, generation=generation)
-    creating = next((a for a in actions if isinstance(a, CreateJob)), None)
-    if suspended and last_attempt:
-        # No Job runs while suspended, but the interrupted attempt stays named here: the next
-        # one after resume gets a new name, since pods of the deleted Job may still be
-        # terminating under the old one.
-        status = status.model_copy(
-            update={
-                "active_job": ActiveJob(
-                    name=job_name_of(game.metadata.name, step.round, step.phase, last_attempt),
-                    round=step.round,
-                    phase=step.phase,
-                    attempt=last_attempt,
-                )
-            }
+
+def _start(p: PhaseJobs) -> Plan:
+    # No Job of this phase exists. A later attempt than 1 means its Job vanished (deleted by
+    # someone): the next attempt gets a new name.
+    attempt = p.last_attempt + 1 if p.last_attempt and not p.jobs else max(1, p.last_attempt)
+    started = p.attempt(attempt, started=p.now)
+    return Plan(
+        _running_outcome(p, started),
+        [
+            CreateJob(p.step.round, p.step.phase, attempt, "JobDeleted" if attempt > 1 else None),
+            RecordEvent("Normal", "PhaseStarted", f"{p.where} (attempt {attempt})"),
+        ],
+    )
+
+
+def _phase_committed(old: AdversarialGameStatus, view: StoreView) -> list[Action]:
+    """One PhaseSucceeded event when the phase status last showed has committed."""
+    marker = (old.current_round, old.current_phase)
+    if old.current_phase is None or marker not in view.committed:
+        return []
+    seconds = view.metrics.get((old.current_round, old.current_phase), {}).get("compute_seconds")
+    took = f" in {seconds:.0f} s" if seconds is not None else ""
+    return [
+        RecordEvent(
+            "Normal",
+            "PhaseSucceeded",
+            f"round {old.current_round} {old.current_phase} committed{took}",
         )
-    if failed_message is None and not suspended:
-        job_name, attempt, started = None, 0, None
-        if running is not None:
-            job_name, attempt, started = running.name, running.attempt, _iso(running.created_at)
-        elif creating is not None:
-            attempt, started = creating.attempt, _iso(now)
-        elif failures:
-            attempt = last_attempt
-        if attempt:
-            job_name = job_name or job_name_of(game.metadata.name, step.round, step.phase, attempt)
-            status = status.model_copy(
-                update={
-                    "active_job": ActiveJob(
-                        name=job_name,
-                        round=step.round,
-                        phase=step.phase,
-                        attempt=attempt,
-                        started_at=started,
-                    )
-                }
-            )
-        if requeue is not None:
-            status = _with_condition(
-                status,
-                # kstatus: Reconciling (in progress), not Stalled (which Flux reads as failed).
-                _cond(
-                    "Reconciling",
-                    True,
-                    "BackingOff",
-                    f"retrying round {step.round} {step.phase} in {requeue:.0f} s",
-                    now,
-                    generation,
-                ),
-            )
-    if suspended:
-        msg = f"suspended before round {step.round} {step.phase}"
-        status = status.model_copy(
-            update={
-                "phase": "Suspended",
-                "conditions": [
-                    _cond("Ready", False, "Suspended", msg, now, generation),
-                    _cond("Running", False, "Suspended", msg, now, generation),
-                    _cond("Suspended", True, "Suspended", msg, now, generation),
-                    _cond("Succeeded", False, "Suspended", msg, now, generation),
-                    _cond("Failed", False, "Suspended", msg, now, generation),
-                ],
-            }
-        )
-        if old.phase != "Suspended":
-            actions.append(RecordEvent("Normal", "GameSuspended", msg))
-    if failed_message is not None and old.phase != "Failed":
-        actions.append(RecordEvent("Warning", "GameFailed", failed_message))
-    return _finish(status, old, actions, requeue)
+    ]
+
+
+def _transition_events(old: AdversarialGameStatus, outcome: Outcome) -> list[Action]:
+    """One event when the game's phase changes to Succeeded, Failed or Suspended."""
+    if old.phase == outcome.phase:
+        return []
+    if outcome.phase == "Succeeded":
+        return [RecordEvent("Normal", "GameSucceeded", outcome.message)]
+    if outcome.phase == "Suspended":
+        return [RecordEvent("Normal", "GameSuspended", outcome.message)]
+    if outcome.phase == "Failed":
+        reason = "GameFailed" if outcome.reason == "PhaseFailed" else outcome.reason
+        return [RecordEvent("Warning", reason, outcome.message)]
+    return []
 
 
 # Finished Jobs (and, through their owner references, their pods and logs) of the last rounds
@@ -375,47 +425,3 @@ def _retired(jobs: list[ObservedJob], view: StoreView, current_round: int) -> li
         for j in jobs
         if j.state != "Active" and j.round < oldest_kept and (j.round, j.phase) in view.committed
     ]
-
-
-def _status_attempt(old: AdversarialGameStatus, step: RunPhase) -> int:
-    job = old.active_job
-    if job is not None and (job.round, job.phase) == (step.round, step.phase):
-        return job.attempt
-    return 0
-
-
-def _finish(
-    status: AdversarialGameStatus,
-    old: AdversarialGameStatus,
-    actions: list[Action],
-    requeue: float | None,
-) -> Decision:
-    types = {c.type for c in status.conditions}
-    failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"), None)
-    if failed is not None and "Stalled" not in types:
-        # kstatus (Flux, kubectl wait): a failed game is Stalled, i.e. it needs someone to act.
-        status = _with_condition(status, failed.model_copy(update={"type": "Stalled"}))
-        types.add("Stalled")
-    for needed in ("Suspended", "Stalled", "Reconciling"):
-        if needed not in types:
-            status = _with_condition(
-                status,
-                Condition(
-                    type=needed,
-                    status="False",
-                    reason="AsExpected",
-                    message="",
-                    last_transition_time=status.conditions[0].last_transition_time
-                    if status.conditions
-                    else _iso(0),
-                    observed_generation=status.observed_generation,
-                ),
-            )
-    order = ["Ready", "Running", "Reconciling", "Suspended", "Succeeded", "Failed", "Stalled"]
-    conditions = sorted(
-        status.conditions, key=lambda c: order.index(c.type) if c.type in order else 99
-    )
-    status = status.model_copy(
-        update={"conditions": _keep_transition_times(conditions, old.conditions)}
-    )
-    return Decision(status, actions, requeue)

@@ -139,6 +139,7 @@ async def game_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
             async with lock:
                 pass  # a pass in flight exports the game's series: let it end, then forget
         metrics.GAMES.forget(*key)
+        memo.reconciler.forget(*key)  # its cached store reads and Job outcomes
     else:
         memo.games.add(key)
 

@@ -211,6 +211,7 @@ def build_job(
         # is free, so spec.suspend is deliberately never set here (we would fight over it).
         job_labels[KUEUE_QUEUE_LABEL] = sched.queue_name
 
+    scratch = res.scratch or settings.scratch_size_limit
     mounts: list[dict[str, Any]] = [
         {"name": "game", "mountPath": GAME_DIR, "readOnly": True},
         {"name": "scratch", "mountPath": SCRATCH_DIR},
@@ -228,7 +229,7 @@ def build_job(
             },
         },
         # Bounded so a runaway phase is evicted instead of filling the node's disk.
-        {"name": "scratch", "emptyDir": {"sizeLimit": settings.scratch_size_limit}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": scratch}},
     ]
     if res.gpu > 0:
         # The runtime's default /dev/shm is 64 MiB: PyTorch dataloader workers and NCCL need far
@@ -259,8 +260,11 @@ def build_job(
         },
     }
     resources = _resources(res.cpu, res.memory, res.gpu)
-    if resources:
-        container["resources"] = resources
+    # The scheduler places the pod only where its scratch fits, and the kubelet evicts other
+    # pods' disk hogs before this one: without a request a disk-hungry phase lands on a full
+    # node and is evicted (and replaced) there. No limit: the volume's sizeLimit bounds it.
+    resources.setdefault("requests", {})["ephemeral-storage"] = scratch
+    container["resources"] = resources
 
     pod_spec: dict[str, Any] = {
         # Never restart in place: a failed attempt is a new Job, created by the operator with
@@ -295,19 +299,20 @@ def build_job(
 
     job_spec: dict[str, Any] = {
         # The operator counts attempts itself (one Job per attempt, exponential backoff between
-        # them, visible in status); a pod-level retry loop inside the Job would hide failures.
-        "backoffLimit": 0,
+        # them, visible in status), so any exit of the phase ends the Job (the FailJob rules).
+        # What the Job controller retries in place is disruptions: preemption, eviction, node
+        # drain are not the phase's fault and do not use a retry, but only up to the phase's
+        # disruptionLimit: a phase evicted for its disk use would otherwise be replaced forever.
+        "backoffLimit": phase_spec.retry.disruption_limit,
         "podFailurePolicy": {
             "rules": [
-                # Preemption, eviction, node drain: not the phase's fault, so the Job controller
-                # replaces the pod without using up the retry budget. First, so that it wins when
-                # an evicted container also exits non-zero.
+                # First, so that it wins when an evicted container also exits non-zero.
                 {
-                    "action": "Ignore",
+                    "action": "Count",
                     "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
                 },
-                # A user or configuration error: fail the Job at once with reason
-                # PodFailurePolicy, so the operator reports it instead of retrying in vain.
+                # A user or configuration error: the operator reads the exit code and fails the
+                # game instead of retrying in vain.
                 {
                     "action": "FailJob",
                     "onExitCodes": {
@@ -315,6 +320,12 @@ def build_job(
                         "operator": "In",
                         "values": list(NON_RETRYABLE_EXIT_CODES),
                     },
+                },
+                # Any other failure (a crash, an OOM kill): one failed attempt, retried by the
+                # operator with backoff, not by the Job controller at once.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [0]},
                 },
             ]
         },

@@ -26,7 +26,8 @@ from sparring_trainer.store import StoreError, open_store
 
 from sparring_operator.api import AdversarialGame, AdversarialGameStatus
 from sparring_operator.machine import EarlyStop, GameDone, RunPhase, completed_rounds, next_step
-from sparring_operator.observed import build_status, observe_store
+from sparring_operator.observed import StoreView, observe_store
+from sparring_operator.status import Outcome, game_status
 
 _PROGRESS_LINE = re.compile(
     r"^\[(?P<phase>[\w-]+)\] (?P<unit>[\w -]+) (?P<step>\d+)/(?P<total>\d+)$"
@@ -100,6 +101,23 @@ def _run_child(cmd: list[str], label: str, console: Console, verbose: bool) -> P
     return PhaseOutcome(False, message, seconds)
 
 
+def _status(
+    view: StoreView,
+    step: RunPhase | GameDone,
+    done: int,
+    rounds: int,
+    failed: str | None = None,
+) -> AdversarialGameStatus:
+    """The status the operator would show for where the local game ended."""
+    if failed is not None:
+        outcome = Outcome("Failed", "PhaseFailed", failed, step)
+    elif isinstance(step, GameDone):
+        outcome = Outcome("Succeeded", step.reason, step.message, step)
+    else:
+        outcome = Outcome("Running", "PhaseRunning", f"round {step.round}: {step.phase}", step)
+    return game_status(outcome, view, done, rounds, AdversarialGameStatus(), time.time(), None)
+
+
 def run_game(
     game: AdversarialGame,
     console: Console,
@@ -124,9 +142,9 @@ def run_game(
             done = completed_rounds(kind, view.committed)
             decision = next_step(kind, spec.rounds, view.committed, view.round_metrics(), early)
             if view.bad_output is not None:  # as the operator: the game fails, naming it
-                return build_status(view, decision, done, failed=view.bad_output[1]), timings
+                return _status(view, decision, done, spec.rounds, view.bad_output[1]), timings
             if isinstance(decision, GameDone):
-                return build_status(view, decision, done), timings
+                return _status(view, decision, done, spec.rounds), timings
             assert isinstance(decision, RunPhase)
             label = f"round {decision.round} {decision.phase:<16}"
             outcome = _run_child(
@@ -135,7 +153,7 @@ def run_game(
             timings[(decision.round, decision.phase)] = outcome.seconds
             if not outcome.ok:
                 failed = f"round {decision.round} {decision.phase} failed: {outcome.message}"
-                return build_status(view, decision, done, failed=failed), timings
+                return _status(view, decision, done, spec.rounds, failed), timings
             console.print(f"[green]✓[/] {label} {outcome.seconds:6.1f} s")
 
 

@@ -1,7 +1,8 @@
-"""What the store says about a game, and the `.status` it implies.
+"""What the store says about a game.
 
 Shared by `sparring run` and the operator: both derive status from committed markers in the
-store (level-triggered), never from what a process remembers.
+store (level-triggered), never from what a process remembers; `status.py` turns it into
+`.status`.
 """
 
 from __future__ import annotations
@@ -10,15 +11,12 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 from sparring_trainer.config import PREPARE_PHASE
 from sparring_trainer.store import ArtifactStore, is_committed, phase_prefix
 
-from sparring_operator.api import AdversarialGameStatus, Condition, RoundStatus
-from sparring_operator.machine import GameDone, Marker, RunPhase, phase_sequence
+from sparring_operator.machine import Marker, phase_sequence
 
-MAX_STATUS_ROUNDS = 20  # older rounds stay in the store; the resource must stay small
 # Headline metrics are copied into rounds[].metrics under their own names; the rest get the
 # phase as a prefix so that e.g. the RM's and the policy's train_loss do not collide.
 HEADLINE_PHASES = ("evaluate", PREPARE_PHASE)
@@ -113,67 +111,3 @@ def observe_store(
         view.committed.add(marker)
         view.uris[marker], view.committed_at[marker], view.metrics[marker] = hit
     return view
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def condition(type_: str, ok: bool, reason: str, message: str, generation: int | None) -> Condition:
-    return Condition(
-        type=type_,
-        status="True" if ok else "False",
-        reason=reason,
-        message=message,
-        last_transition_time=now(),
-        observed_generation=generation,
-    )
-
-
-def build_status(
-    view: StoreView,
-    decision: RunPhase | GameDone,
-    completed: int,
-    failed: str | None = None,
-    generation: int | None = None,
-) -> AdversarialGameStatus:
-    """Status as the resource shows it, from the store view and the machine's decision."""
-    rounds = []
-    round_metrics = view.round_metrics()
-    for r in sorted({m[0] for m in view.committed})[-MAX_STATUS_ROUNDS:]:
-        artifacts = {p: uri for (rr, p), uri in view.uris.items() if rr == r}
-        finished = [view.committed_at[m] for m in view.committed if m[0] == r]
-        rounds.append(
-            RoundStatus(
-                round=r,
-                metrics=round_metrics.get(r, {}),
-                artifacts=artifacts,
-                completed_at=max(finished) if finished else None,
-            )
-        )
-    policies = sorted(m for m in view.committed if m[1] == "update-policy")
-    latest = view.uris[policies[-1]] + "policy/" if policies else None
-    if failed is not None:
-        phase, reason, message = "Failed", "PhaseFailed", failed
-    elif isinstance(decision, GameDone):
-        phase, reason, message = "Succeeded", decision.reason, decision.message
-    else:
-        phase, reason = "Running", "PhaseRunning"
-        message = f"round {decision.round}: {decision.phase}"
-    conditions = [
-        condition("Ready", phase == "Succeeded", reason, message, generation),
-        condition("Running", phase == "Running", reason, message, generation),
-        condition("Succeeded", phase == "Succeeded", reason, message, generation),
-        condition("Failed", phase == "Failed", reason, message, generation),
-    ]
-    return AdversarialGameStatus(
-        phase=phase,
-        current_round=decision.round if isinstance(decision, RunPhase) else completed,
-        current_phase=decision.phase if isinstance(decision, RunPhase) else None,
-        completed_rounds=completed,
-        observed_generation=generation,
-        conditions=conditions,
-        rounds=rounds,
-        latest_checkpoint=latest,
-        message=message if phase == "Failed" else None,
-    )

@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, assert_never, cast
 
 import kopf
 from kubernetes import client as k8s
@@ -27,36 +27,29 @@ from pydantic import ValidationError
 from sparring_trainer.store import ArtifactStore, StoreError, game_prefix, open_store, phase_prefix
 
 from sparring_operator import metrics
-from sparring_operator.api import (
-    GROUP,
-    PLURAL,
-    VERSION,
-    ActiveJob,
-    AdversarialGame,
-    AdversarialGameStatus,
-    Progress,
-)
+from sparring_operator.api import GROUP, PLURAL, VERSION, AdversarialGame, AdversarialGameStatus
 from sparring_operator.core import (
+    Action,
     CreateJob,
     Decision,
     DeleteJob,
-    ObservedJob,
+    FailJob,
     RecordEvent,
     WriteComplete,
     decide,
-    invalid_spec_status,
+    refused,
 )
-from sparring_operator.jobs import (
-    LABEL_ATTEMPT,
-    LABEL_GAME,
-    LABEL_PHASE,
-    LABEL_ROUND,
-    OperatorSettings,
-    build_configmap,
-    build_job,
-    job_name,
+from sparring_operator.jobs import OperatorSettings, build_configmap, build_job, job_name
+from sparring_operator.jobwatch import (
+    FAILED_MESSAGE,
+    FAILED_REASON,
+    GameKey,
+    JobWatch,
+    controller_uid,
+    epoch,
 )
-from sparring_operator.observed import CommittedPhase, condition, observe_store
+from sparring_operator.observed import CommittedPhase, observe_store
+from sparring_operator.status import stalled_status, with_progress
 from sparring_operator.statuspatch import merge_patch
 
 log = logging.getLogger("sparring.reconcile")
@@ -74,12 +67,19 @@ class Reconciler:
 
     api: k8s.ApiClient
     settings: OperatorSettings = field(default_factory=OperatorSettings)
-    store_cache: dict[tuple[str, int, str], CommittedPhase] = field(default_factory=dict)
-    # Finished Jobs whose duration is already in the histogram (those that ended before this
-    # process started are skipped: a restart must not count them twice).
-    _timed: set[str] = field(default_factory=set)
-    _started: float = field(default_factory=time.time)
-    _messages: dict[str, str] = field(default_factory=dict)  # finished Job -> pod message
+    # Per game, evicted when the game goes (`forget`): a long-running operator sees thousands.
+    store_cache: dict[GameKey, dict[tuple[str, int, str], CommittedPhase]] = field(
+        default_factory=dict
+    )
+    jobs: JobWatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.jobs = JobWatch(self.api)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop everything kept for a deleted game."""
+        self.store_cache.pop((namespace, name), None)
+        self.jobs.forget(namespace, name)
 
     # The generated client's type stubs want its model classes; we send plain dicts (which it
     # accepts) and read attributes, so the handles are typed loosely on purpose.
@@ -93,83 +93,6 @@ class Reconciler:
         return k8s.CustomObjectsApi(self.api)
 
     # ---- observe ------------------------------------------------------------------------
-    def observe_jobs(self, namespace: str, game: str, uid: str | None) -> list[ObservedJob]:
-        """The game's Jobs: labelled with its name and controlled by this incarnation (`uid`).
-        A Job of a deleted game of the same name waits for the garbage collector, which works
-        asynchronously; counting it would adopt another game's attempt."""
-        batch = self._batch()
-        items = batch.list_namespaced_job(namespace, label_selector=f"{LABEL_GAME}={game}").items
-        observed = []
-        for job in items:
-            if uid is not None and _controller_uid(job.metadata.owner_references) != uid:
-                continue
-            labels = job.metadata.labels or {}
-            try:
-                rnd, phase, attempt = (
-                    int(labels[LABEL_ROUND]),
-                    labels[LABEL_PHASE],
-                    int(labels[LABEL_ATTEMPT]),
-                )
-            except (KeyError, ValueError):
-                continue  # not one of ours (or tampered with): never act on it
-            if job.metadata.deletion_timestamp is not None:
-                continue
-            state, reason, message, finished = "Active", "", "", None
-            for cond in job.status.conditions or [] if job.status else []:
-                if cond.status == "True" and cond.type in ("Complete", "Failed"):
-                    state = "Succeeded" if cond.type == "Complete" else "Failed"
-                    reason, message = cond.reason or "", cond.message or ""
-                    finished = _epoch(cond.last_transition_time)
-            if state != "Active":
-                # A finished Job's pod message never changes: list its pods once, not on every
-                # pass (at 100 games that was most of the operator's API traffic).
-                key = f"{namespace}/{job.metadata.name}/{job.metadata.uid}"
-                if key not in self._messages:
-                    self._messages[key] = self.pod_message(namespace, job.metadata.name)
-                message = self._messages[key] or message
-                self._time_job(
-                    job.metadata.name, phase, state, job.metadata.creation_timestamp, finished
-                )
-            observed.append(
-                ObservedJob(
-                    name=job.metadata.name,
-                    round=rnd,
-                    phase=phase,
-                    attempt=attempt,
-                    state=state,
-                    created_at=_epoch(job.metadata.creation_timestamp) or time.time(),
-                    finished_at=finished,
-                    reason=reason,
-                    message=message,
-                )
-            )
-        return observed
-
-    def _time_job(
-        self, name: str, phase: str, state: str, created: Any, finished: float | None
-    ) -> None:
-        start = _epoch(created)
-        if name in self._timed or start is None or finished is None or finished < self._started:
-            return
-        self._timed.add(name)
-        outcome = "succeeded" if state == "Succeeded" else "failed"
-        metrics.PHASE_DURATION.labels(phase, outcome).observe(max(0.0, finished - start))
-
-    def pod_message(self, namespace: str, job: str) -> str:
-        """The newest pod's termination message: the phase's summary or its error."""
-        pods = self._core().list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
-        pods.sort(key=lambda p: _epoch(p.metadata.creation_timestamp) or 0.0)
-        for pod in reversed(pods):
-            for status in (pod.status.container_statuses or []) if pod.status else []:
-                terminated = status.state.terminated if status.state else None
-                if terminated is not None and terminated.message:
-                    text = str(terminated.message)
-                    try:  # the trainer writes JSON; show its error line, not the JSON
-                        return str(json.loads(text).get("error") or text)
-                    except (ValueError, AttributeError):
-                        return text
-        return ""
-
     def open_game_store(self, game: AdversarialGame) -> ArtifactStore:
         storage = game.spec.storage
         credentials = None
@@ -221,26 +144,21 @@ class Reconciler:
                 }
             )
         except ValidationError as exc:
-            errors = _spec_errors(exc)
-            decision = Decision(
-                invalid_spec_status(f"invalid spec: {errors}", old, now, generation)
-            )
-            self.write_status(namespace, name, stored, decision.status)
-            return decision
+            message = f"invalid spec: {_spec_errors(exc)}"
+            return self._refuse(body, refused("InvalidSpec", message, old, now, generation))
         if game.spec.storage.uri.startswith("file:") and not self.settings.allow_file_store:
             message = (
                 f"invalid spec: spec.storage.uri: {game.spec.storage.uri!r} is a folder on one "
                 "machine, which the phase pods and the operator do not share on a cluster; set "
                 "spec.storage to an s3:// store (with spec.storage.secretRef)"
             )
-            decision = Decision(invalid_spec_status(message, old, now, generation))
-            self.write_status(namespace, name, stored, decision.status)
-            return decision
-        jobs = self.observe_jobs(namespace, name, meta.get("uid"))
+            return self._refuse(body, refused("InvalidSpec", message, old, now, generation))
+        jobs = self.jobs.observe(namespace, name, meta.get("uid"))
         try:
             store = self.open_game_store(game)
+            cache = self.store_cache.setdefault((namespace, name), {})
             view = observe_store(
-                store, namespace, name, game.spec.game.kind, game.spec.rounds, self.store_cache
+                store, namespace, name, game.spec.game.kind, game.spec.rounds, cache
             )
             complete = _read_complete(store, namespace, name)
         except StoreError as exc:
@@ -248,58 +166,37 @@ class Reconciler:
             reason = (
                 "SecretUnavailable" if isinstance(exc, SecretUnavailable) else "StoreUnavailable"
             )
-            stalled = old.model_copy(
-                update={
-                    "conditions": [
-                        *[c for c in old.conditions if c.type != "Stalled"],
-                        condition("Stalled", True, reason, str(exc)[:500], generation),
-                    ]
-                }
+            self.write_status(
+                namespace, name, stored, stalled_status(old, reason, str(exc), now, generation)
             )
-            self.write_status(namespace, name, stored, stalled)
             raise kopf.TemporaryError(f"{reason}: {exc}", delay=10) from exc
-        created = _epoch(meta.get("creationTimestamp")) or now
+        created = epoch(meta.get("creationTimestamp")) or now
         decision = decide(game, generation, old, jobs, view, complete, created, now)
         for action in decision.actions:
             self.act(body, game, action, store)
-        decision.status = self.with_progress(decision.status, store, namespace, name, now)
+        job = decision.status.active_job
+        if job is not None and decision.status.phase == "Running":
+            report = _progress_report(store, phase_prefix(namespace, name, job.round, job.phase))
+            decision.status = with_progress(decision.status, report)
         self.write_status(namespace, name, stored, decision.status)
         self.export(namespace, name, decision.status)
         return decision
 
-    def with_progress(self, status: AdversarialGameStatus, store: ArtifactStore, namespace: str,
-                      name: str, now: float) -> AdversarialGameStatus:  # fmt: skip
-        """The running phase's own progress report (step/total), with a naive ETA."""
-        job = status.active_job
-        if job is None or status.phase != "Running":
-            return status
-        key = phase_prefix(namespace, name, job.round, job.phase) + "_progress.json"
-        try:
-            report = json.loads(store.get_bytes(key))
-            step, total = int(report["step"]), max(1, int(report["total"]))
-            reported = float(report["time"])
-        except (StoreError, ValueError, KeyError, TypeError):
-            return status  # no report yet (or a torn one): progress is best-effort
-        started = _epoch(job.started_at) or reported
-        eta = None
-        if 0 < step < total and reported > started:
-            eta = int((reported - started) / step * (total - step))
-        progress = Progress(
-            step=step,
-            total=total,
-            unit=str(report.get("unit", "steps")),
-            percent=round(100.0 * step / total, 1),
-            eta_seconds=eta,
-            updated_at=datetime.fromtimestamp(reported).astimezone().isoformat(),
-        )
-        active: ActiveJob = job.model_copy(update={"progress": progress})
-        return status.model_copy(update={"active_job": active})
+    def _refuse(self, body: dict[str, Any], decision: Decision) -> Decision:
+        """A game that cannot be played: its events and status, and nothing else."""
+        meta = body["metadata"]
+        for action in decision.actions:
+            if isinstance(action, RecordEvent):
+                self.event(body, action)
+        self.write_status(meta["namespace"], meta["name"], dict(body.get("status") or {}),
+                          decision.status)  # fmt: skip
+        return decision
 
     def export(self, namespace: str, name: str, status: AdversarialGameStatus) -> None:
         latest = status.rounds[-1].metrics if status.rounds else {}
         job = status.active_job
         progress = job.progress if job is not None else None
-        last = _epoch(progress.updated_at) if progress is not None else None
+        last = epoch(progress.updated_at) if progress is not None else None
         metrics.GAMES.update(metrics.GameSnapshot(
             name=name, namespace=namespace, phase=status.phase,
             current_round=status.current_round, completed_rounds=status.completed_rounds,
@@ -310,7 +207,7 @@ class Reconciler:
         ))  # fmt: skip
 
     def act(
-        self, body: dict[str, Any], game: AdversarialGame, action: Any, store: ArtifactStore
+        self, body: dict[str, Any], game: AdversarialGame, action: Action, store: ArtifactStore
     ) -> None:
         namespace = game.metadata.namespace
         if isinstance(action, CreateJob):
@@ -334,6 +231,8 @@ class Reconciler:
             except ApiException as exc:
                 if exc.status != 404:
                     raise
+        elif isinstance(action, FailJob):
+            self.fail_job(namespace, action)
         elif isinstance(action, WriteComplete):
             body_json = json.dumps({"specHash": action.spec_hash, "completedAt": time.time()})
             store.put_bytes(
@@ -341,12 +240,30 @@ class Reconciler:
             )
         elif isinstance(action, RecordEvent):
             self.event(body, action)
+        else:
+            assert_never(action)
+
+    def fail_job(self, namespace: str, action: FailJob) -> None:
+        """End an attempt whose pod never started: the Job controller fails a Job past its
+        activeDeadlineSeconds (deleting its pods), and the Job stays as the failed attempt's
+        record; the annotations say why in place of DeadlineExceeded."""
+        patch = {
+            "metadata": {
+                "annotations": {FAILED_REASON: action.reason, FAILED_MESSAGE: action.message[:1000]}
+            },
+            "spec": {"activeDeadlineSeconds": 1},
+        }
+        try:
+            self._batch().patch_namespaced_job(action.name, namespace, patch)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def _evict_foreign_job(self, namespace: str, name: str, body: dict[str, Any]) -> None:
         """The Job holding our name is ours (adopted as it is) or another incarnation's:
         then it is deleted and the pass retried once the name is free."""
         existing = self._batch().read_namespaced_job(name, namespace)
-        owner = _controller_uid(existing.metadata.owner_references)
+        owner = controller_uid(existing.metadata.owner_references)
         if owner == body["metadata"].get("uid"):
             return
         try:
@@ -440,10 +357,6 @@ def _spec_errors(exc: ValidationError) -> str:
     return "; ".join(shown)
 
 
-def _controller_uid(owners: list[Any] | None) -> str | None:
-    return next((o.uid for o in owners or [] if o.controller), None)
-
-
 def _old_status(body: dict[str, Any]) -> AdversarialGameStatus:
     try:
         return AdversarialGameStatus.model_validate(body.get("status") or {})
@@ -458,15 +371,14 @@ def _read_complete(store: ArtifactStore, namespace: str, game: str) -> str | Non
     return str(json.loads(store.get_bytes(key)).get("specHash") or "")
 
 
-def _epoch(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.timestamp()
+def _progress_report(store: ArtifactStore, prefix: str) -> dict[str, Any] | None:
+    """The running phase's own progress report, if it wrote one (best-effort: none yet, or a
+    torn one, is no report)."""
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
+        report = json.loads(store.get_bytes(prefix + "_progress.json"))
+    except (StoreError, ValueError):
         return None
+    return report if isinstance(report, dict) else None
 
 
 __all__ = ["Reconciler", "job_name"]

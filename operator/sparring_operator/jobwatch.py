@@ -1,0 +1,226 @@
+"""A game's phase Jobs as the decision core needs them, read with as few API calls as it can.
+
+The Job's own status says most of it: running (a ready pod), finished (a condition), queued
+(suspended by Kueue). Pods are read only when it cannot say enough: once for a finished Job
+(its termination message and exit code never change), and for an active Job none of whose
+pods is ready (is it starting, or stuck: unschedulable, image not pullable, a missing Secret?).
+A Job whose pods cannot even be created (missing ServiceAccount, Pod Security) has only the
+Job controller's FailedCreate event to say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kubernetes import client as k8s
+
+from sparring_operator import metrics
+from sparring_operator.actions import QUEUED, STUCK_REASONS, ObservedJob
+from sparring_operator.jobs import LABEL_ATTEMPT, LABEL_GAME, LABEL_PHASE, LABEL_ROUND
+
+# Set by the operator when it gives up on an attempt whose pod never started (core.FailJob):
+# the Job then fails on its deadline, and these say why in place of "DeadlineExceeded".
+FAILED_REASON = "sparring.dev/failed-reason"
+FAILED_MESSAGE = "sparring.dev/failed-message"
+# A Job without pods this young is being started by the Job controller, not failing to.
+CREATE_GRACE_SECONDS = 5.0
+_EXIT_CODE = re.compile(r"exit code (\d+)")
+
+GameKey = tuple[str, str]  # (namespace, game)
+
+
+@dataclass(frozen=True)
+class PodOutcome:
+    message: str = ""
+    exit_code: int | None = None
+
+
+@dataclass
+class JobWatch:
+    api: k8s.ApiClient
+    # Per game, so that a deleted game's entries go with it (`forget`): finished Job (by uid) ->
+    # what its pod said, and the Jobs whose duration is already in the histogram.
+    _outcomes: dict[GameKey, dict[str, PodOutcome]] = field(default_factory=dict)
+    _timed: dict[GameKey, set[str]] = field(default_factory=dict)
+    # Jobs that ended before this process started are not timed: a restart must not count
+    # them twice.
+    _started: float = field(default_factory=time.time)
+
+    def forget(self, namespace: str, game: str) -> None:
+        self._outcomes.pop((namespace, game), None)
+        self._timed.pop((namespace, game), None)
+
+    def observe(self, namespace: str, game: str, uid: str | None) -> list[ObservedJob]:
+        """The game's Jobs: labelled with its name and controlled by this incarnation (`uid`).
+        A Job of a deleted game of the same name waits for the garbage collector, which works
+        asynchronously; counting it would adopt another game's attempt."""
+        batch: Any = k8s.BatchV1Api(self.api)
+        items = batch.list_namespaced_job(namespace, label_selector=f"{LABEL_GAME}={game}").items
+        key = (namespace, game)
+        outcomes, timed = self._outcomes.get(key, {}), self._timed.get(key, set())
+        observed, seen = [], set()
+        for job in items:
+            if uid is not None and controller_uid(job.metadata.owner_references) != uid:
+                continue
+            if job.metadata.deletion_timestamp is not None:
+                continue
+            labels = job.metadata.labels or {}
+            try:
+                rnd, phase = int(labels[LABEL_ROUND]), labels[LABEL_PHASE]
+                attempt = int(labels[LABEL_ATTEMPT])
+            except (KeyError, ValueError):
+                continue  # not one of ours (or tampered with): never act on it
+            seen.add(job.metadata.uid)
+            created = epoch(job.metadata.creation_timestamp) or time.time()
+            seen_job = ObservedJob(job.metadata.name, rnd, phase, attempt, "Active", created)
+            ended = _ended(job)
+            if ended is None:
+                observed.append(self._active(namespace, job, seen_job))
+                continue
+            state, reason, message, finished = ended
+            outcome = outcomes.get(job.metadata.uid)
+            if outcome is None:
+                outcome = outcomes[job.metadata.uid] = self._pod_outcome(
+                    namespace, job.metadata.name
+                )
+            annotations = job.metadata.annotations or {}
+            if annotations.get(
+                FAILED_REASON
+            ):  # the operator ended it: its reason, not the deadline
+                reason, message = annotations[FAILED_REASON], annotations.get(FAILED_MESSAGE, "")
+            else:
+                message = outcome.message or message
+            exit_code = outcome.exit_code
+            if exit_code is None and (m := _EXIT_CODE.search(_condition_message(job))):
+                exit_code = int(m.group(1))  # the pod is gone; the Job's condition names it
+            if finished is not None and finished >= self._started and job.metadata.uid not in timed:
+                timed.add(job.metadata.uid)
+                outcome_label = "succeeded" if state == "Succeeded" else "failed"
+                metrics.PHASE_DURATION.labels(phase, outcome_label).observe(
+                    max(0.0, finished - created)
+                )
+            observed.append(
+                ObservedJob(
+                    job.metadata.name, rnd, phase, attempt, state, created,
+                    finished_at=finished, reason=reason, message=message, exit_code=exit_code,
+                )
+            )  # fmt: skip
+        # Only Jobs that still exist are remembered: retired ones leave no entry behind.
+        self._outcomes[key] = {u: o for u, o in outcomes.items() if u in seen}
+        self._timed[key] = timed & seen
+        return observed
+
+    def _active(self, namespace: str, job: Any, seen: ObservedJob) -> ObservedJob:
+        """An active Job, with why its pod is not running when it is not."""
+        status = job.status
+        if job.spec.suspend:
+            queue = (job.metadata.labels or {}).get("kueue.x-k8s.io/queue-name")
+            why = f"admission by Kueue queue {queue}" if queue else "the Job to be resumed"
+            return _waiting(seen, QUEUED, f"suspended, waiting for {why}", seen.created_at)
+        if status is not None and (status.ready or 0) > 0:
+            return seen  # a pod is running
+        core: Any = k8s.CoreV1Api(self.api)
+        pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={seen.name}").items
+        live = [
+            p for p in pods if (p.status.phase if p.status else "") in ("Pending", "Running", "")
+        ]
+        if live:
+            pod = max(live, key=lambda p: epoch(p.metadata.creation_timestamp) or 0.0)
+            reason, message, since = pod_waiting(pod)
+            return _waiting(seen, reason, message, since) if reason else seen
+        if time.time() - seen.created_at < CREATE_GRACE_SECONDS:
+            return seen
+        events = core.list_namespaced_event(
+            namespace,
+            field_selector=f"involvedObject.kind=Job,involvedObject.name={seen.name},reason=FailedCreate",
+        ).items
+        if not events:
+            return seen
+        first = min(events, key=lambda e: epoch(e.first_timestamp or e.event_time) or 0.0)
+        last = max(events, key=lambda e: epoch(e.last_timestamp or e.event_time) or 0.0)
+        since = epoch(first.first_timestamp or first.event_time) or seen.created_at
+        return _waiting(seen, "FailedCreate", str(last.message or ""), since)
+
+    def _pod_outcome(self, namespace: str, job: str) -> PodOutcome:
+        """What the newest pod of a finished Job said: the phase's summary or its error (the
+        trainer writes JSON; its error line is shown), or why the pod was evicted."""
+        core: Any = k8s.CoreV1Api(self.api)
+        pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+        pods.sort(key=lambda p: epoch(p.metadata.creation_timestamp) or 0.0)
+        for pod in reversed(pods):
+            for status in (pod.status.container_statuses or []) if pod.status else []:
+                terminated = status.state.terminated if status.state else None
+                if terminated is None:
+                    continue
+                text = str(terminated.message or "")
+                with contextlib.suppress(ValueError, AttributeError):  # not the trainer's JSON
+                    text = str(json.loads(text).get("error") or text)
+                if text or terminated.exit_code:
+                    return PodOutcome(text or (pod.status.message or ""), terminated.exit_code)
+            if pod.status is not None and pod.status.message:  # e.g. evicted before it exited
+                return PodOutcome(str(pod.status.message))
+        return PodOutcome()
+
+
+def pod_waiting(pod: Any) -> tuple[str, str, float | None]:
+    """Why a pod is not running yet if it is stuck: (reason, message, since) or ("", "", None)
+    while it is on its way (being scheduled, pulling, creating its container)."""
+    status = pod.status
+    created = epoch(pod.metadata.creation_timestamp)
+    for cond in (status.conditions or []) if status else []:
+        if (
+            cond.type == "PodScheduled"
+            and cond.status == "False"
+            and cond.reason == "Unschedulable"
+        ):
+            return (
+                "Unschedulable",
+                str(cond.message or ""),
+                epoch(cond.last_transition_time) or created,
+            )
+    for container in (status.container_statuses or []) if status else []:
+        waiting = container.state.waiting if container.state else None
+        if waiting is not None and waiting.reason in STUCK_REASONS:
+            return str(waiting.reason), str(waiting.message or ""), created
+    return "", "", None
+
+
+def _waiting(job: ObservedJob, reason: str, message: str, since: float | None) -> ObservedJob:
+    return ObservedJob(
+        job.name, job.round, job.phase, job.attempt, job.state, job.created_at,
+        waiting=reason, waiting_message=message[:500], waiting_since=since,
+    )  # fmt: skip
+
+
+def _ended(job: Any) -> tuple[str, str, str, float | None] | None:
+    for cond in (job.status.conditions or []) if job.status else []:
+        if cond.status == "True" and cond.type in ("Complete", "Failed"):
+            state = "Succeeded" if cond.type == "Complete" else "Failed"
+            return state, cond.reason or "", cond.message or "", epoch(cond.last_transition_time)
+    return None
+
+
+def _condition_message(job: Any) -> str:
+    conditions = (job.status.conditions or []) if job.status else []
+    return " ".join(str(c.message or "") for c in conditions if c.type == "Failed")
+
+
+def controller_uid(owners: list[Any] | None) -> str | None:
+    return next((o.uid for o in owners or [] if o.controller), None)
+
+
+def epoch(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
