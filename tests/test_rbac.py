@@ -43,6 +43,18 @@ NOT_EXERCISED: dict[Permission, str] = {
         "never called: OwnerReferencesPermissionEnforcement checks it when a Job or ConfigMap is "
         "created with blockOwnerDeletion; without it those creates are refused (403)"
     ),
+    ("batch", "jobs", "get"): (
+        "a create answered 409: the Job holding the name is read to tell this game's from an "
+        "earlier incarnation's (tests/e2e/test_incarnations.py)"
+    ),
+    ("batch", "jobs", "patch"): (
+        "ends an attempt whose pod never started; called under these rules by "
+        "tests/e2e/test_pending.py"
+    ),
+    ("", "events", "list"): (
+        "a Job without pods: its FailedCreate events say why; called under these rules by "
+        "tests/e2e/test_pending.py"
+    ),
 }
 
 

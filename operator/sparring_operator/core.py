@@ -291,12 +291,14 @@ def _running(p: PhaseJobs) -> Plan | None:
     # once it waited too long for something that does not come by waiting.
     timeout = p.game.spec.phases.for_phase(p.step.phase).pending_timeout_seconds
     waited = p.now - (job.waiting_since or job.created_at)
-    what = f"{p.where}: Job {job.name} waiting: {job.waiting}: {job.waiting_message}".rstrip(": ")
+    # Most telling first: status.message, a `kubectl get` column, keeps only the start.
+    detail = f"Job {job.name}: {job.waiting_message}".rstrip(": ")
     if job.waiting not in STUCK_REASONS:
-        return Plan(_running_outcome(p, shown, what, job.waiting))
+        return Plan(_running_outcome(p, shown, f"{p.where} {job.waiting}: {detail}", job.waiting))
     if waited < timeout:
-        left = f" (counts as a failed attempt in {timeout - waited:.0f} s)"
-        return Plan(_running_outcome(p, shown, what + left, job.waiting), requeue=timeout - waited)
+        what = f"{p.where} {job.waiting} (a failed attempt in {timeout - waited:.0f} s): {detail}"
+        return Plan(_running_outcome(p, shown, what, job.waiting), requeue=timeout - waited)
+    what = f"{p.where} {job.waiting}: {detail}"
     gave_up = (
         f"pod did not start within pendingTimeoutSeconds={timeout}: "
         f"{job.waiting}: {job.waiting_message}"

@@ -28,8 +28,9 @@ from sparring_operator.jobs import LABEL_ATTEMPT, LABEL_GAME, LABEL_PHASE, LABEL
 # the Job then fails on its deadline, and these say why in place of "DeadlineExceeded".
 FAILED_REASON = "sparring.dev/failed-reason"
 FAILED_MESSAGE = "sparring.dev/failed-message"
-# A Job without pods this young is being started by the Job controller, not failing to.
-CREATE_GRACE_SECONDS = 5.0
+# A Job this young is being started (scheduled, its image pulled), not stuck: its pods are not
+# read yet. Phases that finish within it never cost a pod list while active.
+STUCK_CHECK_AFTER = 10.0
 _EXIT_CODE = re.compile(r"exit code (\d+)")
 
 GameKey = tuple[str, str]  # (namespace, game)
@@ -125,6 +126,8 @@ class JobWatch:
             return _waiting(seen, QUEUED, f"suspended, waiting for {why}", seen.created_at)
         if status is not None and (status.ready or 0) > 0:
             return seen  # a pod is running
+        if time.time() - seen.created_at < STUCK_CHECK_AFTER:
+            return seen
         core: Any = k8s.CoreV1Api(self.api)
         pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={seen.name}").items
         live = [
@@ -134,8 +137,6 @@ class JobWatch:
             pod = max(live, key=lambda p: epoch(p.metadata.creation_timestamp) or 0.0)
             reason, message, since = pod_waiting(pod)
             return _waiting(seen, reason, message, since) if reason else seen
-        if time.time() - seen.created_at < CREATE_GRACE_SECONDS:
-            return seen
         events = core.list_namespaced_event(
             namespace,
             field_selector=f"involvedObject.kind=Job,involvedObject.name={seen.name},reason=FailedCreate",

@@ -185,12 +185,14 @@ ways against a recorded run). Shared by the ClusterRole and the per-namespace Ro
 - apiGroups: ["sparring.dev"]
   resources: ["adversarialgames/finalizers"]
   verbs: ["update"]
-# Phase Jobs: observed by label (list + kopf's watch), created per attempt, deleted on suspend,
-# deadline or a shrunk spec.
+# Phase Jobs: observed by label (list + kopf's watch), created per attempt (get: one holding
+# the name is read to tell ours from an earlier game's), patched to end an attempt whose pod
+# never started, deleted on suspend, deadline or a shrunk spec.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "watch", "create", "delete"]
-# A finished Job's pods: their termination message is the phase's summary or error.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# A finished Job's pods: their termination message is the phase's summary or error; a waiting
+# Job's pods: why they do not start (unschedulable, image not pullable, missing Secret).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
@@ -202,10 +204,11 @@ ways against a recorded run). Shared by the ClusterRole and the per-namespace Ro
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-# PhaseStarted/PhaseSucceeded/... Events on the games (and kopf's warnings).
+# PhaseStarted/PhaseSucceeded/... Events on the games (and kopf's warnings); list: a Job whose
+# pods cannot be created says why only in the Job controller's FailedCreate events.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- end }}
 
 {{/*
