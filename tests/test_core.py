@@ -14,9 +14,10 @@ from sparring_operator.actions import (
     WriteComplete,
 )
 from sparring_operator.api import AdversarialGame, AdversarialGameStatus
-from sparring_operator.core import decide, spec_hash
+from sparring_operator.core import decide
 from sparring_operator.machine import phase_sequence
 from sparring_operator.observed import StoreView
+from sparring_operator.refusals import spec_hash
 
 T0 = 1_700_000_000.0
 

@@ -21,9 +21,10 @@ import yaml
 from sparring_operator import validate
 from sparring_operator.actions import ObservedJob
 from sparring_operator.api import API_VERSION, KIND, AdversarialGame, AdversarialGameStatus
-from sparring_operator.core import decide, invalid_spec_status
+from sparring_operator.core import decide
 from sparring_operator.machine import phase_sequence
 from sparring_operator.observed import StoreView
+from sparring_operator.refusals import invalid_spec_status
 
 lua51 = pytest.importorskip("lupa.lua51", reason="lupa (the `dev` extra) runs the Lua check")
 

@@ -16,8 +16,6 @@ plain unit test.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field, replace
 
 from sparring_operator.actions import (
@@ -36,69 +34,8 @@ from sparring_operator.jobs import NON_RETRYABLE_EXIT_CODES
 from sparring_operator.jobs import job_name as job_name_of
 from sparring_operator.machine import EarlyStop, GameDone, RunPhase, completed_rounds, next_step
 from sparring_operator.observed import StoreView
+from sparring_operator.refusals import refusal, refused, spec_hash, transition_events
 from sparring_operator.status import Outcome, game_status, iso
-
-
-def spec_hash(game: AdversarialGame) -> str:
-    """Hash of what the game computes. Rounds, suspend, scheduling and phase settings are left
-    out: they change how and how long it runs, not what a committed phase means."""
-    essence = {"storage": game.spec.storage.model_dump(), "game": game.spec.game.model_dump()}
-    return hashlib.sha256(json.dumps(essence, sort_keys=True).encode()).hexdigest()
-
-
-# ---- refusals: the game fails for good, with a reason on every condition ------------------
-
-
-def refused(
-    reason: str,
-    message: str,
-    old: AdversarialGameStatus,
-    now: float,
-    generation: int | None,
-    view: StoreView | None = None,
-    total: int | None = None,
-) -> Decision:
-    """Failed for good with `reason` (InvalidSpec, SpecConflict, BadPhaseOutput) and no Jobs;
-    the history already in status stays."""
-    outcome = Outcome("Failed", reason, message)
-    status = game_status(
-        outcome,
-        view or StoreView(),
-        old.completed_rounds,
-        total,
-        old,
-        now,
-        generation,
-    )
-    status = status.model_copy(
-        update={"rounds": old.rounds, "latest_checkpoint": old.latest_checkpoint}
-    )
-    return Decision(status, _transition_events(old, outcome))
-
-
-def invalid_spec_status(
-    message: str, old: AdversarialGameStatus, now: float, generation: int | None
-) -> AdversarialGameStatus:
-    """A game that slipped past the schema: Failed, with the field named, and no Jobs."""
-    return refused("InvalidSpec", message, old, now, generation).status
-
-
-def _refusal(
-    game: AdversarialGame, view: StoreView, complete_hash: str | None
-) -> tuple[str, str] | None:
-    if complete_hash is not None and complete_hash != spec_hash(game):
-        # The store holds a finished game of this name that computed something else: replaying
-        # on top of its artifacts would mix two games. GitOps re-creation must keep the spec.
-        return "SpecConflict", (
-            "the store holds a finished game of this name with a different spec.game/storage; "
-            "use a new game name (or remove its store prefix) to play a different game"
-        )
-    if view.bad_output is not None:
-        # Output the operator cannot publish (NaN, a non-number, hundreds of keys): retrying the
-        # same image would commit the same, so the game fails, naming phase and key.
-        return "BadPhaseOutput", view.bad_output[1]
-    return None
-
 
 # ---- the decision ---------------------------------------------------------------------------
 
@@ -158,8 +95,8 @@ def decide(
     spec = game.spec
     kind = spec.game.kind
     done = completed_rounds(kind, view.committed)
-    if (refusal := _refusal(game, view, complete_hash)) is not None:
-        return refused(*refusal, old, now, generation, view, spec.rounds)
+    if (why := refusal(game, view, complete_hash)) is not None:
+        return refused(*why, old, now, generation, view, spec.rounds)
     early = (
         EarlyStop(spec.early_stop.metric, spec.early_stop.threshold, spec.early_stop.direction)
         if spec.early_stop
@@ -195,7 +132,7 @@ def decide(
             *plan.actions,
         ]
     status = game_status(plan.outcome, view, done, spec.rounds, old, now, generation)
-    return Decision(status, plan.actions + _transition_events(old, plan.outcome), plan.requeue)
+    return Decision(status, plan.actions + transition_events(old, plan.outcome), plan.requeue)
 
 
 def _game_done(
@@ -396,20 +333,6 @@ def _phase_committed(old: AdversarialGameStatus, view: StoreView) -> list[Action
             f"round {old.current_round} {old.current_phase} committed{took}",
         )
     ]
-
-
-def _transition_events(old: AdversarialGameStatus, outcome: Outcome) -> list[Action]:
-    """One event when the game's phase changes to Succeeded, Failed or Suspended."""
-    if old.phase == outcome.phase:
-        return []
-    if outcome.phase == "Succeeded":
-        return [RecordEvent("Normal", "GameSucceeded", outcome.message)]
-    if outcome.phase == "Suspended":
-        return [RecordEvent("Normal", "GameSuspended", outcome.message)]
-    if outcome.phase == "Failed":
-        reason = "GameFailed" if outcome.reason == "PhaseFailed" else outcome.reason
-        return [RecordEvent("Warning", reason, outcome.message)]
-    return []
 
 
 # Finished Jobs (and, through their owner references, their pods and logs) of the last rounds

@@ -48,6 +48,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="sparring.dev", key="last-handled-configuration"
     )
+    # Only the phase Jobs and pods are streamed to us (server-side selectors): with
+    # --all-namespaces, a watch of every pod of the cluster would cost far more than our games.
+    settings.watching.label_selectors["batch", "v1", "jobs"] = LABEL_GAME
+    settings.watching.label_selectors["", "v1", "pods"] = LABEL_GAME
     settings.posting.level = logging.WARNING  # our own Events say what happened; skip kopf's
     settings.watching.server_timeout = 300  # re-list every 5 min: heals a silently dead watch
     settings.watching.client_timeout = 330
@@ -185,6 +189,18 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_GAME: kopf.PRESENT})
 async def job_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A phase Job changed (or vanished): reconcile its game now rather than at the next tick."""
+    await _reconcile(memo, (body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_GAME]))
+
+
+def _pod_ended(body: kopf.Body, **_: Any) -> bool:
+    return (body.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_GAME: kopf.PRESENT}, when=_pod_ended)
+async def pod_ended(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A phase pod exited: it committed its outputs before that, so the next phase can start
+    now. Its Job says so only later (the Job controller batches pod updates for a second before
+    it marks a Job Complete), and the hand-off would wait for that."""
     await _reconcile(memo, (body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_GAME]))
 
 

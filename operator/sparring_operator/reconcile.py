@@ -27,8 +27,7 @@ from pydantic import ValidationError
 from sparring_trainer.store import ArtifactStore, StoreError, game_prefix, open_store, phase_prefix
 
 from sparring_operator import metrics
-from sparring_operator.api import GROUP, PLURAL, VERSION, AdversarialGame, AdversarialGameStatus
-from sparring_operator.core import (
+from sparring_operator.actions import (
     Action,
     CreateJob,
     Decision,
@@ -36,9 +35,9 @@ from sparring_operator.core import (
     FailJob,
     RecordEvent,
     WriteComplete,
-    decide,
-    refused,
 )
+from sparring_operator.api import GROUP, PLURAL, VERSION, AdversarialGame, AdversarialGameStatus
+from sparring_operator.core import decide
 from sparring_operator.jobs import OperatorSettings, build_configmap, build_job, job_name
 from sparring_operator.jobwatch import (
     FAILED_MESSAGE,
@@ -49,6 +48,7 @@ from sparring_operator.jobwatch import (
     epoch,
 )
 from sparring_operator.observed import CommittedPhase, observe_store
+from sparring_operator.refusals import refused
 from sparring_operator.status import stalled_status, with_progress
 from sparring_operator.statuspatch import merge_patch
 

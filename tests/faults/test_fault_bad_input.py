@@ -41,8 +41,8 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 from sparring_operator.api import MAX_GAME_NAME, AdversarialGame, AdversarialGameStatus
-from sparring_operator.core import invalid_spec_status
 from sparring_operator.reconcile import Reconciler
+from sparring_operator.refusals import invalid_spec_status
 from sparring_operator.validate import check_file
 from sparring_trainer.config import DataSource
 from sparring_trainer.data import DataError, read_preferences

@@ -191,11 +191,12 @@ ways against a recorded run). Shared by the ClusterRole and the per-namespace Ro
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# A finished Job's pods: their termination message is the phase's summary or error; a waiting
-# Job's pods: why they do not start (unschedulable, image not pullable, missing Secret).
+# Phase pods: watched, so that the next phase starts as soon as one exits; a finished Job's
+# pods: their termination message is the phase's summary or error; a waiting Job's pods: why
+# they do not start (unschedulable, image not pullable, missing Secret).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # The game ConfigMap mounted into phase pods, kept in step with the spec.
 - apiGroups: [""]
   resources: ["configmaps"]
