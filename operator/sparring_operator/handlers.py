@@ -70,6 +70,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         ),
     )
     memo.locks = {}
+    memo.queued = set()  # games with a pass waiting for their lock
 
 
 def _read_game(memo: kopf.Memo, namespace: str, name: str) -> dict[str, Any] | None:
@@ -92,8 +93,18 @@ async def _reconcile(memo: kopf.Memo, key: tuple[str, str]) -> None:
     the game as it is now, read inside the lock: a body handed to a trigger predates any pass
     that ran while the trigger waited, and deciding from its status again repeats that pass's
     events."""
+    if key in memo.queued:
+        # A pass for this game waits for the lock and has not read the game yet: it will see
+        # whatever caused this trigger. Skipping keeps a burst of Job and pod events from
+        # queueing one pass each (a workqueue's de-duplication).
+        return
     lock = memo.locks.setdefault(key, asyncio.Lock())  # one pass per game at a time
-    async with lock:
+    memo.queued.add(key)
+    try:
+        await lock.acquire()
+    finally:
+        memo.queued.discard(key)
+    try:
         started = time.perf_counter()
         try:
             current = await asyncio.to_thread(_read_game, memo, *key)
@@ -110,6 +121,8 @@ async def _reconcile(memo: kopf.Memo, key: tuple[str, str]) -> None:
             raise
         finally:
             metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
+    finally:
+        lock.release()
     if decision.requeue_after is not None and decision.requeue_after < RESYNC_SECONDS:
         # A retry backoff ends before the next timer tick: come back exactly then.
         raise kopf.TemporaryError(
