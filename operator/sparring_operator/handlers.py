@@ -71,6 +71,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     memo.locks = {}
     memo.queued = set()  # games with a pass waiting for their lock
+    metrics.TRACKED_GAMES.set_function(lambda: len(_tracked(memo)))
+
+
+def _tracked(memo: kopf.Memo) -> set[tuple[str, str]]:
+    """Every game this process keeps something for: what `game_seen` must forget."""
+    games: set[tuple[str, str]] = getattr(memo, "games", set())
+    return memo.reconciler.tracked() | set(memo.locks) | games
 
 
 def _read_game(memo: kopf.Memo, namespace: str, name: str) -> dict[str, Any] | None:

@@ -53,6 +53,9 @@ class JobWatch:
     # them twice.
     _started: float = field(default_factory=time.time)
 
+    def tracked(self) -> set[GameKey]:
+        return set(self._outcomes) | set(self._timed)
+
     def forget(self, namespace: str, game: str) -> None:
         self._outcomes.pop((namespace, game), None)
         self._timed.pop((namespace, game), None)

@@ -41,6 +41,13 @@ ROUNDS_COMPLETED = Counter(
     ["namespace"], registry=REGISTRY,
 )  # fmt: skip
 BUILD_INFO = Gauge("sparring_build_info", "Operator version.", ["version"], registry=REGISTRY)
+# Set to a function by the operator at startup; a deleted game's state goes with it, so on a
+# quiet operator this is the number of games that exist (a growing gap is a leak).
+TRACKED_GAMES = Gauge(
+    "sparring_operator_tracked_games",
+    "Games the operator keeps per-game state for (caches, locks, resync schedule).",
+    registry=REGISTRY,
+)
 
 
 @dataclass

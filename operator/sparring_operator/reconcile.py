@@ -76,6 +76,10 @@ class Reconciler:
     def __post_init__(self) -> None:
         self.jobs = JobWatch(self.api)
 
+    def tracked(self) -> set[GameKey]:
+        """Games with something kept here."""
+        return set(self.store_cache) | self.jobs.tracked()
+
     def forget(self, namespace: str, name: str) -> None:
         """Drop everything kept for a deleted game."""
         self.store_cache.pop((namespace, name), None)
