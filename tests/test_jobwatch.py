@@ -1,0 +1,68 @@
+"""Why a phase pod is not running, read from the pod status the kubelet and scheduler write
+(`jobwatch.pod_waiting`); the states are those of the Kubernetes API reference."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+from kubernetes.client import (
+    V1ContainerState,
+    V1ContainerStateWaiting,
+    V1ContainerStatus,
+    V1ObjectMeta,
+    V1Pod,
+    V1PodCondition,
+    V1PodStatus,
+)
+from sparring_operator.jobwatch import pod_waiting
+
+CREATED = datetime(2026, 12, 1, 10, 0, 0, tzinfo=timezone.utc)
+SCHEDULED_FALSE_AT = datetime(2026, 12, 1, 10, 0, 5, tzinfo=timezone.utc)
+
+
+def pod(
+    conditions: list[V1PodCondition] | None = None, waiting: tuple[str, str] | None = None
+) -> V1Pod:
+    statuses = None
+    if waiting is not None:
+        state = V1ContainerState(
+            waiting=V1ContainerStateWaiting(reason=waiting[0], message=waiting[1])
+        )
+        statuses = [
+            V1ContainerStatus(
+                name="phase", image="img", image_id="", ready=False, restart_count=0, state=state
+            )
+        ]
+    return V1Pod(
+        metadata=V1ObjectMeta(name="p", creation_timestamp=CREATED),
+        status=V1PodStatus(phase="Pending", conditions=conditions, container_statuses=statuses),
+    )
+
+
+def test_unschedulable_names_the_scheduler_message_and_when_it_started() -> None:
+    cond = V1PodCondition(
+        type="PodScheduled", status="False", reason="Unschedulable",
+        message="0/8 nodes are available: 8 Insufficient nvidia.com/gpu.",
+        last_transition_time=SCHEDULED_FALSE_AT,
+    )  # fmt: skip
+    assert pod_waiting(pod([cond])) == (
+        "Unschedulable",
+        "0/8 nodes are available: 8 Insufficient nvidia.com/gpu.",
+        SCHEDULED_FALSE_AT.timestamp(),
+    )
+
+
+@pytest.mark.parametrize(
+    "reason", ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"]
+)
+def test_a_container_that_cannot_start_is_stuck_since_the_pod_was_created(reason: str) -> None:
+    message = 'Back-off pulling image "ghcr.io/team/trainer:nope"'
+    assert pod_waiting(pod(waiting=(reason, message))) == (reason, message, CREATED.timestamp())
+
+
+@pytest.mark.parametrize("reason", ["ContainerCreating", "PodInitializing"])
+def test_a_pod_on_its_way_is_not_stuck(reason: str) -> None:
+    scheduled = V1PodCondition(type="PodScheduled", status="True")
+    assert pod_waiting(pod([scheduled], waiting=(reason, ""))) == ("", "", None)
+    assert pod_waiting(pod()) == ("", "", None)  # not even scheduled yet: no condition
