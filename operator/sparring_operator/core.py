@@ -233,7 +233,10 @@ def _running(p: PhaseJobs) -> Plan | None:
     if job.waiting not in STUCK_REASONS:
         return Plan(_running_outcome(p, shown, f"{p.where} {job.waiting}: {detail}", job.waiting))
     if waited < timeout:
-        what = f"{p.where} {job.waiting} (a failed attempt in {timeout - waited:.0f} s): {detail}"
+        # An absolute time, not a countdown: status changes (and is written) only when the
+        # situation does.
+        at = iso((job.waiting_since or job.created_at) + timeout)
+        what = f"{p.where} {job.waiting} (a failed attempt at {at}): {detail}"
         return Plan(_running_outcome(p, shown, what, job.waiting), requeue=timeout - waited)
     what = f"{p.where} {job.waiting}: {detail}"
     gave_up = (
@@ -281,7 +284,7 @@ def _retry(p: PhaseJobs) -> Plan | None:
     if p.now < ready_at:
         wait = ready_at - p.now
         outcome = replace(
-            _running_outcome(p, shown), backing_off=f"retrying {p.where} in {wait:.0f} s"
+            _running_outcome(p, shown), backing_off=f"retrying {p.where} at {iso(ready_at)}"
         )
         return Plan(outcome, requeue=wait)
     attempt = p.last_attempt + 1

@@ -51,7 +51,7 @@ def test_an_unschedulable_phase_is_shown_and_then_fails_its_attempt(
 
     status = wait_for(shown, TIMEOUT, message=operator.tail)
     assert status["phase"] == "Running"
-    assert status["message"].startswith("round 0 prepare Unschedulable (a failed attempt in")
+    assert status["message"].startswith("round 0 prepare Unschedulable (a failed attempt at 20")
     running = {c["type"]: c for c in status["conditions"]}["Running"]
     assert "Job apo-tiny-r0000-prepare-a1: 0/1 nodes are available" in running["message"]
     [row] = table(kube_env)
