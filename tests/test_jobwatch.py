@@ -58,7 +58,9 @@ def test_unschedulable_names_the_scheduler_message_and_when_it_started() -> None
 )
 def test_a_container_that_cannot_start_is_stuck_since_the_pod_was_created(reason: str) -> None:
     message = 'Back-off pulling image "ghcr.io/team/trainer:nope"'
-    assert pod_waiting(pod(waiting=(reason, message))) == (reason, message, CREATED.timestamp())
+    # The kubelet alternates ErrImagePull and ImagePullBackOff: one reason for the situation.
+    shown = "ImagePullBackOff" if reason == "ErrImagePull" else reason
+    assert pod_waiting(pod(waiting=(reason, message))) == (shown, message, CREATED.timestamp())
 
 
 @pytest.mark.parametrize("reason", ["ContainerCreating", "PodInitializing"])

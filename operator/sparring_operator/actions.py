@@ -48,6 +48,7 @@ class ObservedJob:
     waiting: str = ""  # an Active Job whose pod is not running: why (STUCK_REASONS or QUEUED)
     waiting_message: str = ""
     waiting_since: float | None = None
+    resource_version: str = ""  # what was seen, so that acting on it fails if it changed since
 
 
 # ---- what reconcile does ------------------------------------------------------------------
@@ -74,6 +75,7 @@ class FailJob:
     name: str
     reason: str
     message: str
+    resource_version: str = ""  # the Job as judged stuck: a pod that started since wins
 
 
 @dataclass(frozen=True)

@@ -244,7 +244,8 @@ def _running(p: PhaseJobs) -> Plan | None:
         f"{job.waiting}: {job.waiting_message}"
     )
     return Plan(
-        _running_outcome(p, shown, what, job.waiting), [FailJob(job.name, job.waiting, gave_up)]
+        _running_outcome(p, shown, what, job.waiting),
+        [FailJob(job.name, job.waiting, gave_up, job.resource_version)],
     )
 
 

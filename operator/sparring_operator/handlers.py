@@ -18,6 +18,7 @@ a finalizer, to stop it before deletion).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -99,7 +100,9 @@ async def _reconcile(memo: kopf.Memo, key: tuple[str, str]) -> None:
     """One pass over the game (namespace, name), one at a time per game. The pass decides from
     the game as it is now, read inside the lock: a body handed to a trigger predates any pass
     that ran while the trigger waited, and deciding from its status again repeats that pass's
-    events."""
+    events. Whatever triggered it, the pass sets when the game is looked at next (`memo.due`,
+    which the resync loop follows): kopf retries no event handler, so a retry backoff or an
+    error's delay raised from a Job or pod event would otherwise be lost."""
     if key in memo.queued:
         # A pass for this game waits for the lock and has not read the game yet: it will see
         # whatever caused this trigger. Skipping keeps a burst of Job and pod events from
@@ -111,30 +114,46 @@ async def _reconcile(memo: kopf.Memo, key: tuple[str, str]) -> None:
         await lock.acquire()
     finally:
         memo.queued.discard(key)
+    next_pass = RESYNC_SECONDS
     try:
         started = time.perf_counter()
         try:
             current = await asyncio.to_thread(_read_game, memo, *key)
             if current is None:
-                memo.locks.pop(key, None)
-                return  # deleted meanwhile; garbage collection removes its Jobs
+                # Deleted meanwhile (its DELETED event may have been missed in a watch restart):
+                # forget it here too; garbage collection removes its Jobs.
+                _forget(memo, key, keep_lock=key in memo.queued)
+                return
             if current["metadata"].get("deletionTimestamp"):
                 return  # going (foreground deletion): start nothing new for it
             decision = await asyncio.to_thread(memo.reconciler.reconcile, current)
-        except kopf.TemporaryError:
-            raise  # e.g. the store is down: status says so; kopf retries
+            if decision.requeue_after is not None:  # e.g. a retry backoff ending before then
+                next_pass = min(RESYNC_SECONDS, max(1.0, decision.requeue_after))
+        except kopf.TemporaryError as exc:  # e.g. the store is down: status says so
+            next_pass = exc.delay or RETRY_BACKOFF
+            raise
         except Exception:
             metrics.RECONCILE_ERRORS.inc()
+            next_pass = RETRY_BACKOFF
             raise
         finally:
             metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
+            if key in memo.games:
+                memo.due[key] = asyncio.get_running_loop().time() + next_pass
+                memo.wake.set()
     finally:
         lock.release()
-    if decision.requeue_after is not None and decision.requeue_after < RESYNC_SECONDS:
-        # A retry backoff ends before the next timer tick: come back exactly then.
-        raise kopf.TemporaryError(
-            "waiting for retry backoff", delay=max(1.0, decision.requeue_after)
-        )
+
+
+def _forget(memo: kopf.Memo, key: tuple[str, str], keep_lock: bool = False) -> None:
+    """Drop everything kept for a deleted game. Its lock stays while a pass waits on it: a new
+    lock beside it would let a pass run at the same time."""
+    memo.games.discard(key)
+    memo.due.pop(key, None)
+    if not keep_lock:
+        memo.locks.pop(key, None)
+    metrics.GAMES.forget(*key)
+    memo.reconciler.forget(*key)  # its cached store reads and Job outcomes
 
 
 # A pass that fails on an unexpected error (the API answered 500 or 429, a connection broke) is
@@ -158,44 +177,45 @@ async def game_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
     key = _key(body)
     if type == "DELETED":
         memo.games.discard(key)
-        lock = memo.locks.pop(key, None)
+        lock = memo.locks.get(key)
         if lock is not None:
             async with lock:
                 pass  # a pass in flight exports the game's series: let it end, then forget
-        metrics.GAMES.forget(*key)
-        memo.reconciler.forget(*key)  # its cached store reads and Job outcomes
+        _forget(memo, key, keep_lock=key in memo.queued)
     else:
         memo.games.add(key)
 
 
 async def _resync_forever(memo: kopf.Memo) -> None:
-    """Reconcile every known game each RESYNC_SECONDS, or sooner when a pass asked to come back
-    (a retry backoff ending before the next tick, or a failed pass after RETRY_BACKOFF)."""
+    """Reconcile every known game when it is due: RESYNC_SECONDS after its last pass, or sooner
+    when that pass asked to come back (a retry backoff, a pending timeout, an error's delay)."""
     loop = asyncio.get_running_loop()
-    due: dict[tuple[str, str], float] = {}
     while True:
+        memo.wake.clear()
         now = loop.time()
         for key in list(memo.games):
             # A new game was just reconciled by its create handler: first resync one tick later.
-            if due.setdefault(key, now + RESYNC_SECONDS) > now:
+            if memo.due.setdefault(key, now + RESYNC_SECONDS) > now:
                 continue
-            due[key] = now + RESYNC_SECONDS
+            memo.due[key] = now + RESYNC_SECONDS  # the pass sets its own; this if it is skipped
             try:
                 await _reconcile(memo, key)
             except kopf.TemporaryError as exc:
-                due[key] = now + (exc.delay or RETRY_BACKOFF)
+                logging.getLogger(__name__).info("resync of %s/%s: %s", *key, exc)
             except Exception:
                 logging.getLogger(__name__).exception("resync of %s/%s failed", *key)
-                due[key] = now + RETRY_BACKOFF
-        for key in set(due) - memo.games:
-            del due[key]
-        wake = min(due.values(), default=now + RESYNC_SECONDS)
-        await asyncio.sleep(max(0.1, wake - loop.time()))
+        for key in set(memo.due) - memo.games:
+            del memo.due[key]
+        wake = min(memo.due.values(), default=now + RESYNC_SECONDS)
+        with contextlib.suppress(TimeoutError):  # woken early when a pass moved a game up
+            await asyncio.wait_for(memo.wake.wait(), timeout=max(0.1, wake - loop.time()))
 
 
 @kopf.on.startup()
 async def start_resync(memo: kopf.Memo, **_: Any) -> None:
     memo.games = set()
+    memo.due = {}  # game -> loop time of its next pass
+    memo.wake = asyncio.Event()  # a pass moved a game's next pass earlier
     memo.resync = asyncio.create_task(_resync_forever(memo), name="sparring-resync")
 
 

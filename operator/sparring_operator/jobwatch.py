@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
 
 from sparring_operator import metrics
 from sparring_operator.actions import QUEUED, STUCK_REASONS, ObservedJob
@@ -32,6 +34,7 @@ FAILED_MESSAGE = "sparring.dev/failed-message"
 # read yet. Phases that finish within it never cost a pod list while active.
 STUCK_CHECK_AFTER = 10.0
 _EXIT_CODE = re.compile(r"exit code (\d+)")
+log = logging.getLogger("sparring.jobwatch")
 
 GameKey = tuple[str, str]  # (namespace, game)
 
@@ -82,7 +85,10 @@ class JobWatch:
                 continue  # not one of ours (or tampered with): never act on it
             seen.add(job.metadata.uid)
             created = epoch(job.metadata.creation_timestamp) or time.time()
-            seen_job = ObservedJob(job.metadata.name, rnd, phase, attempt, "Active", created)
+            seen_job = ObservedJob(
+                job.metadata.name, rnd, phase, attempt, "Active", created,
+                resource_version=job.metadata.resource_version or "",
+            )  # fmt: skip
             ended = _ended(job)
             if ended is None:
                 observed.append(self._active(namespace, job, seen_job))
@@ -94,9 +100,8 @@ class JobWatch:
                     namespace, job.metadata.name
                 )
             annotations = job.metadata.annotations or {}
-            if annotations.get(
-                FAILED_REASON
-            ):  # the operator ended it: its reason, not the deadline
+            if reason == "DeadlineExceeded" and annotations.get(FAILED_REASON):
+                # The operator ended it (core.FailJob): its reason, not the deadline's.
                 reason, message = annotations[FAILED_REASON], annotations.get(FAILED_MESSAGE, "")
             else:
                 message = outcome.message or message
@@ -131,6 +136,14 @@ class JobWatch:
             return seen  # a pod is running
         if time.time() - seen.created_at < STUCK_CHECK_AFTER:
             return seen
+        try:
+            return self._stuck(namespace, job, seen)
+        except ApiException as exc:
+            # Best-effort: a refused or failed read must not keep the game from its pass.
+            log.warning("why Job %s has no running pod: not read (%s)", seen.name, exc.reason)
+            return seen
+
+    def _stuck(self, namespace: str, job: Any, seen: ObservedJob) -> ObservedJob:
         core: Any = k8s.CoreV1Api(self.api)
         pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={seen.name}").items
         live = [
@@ -140,16 +153,21 @@ class JobWatch:
             pod = max(live, key=lambda p: epoch(p.metadata.creation_timestamp) or 0.0)
             reason, message, since = pod_waiting(pod)
             return _waiting(seen, reason, message, since) if reason else seen
-        events = core.list_namespaced_event(
-            namespace,
-            field_selector=f"involvedObject.kind=Job,involvedObject.name={seen.name},reason=FailedCreate",
-        ).items
+        if pods:
+            # Between a pod's end and the Job's verdict, or before a replacement is created:
+            # the Job controller is at work, nothing is stuck.
+            return seen
+        # No pod was ever created: only the Job controller's events say why (quota, a missing
+        # ServiceAccount, Pod Security). This Job's own (by uid: names repeat across games).
+        selector = f"involvedObject.uid={job.metadata.uid},reason=FailedCreate"
+        events = core.list_namespaced_event(namespace, field_selector=selector).items
         if not events:
             return seen
+        # The first one: later ones differ only in the generated pod name, and status should
+        # change when the situation does, not with every retry of the Job controller.
         first = min(events, key=lambda e: epoch(e.first_timestamp or e.event_time) or 0.0)
-        last = max(events, key=lambda e: epoch(e.last_timestamp or e.event_time) or 0.0)
         since = epoch(first.first_timestamp or first.event_time) or seen.created_at
-        return _waiting(seen, "FailedCreate", str(last.message or ""), since)
+        return _waiting(seen, "FailedCreate", str(first.message or ""), since)
 
     def _pod_outcome(self, namespace: str, job: str) -> PodOutcome:
         """What the newest pod of a finished Job said: the phase's summary or its error (the
@@ -191,15 +209,15 @@ def pod_waiting(pod: Any) -> tuple[str, str, float | None]:
     for container in (status.container_statuses or []) if status else []:
         waiting = container.state.waiting if container.state else None
         if waiting is not None and waiting.reason in STUCK_REASONS:
-            return str(waiting.reason), str(waiting.message or ""), created
+            # The kubelet alternates ErrImagePull and ImagePullBackOff on each pull retry: one
+            # situation, one reason.
+            reason = "ImagePullBackOff" if waiting.reason == "ErrImagePull" else waiting.reason
+            return reason, str(waiting.message or ""), created
     return "", "", None
 
 
 def _waiting(job: ObservedJob, reason: str, message: str, since: float | None) -> ObservedJob:
-    return ObservedJob(
-        job.name, job.round, job.phase, job.attempt, job.state, job.created_at,
-        waiting=reason, waiting_message=message[:500], waiting_since=since,
-    )  # fmt: skip
+    return replace(job, waiting=reason, waiting_message=message[:500], waiting_since=since)
 
 
 def _ended(job: Any) -> tuple[str, str, str, float | None] | None:

@@ -251,16 +251,17 @@ class Reconciler:
         """End an attempt whose pod never started: the Job controller fails a Job past its
         activeDeadlineSeconds (deleting its pods), and the Job stays as the failed attempt's
         record; the annotations say why in place of DeadlineExceeded."""
-        patch = {
-            "metadata": {
-                "annotations": {FAILED_REASON: action.reason, FAILED_MESSAGE: action.message[:1000]}
-            },
-            "spec": {"activeDeadlineSeconds": 1},
-        }
+        annotations = {FAILED_REASON: action.reason, FAILED_MESSAGE: action.message[:1000]}
+        metadata: dict[str, Any] = {"annotations": annotations}
+        if action.resource_version:
+            # Only the Job as it was judged: if its pod started since, the API server answers
+            # 409 and the next pass judges again.
+            metadata["resourceVersion"] = action.resource_version
+        patch = {"metadata": metadata, "spec": {"activeDeadlineSeconds": 1}}
         try:
             self._batch().patch_namespaced_job(action.name, namespace, patch)
         except ApiException as exc:
-            if exc.status != 404:
+            if exc.status not in (404, 409):
                 raise
 
     def _evict_foreign_job(self, namespace: str, name: str, body: dict[str, Any]) -> None:

@@ -111,7 +111,9 @@ def stalled_status(
     """The last status as it was, marked Stalled: something outside the game (its store, its
     Secret) keeps it from going on until someone fixes it; it resumes by itself then."""
     stalled = _condition("Stalled", True, reason, message[:500])
-    stalled = stalled.model_copy(update={"last_transition_time": iso(now)})
+    stalled = stalled.model_copy(
+        update={"last_transition_time": iso(now), "observed_generation": generation}
+    )
     others = [c for c in old.conditions if c.type != "Stalled"]
     status = old.model_copy(
         update={"conditions": _ordered([*others, stalled]), "message": _short(message)}
