@@ -135,7 +135,7 @@ def test_bad_input_is_not_retried_but_a_crash_is() -> None:
     assert "no such file" in (d.status.message or "")
     crash = replace(bad, exit_code=1, message="Segmentation fault")
     d = run(game(), [crash], view((0, "prepare")), now=T0 + 1000)
-    assert creates(d) == [CreateJob(1, "sample", 2, "PodFailurePolicy")]
+    assert creates(d) == [CreateJob(1, "sample", 2, "PodFailed")]
 
 
 def test_a_job_that_succeeded_without_committing_counts_as_a_failed_attempt() -> None:

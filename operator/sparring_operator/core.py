@@ -299,7 +299,7 @@ def _retry(p: PhaseJobs) -> Plan | None:
     return Plan(
         _running_outcome(p, started),
         [
-            CreateJob(p.step.round, p.step.phase, attempt, last.reason or "Failed"),
+            CreateJob(p.step.round, p.step.phase, attempt, _retry_reason(last)),
             RecordEvent(
                 "Warning",
                 "PhaseRetried",
@@ -307,6 +307,14 @@ def _retry(p: PhaseJobs) -> Plan | None:
             ),
         ],
     )
+
+
+def _retry_reason(failed: ObservedJob) -> str:
+    """Why an attempt is retried, as the retries metric's label: a crash (any exit but bad
+    input ends the Job through its pod failure policy) is PodFailed, not the policy's name."""
+    if failed.reason == "PodFailurePolicy":
+        return "PodFailed"
+    return failed.reason or "Failed"
 
 
 def _start(p: PhaseJobs) -> Plan:
