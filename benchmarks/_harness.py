@@ -64,9 +64,9 @@ class Bed:
 
 
 @contextlib.contextmanager
-def bed(workdir: Path, with_kubelet: bool) -> Iterator[Bed]:
+def bed(workdir: Path, with_kubelet: bool, controller_qps: int | None = None) -> Iterator[Bed]:
     """A fresh control plane under `workdir`, stopped (every process it started) on exit."""
-    plane = ControlPlane(workdir / "kube", with_kubelet=with_kubelet)
+    plane = ControlPlane(workdir / "kube", with_kubelet=with_kubelet, controller_qps=controller_qps)
     kube = None
     try:
         plane.start()
