@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import kopf
@@ -35,6 +36,7 @@ from sparring_operator.jobs import LABEL_GAME, OperatorSettings
 from sparring_operator.reconcile import Reconciler
 
 RESYNC_SECONDS = float(os.environ.get("SPARRING_RESYNC_SECONDS", "30"))
+RECONCILE_THREADS = int(os.environ.get("SPARRING_RECONCILE_THREADS", "16"))
 
 
 @kopf.on.startup()
@@ -62,8 +64,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()  # KUBECONFIG, for a local operator and the test harness
+    configuration = k8s.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = RECONCILE_THREADS  # one connection per pass thread
     memo.reconciler = Reconciler(
-        k8s.ApiClient(),
+        k8s.ApiClient(configuration),
         OperatorSettings(
             trainer_image=os.environ.get("SPARRING_TRAINER_IMAGE", OperatorSettings.trainer_image),
             phase_service_account=os.environ.get("SPARRING_PHASE_SERVICE_ACCOUNT") or None,
@@ -213,6 +217,11 @@ async def _resync_forever(memo: kopf.Memo) -> None:
 
 @kopf.on.startup()
 async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+    # A pass mostly waits on the API server and the store: asyncio's default pool (cores + 4
+    # threads) queued hundreds of games' passes behind a few slow ones.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(RECONCILE_THREADS, thread_name_prefix="reconcile")
+    )
     memo.games = set()
     memo.due = {}  # game -> loop time of its next pass
     memo.wake = asyncio.Event()  # a pass moved a game's next pass earlier

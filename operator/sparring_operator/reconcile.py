@@ -72,17 +72,20 @@ class Reconciler:
         default_factory=dict
     )
     jobs: JobWatch = field(init=False)
+    # The (uid, generation) each game's ConfigMap was last written for.
+    _configmaps: dict[GameKey, tuple[Any, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.jobs = JobWatch(self.api)
 
     def tracked(self) -> set[GameKey]:
         """Games with something kept here."""
-        return set(self.store_cache) | self.jobs.tracked()
+        return set(self.store_cache) | set(self._configmaps) | self.jobs.tracked()
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop everything kept for a deleted game."""
         self.store_cache.pop((namespace, name), None)
+        self._configmaps.pop((namespace, name), None)
         self.jobs.forget(namespace, name)
 
     # The generated client's type stubs want its model classes; we send plain dicts (which it
@@ -158,6 +161,8 @@ class Reconciler:
             )
             return self._refuse(body, refused("InvalidSpec", message, old, now, generation))
         jobs = self.jobs.observe(namespace, name, meta.get("uid"))
+        if any(j.waiting == "CreateContainerConfigError" for j in jobs):
+            self._configmaps.pop((namespace, name), None)  # deleted by someone? write it again
         try:
             store = self.open_game_store(game)
             cache = self.store_cache.setdefault((namespace, name), {})
@@ -279,11 +284,21 @@ class Reconciler:
         raise kopf.TemporaryError(f"Job {name} belongs to an earlier game of this name", delay=1)
 
     def ensure_configmap(self, body: dict[str, Any], game: AdversarialGame) -> None:
+        """The game document the phase pods mount, written once per incarnation and spec
+        generation (each phase used to rewrite it: two requests per Job)."""
+        meta = body["metadata"]
+        key, written = (game.metadata.namespace, game.metadata.name), (
+            meta.get("uid"), meta.get("generation"),
+        )  # fmt: skip
+        if self._configmaps.get(key) == written:
+            return
         cm = build_configmap(game)
         kopf.adopt(cm, owner=cast(Any, body))
         core = self._core()
         try:
             core.create_namespaced_config_map(game.metadata.namespace, cm)
+            self._configmaps[key] = written
+            return
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -301,6 +316,7 @@ class Reconciler:
                 patch,
                 _content_type="application/merge-patch+json",
             )
+        self._configmaps[key] = written
 
     def event(self, body: dict[str, Any], action: RecordEvent) -> None:
         meta = body["metadata"]

@@ -216,6 +216,9 @@ class ControlPlane:
                 f"--audit-log-path={self.audit_log}",
                 "--audit-log-format=json",
                 "--audit-log-mode=blocking",
+                # One file, never rotated (the default rotates at 100 MB, which a benchmark of
+                # hundreds of games passes: its readers would miss the older requests).
+                "--audit-log-maxsize=100000",
                 "--profiling=false",
                 "--v=1",
             ],
