@@ -51,6 +51,10 @@ NOT_EXERCISED: dict[Permission, str] = {
         "ends an attempt whose pod never started; called under these rules by "
         "tests/e2e/test_pending.py"
     ),
+    ("", "configmaps", "patch"): (
+        "the game's ConfigMap exists already (409) after an operator restart, a grown spec or a "
+        "re-created game, and is rewritten; tests/e2e/test_incarnations.py does that (as admin)"
+    ),
     ("", "events", "list"): (
         "a Job without pods: its FailedCreate events say why; called under these rules by "
         "tests/e2e/test_pending.py"
