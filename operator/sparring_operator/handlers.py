@@ -36,7 +36,10 @@ from sparring_operator.jobs import LABEL_GAME, OperatorSettings
 from sparring_operator.reconcile import Reconciler
 
 RESYNC_SECONDS = float(os.environ.get("SPARRING_RESYNC_SECONDS", "30"))
-RECONCILE_THREADS = int(os.environ.get("SPARRING_RECONCILE_THREADS", "16"))
+# Fixed, not asyncio's cores + 4: each thread grows its own malloc arena, and 16 threads doubled
+# the operator's RSS (about 260 to 510 MB in tests/e2e/test_soak.py), past the chart's 512Mi
+# limit; a big node must not change that.
+RECONCILE_THREADS = int(os.environ.get("SPARRING_RECONCILE_THREADS", "6"))
 
 
 @kopf.on.startup()
@@ -217,8 +220,7 @@ async def _resync_forever(memo: kopf.Memo) -> None:
 
 @kopf.on.startup()
 async def start_resync(memo: kopf.Memo, **_: Any) -> None:
-    # A pass mostly waits on the API server and the store: asyncio's default pool (cores + 4
-    # threads) queued hundreds of games' passes behind a few slow ones.
+    # A pass mostly waits on the API server and the store, in one of these threads.
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(RECONCILE_THREADS, thread_name_prefix="reconcile")
     )
