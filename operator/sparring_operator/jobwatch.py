@@ -16,7 +16,6 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any
 
 from kubernetes import client as k8s
@@ -25,6 +24,7 @@ from kubernetes.client.rest import ApiException
 from sparring_operator import metrics
 from sparring_operator.actions import QUEUED, STUCK_REASONS, ObservedJob
 from sparring_operator.jobs import LABEL_ATTEMPT, LABEL_GAME, LABEL_PHASE, LABEL_ROUND
+from sparring_operator.status import epoch
 
 # Set by the operator when it gives up on an attempt whose pod never started (core.FailJob):
 # the Job then fails on its deadline, and these say why in place of "DeadlineExceeded".
@@ -235,14 +235,3 @@ def _condition_message(job: Any) -> str:
 
 def controller_uid(owners: list[Any] | None) -> str | None:
     return next((o.uid for o in owners or [] if o.controller), None)
-
-
-def epoch(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.timestamp()
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

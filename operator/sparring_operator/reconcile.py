@@ -45,11 +45,10 @@ from sparring_operator.jobwatch import (
     GameKey,
     JobWatch,
     controller_uid,
-    epoch,
 )
 from sparring_operator.observed import CommittedPhase, observe_store
 from sparring_operator.refusals import refused
-from sparring_operator.status import stalled_status, with_progress
+from sparring_operator.status import epoch, stalled_status, with_progress
 from sparring_operator.statuspatch import merge_patch
 
 log = logging.getLogger("sparring.reconcile")

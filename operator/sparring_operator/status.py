@@ -134,7 +134,7 @@ def with_progress(
         reported = float(report["time"])
     except (ValueError, KeyError, TypeError):
         return status  # a torn or foreign report: progress is best-effort
-    started = _epoch(job.started_at) or reported
+    started = epoch(job.started_at) or reported
     eta = None
     if 0 < step < total and reported > started:
         eta = int((reported - started) / step * (total - step))
@@ -149,11 +149,15 @@ def with_progress(
     return status.model_copy(update={"active_job": job.model_copy(update={"progress": progress})})
 
 
-def _epoch(stamp: str | None) -> float | None:
-    if not stamp:
+def epoch(value: Any) -> float | None:
+    """Seconds since the epoch of an API timestamp (a string as in status, or the client's
+    datetime); None when absent or unreadable."""
+    if value is None or value == "":
         return None
+    if isinstance(value, datetime):
+        return value.timestamp()
     try:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
 
