@@ -218,6 +218,23 @@ def test_success_writes_complete_and_rounds_may_grow() -> None:
     assert creates(grown) == [CreateJob(2, "sample", 1)] and grown.status.phase == "Running"
 
 
+def test_every_phase_commit_is_one_event_the_last_one_included() -> None:
+    """Playing a game pass by pass, each pass deciding from the status the previous one wrote,
+    posts one PhaseSucceeded per phase (the last one used to be missing) and GameSucceeded once."""
+    sequence = phase_sequence("apo", 1)
+    status, posted = AdversarialGameStatus(), []
+    for done in range(len(sequence) + 1):
+        committed = view(*sequence[:done])
+        for _ in range(2):  # a second pass with nothing new posts nothing
+            d = run(game(), [], committed, old=status)
+            posted += [(a.reason, a.message) for a in d.actions if isinstance(a, RecordEvent)]
+            status = d.status
+    succeeded = [m for r, m in posted if r == "PhaseSucceeded"]
+    assert succeeded == [f"round {r} {p} committed" for r, p in sequence]
+    assert [r for r, _ in posted].count("GameSucceeded") == 1
+    assert status.phase == "Succeeded"
+
+
 def test_recreated_game_with_the_same_spec_is_succeeded_without_jobs() -> None:
     done = view(*phase_sequence("apo", 1))
     d = run(game(), [], done, complete=spec_hash(game()))

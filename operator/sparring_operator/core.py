@@ -106,7 +106,13 @@ def decide(
     active = [j for j in jobs if j.state == "Active"]
     if isinstance(step, GameDone):
         plan = _game_done(game, step, active, view, complete_hash)
-        plan.actions += _retired(jobs, view, max((m[0] for m in view.committed), default=0))
+        # The last phase's commit is a transition too: its PhaseSucceeded comes before the
+        # game's (it was missing, so a game's events listed one phase fewer than it played).
+        plan.actions = [
+            *_phase_committed(old, view),
+            *plan.actions,
+            *_retired(jobs, view, max((m[0] for m in view.committed), default=0)),
+        ]
     else:
         phase = _phase_jobs(game, step, jobs, active, old, created_at, now)
         plan = (
