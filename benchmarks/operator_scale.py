@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import sys
 import tempfile
 import threading
@@ -64,6 +65,13 @@ def parse_args() -> Any:
     p.add_argument("--resync", type=float, default=30.0, help="SPARRING_RESYNC_SECONDS")
     p.add_argument("--timeout", type=float, default=1800.0, help="per scale point, seconds")
     p.add_argument(
+        "--phase-seconds",
+        type=float,
+        default=0.0,
+        help="mean phase duration: each Job is held for a seeded uniform draw in [0.5, 1.5] x "
+        "this before its commit [0: instant, every game hands off at once]",
+    )
+    p.add_argument(
         "--controller-qps",
         type=int,
         default=200,
@@ -81,11 +89,14 @@ def parse_args() -> Any:
 class InstantExecutor:
     """Completes each new phase Job's work at once: store commit, then its pod's exit."""
 
-    def __init__(self, client: Any, store_root: Path) -> None:
+    def __init__(self, client: Any, store_root: Path, phase_seconds: float = 0.0) -> None:
         from harness.rawclient import MERGE_PATCH, request_json
         from sparring_trainer.store import FileStore
 
         self.client, self.store = client, FileStore(store_root)
+        # Phases that take time spread the games' hand-offs out, as on a real cluster (phases
+        # last minutes); 0 makes every game hand off at once, the control plane's worst case.
+        self.phase_seconds, self._rng = phase_seconds, random.Random(0)
         self._request, self._merge = request_json, MERGE_PATCH
         self.jobs: queue.Queue[dict[str, Any]] = queue.Queue()
         self.committed: dict[tuple[str, str], float] = {}
@@ -102,6 +113,16 @@ class InstantExecutor:
         for thread in self._threads:
             thread.start()
         return self
+
+    def submit(self, job: dict[str, Any]) -> None:
+        """A new phase Job: its work is done after the phase's duration (none by default)."""
+        if self.phase_seconds <= 0:
+            self.jobs.put(job)
+            return
+        delay = self.phase_seconds * self._rng.uniform(0.5, 1.5)
+        timer = threading.Timer(delay, self.jobs.put, (job,))
+        timer.daemon = True
+        timer.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -181,8 +202,10 @@ def scale_point(args: Any, n_games: int, workdir: Path) -> dict[str, Any]:
         kube, ns = kube_bed.kube, kube_bed.namespace
         # Its own clients: the executor's writes and the watch are the admin's, never counted
         # as the operator's (the audit log is filtered by the operator's ServiceAccount).
-        executor = InstantExecutor(kube.new_client("bench-executor"), store_root)
-        jobs = JobWatch(kube.new_client("bench-job-watch"), ns, on_create=executor.jobs.put)
+        executor = InstantExecutor(
+            kube.new_client("bench-executor"), store_root, args.phase_seconds
+        )
+        jobs = JobWatch(kube.new_client("bench-job-watch"), ns, on_create=executor.submit)
         # The operator refuses a file:// store on a cluster unless told that every pod runs on
         # this one machine, which is the case here (the "phases" are this process).
         operator = OperatorProcess(
@@ -388,9 +411,16 @@ def main() -> int:
             f"({1 + 5 * args.rounds} phase Jobs), a file:// store; all games created at once "
             f"in one namespace; operator resync timer {args.resync:g} s; kube-controller-manager "
             f"--kube-api-qps={args.controller_qps} (its default of 20 caps the Job controller "
-            "near 3 Jobs/s on this bed). Phases are instant "
-            "(see the script's docstring): the numbers are the operator's own cost plus its "
-            "waits on the API server. The control plane is real (kube-apiserver, etcd, "
+            "near 3 Jobs/s on this bed). "
+            + (
+                f"Each phase lasts a seeded uniform draw in [{args.phase_seconds / 2:g}, "
+                f"{1.5 * args.phase_seconds:g}] s, so the games hand off at different times. "
+                if args.phase_seconds > 0
+                else "Phases are instant (see the script's docstring), so every game hands "
+                "off at once: the numbers are the operator's own cost plus its waits on the "
+                "API server, under the control plane's worst burst. "
+            )
+            + "The control plane is real (kube-apiserver, etcd, "
             "kube-controller-manager; no kubelet: the executor reports each phase pod's exit "
             "right after its commit, as the kubelet would) and shares this machine's cores "
             "with the operator and with this benchmark's process (instant executor, Job "

@@ -23,12 +23,11 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes.client.rest import ApiException
 
 from sparring_operator import metrics
 from sparring_operator.api import GROUP, PLURAL, VERSION
@@ -79,6 +78,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     memo.locks = {}
     memo.queued = set()  # games with a pass waiting for their lock
+    memo.relist = set()  # games whose next pass must read the API server, not the watch
     metrics.TRACKED_GAMES.set_function(lambda: len(_tracked(memo)))
 
 
@@ -88,32 +88,27 @@ def _tracked(memo: kopf.Memo) -> set[tuple[str, str]]:
     return memo.reconciler.tracked() | set(memo.locks) | games
 
 
-def _read_game(memo: kopf.Memo, namespace: str, name: str) -> dict[str, Any] | None:
-    api = k8s.CustomObjectsApi(memo.reconciler.api)
-    try:
-        obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        return cast(dict[str, Any], obj)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
 def _key(body: Any) -> tuple[str, str]:
     return (body["metadata"]["namespace"], body["metadata"]["name"])
 
 
-async def _reconcile(memo: kopf.Memo, key: tuple[str, str]) -> None:
+async def _reconcile(memo: kopf.Memo, key: tuple[str, str], fresh: bool = True) -> None:
     """One pass over the game (namespace, name), one at a time per game. The pass decides from
     the game as it is now, read inside the lock: a body handed to a trigger predates any pass
     that ran while the trigger waited, and deciding from its status again repeats that pass's
-    events. Whatever triggered it, the pass sets when the game is looked at next (`memo.due`,
-    which the resync loop follows): kopf retries no event handler, so a retry backoff or an
-    error's delay raised from a Job or pod event would otherwise be lost."""
+    events. "As it is now" is the API server's answer for a `fresh` pass (a resync, a change
+    of the game), and the watch's newest copy with our own writes applied for a pass woken by
+    a Job or pod event (see `JobWatch`): the resync bounds how long a missed watch event can
+    mislead. Whatever triggered it, the pass sets when the game is looked at next
+    (`memo.due`, which the resync loop follows): kopf retries no event handler, so a retry
+    backoff or an error's delay raised from a Job or pod event would otherwise be lost."""
+    if fresh:
+        memo.relist.add(key)
     if key in memo.queued:
         # A pass for this game waits for the lock and has not read the game yet: it will see
-        # whatever caused this trigger. Skipping keeps a burst of Job and pod events from
-        # queueing one pass each (a workqueue's de-duplication).
+        # whatever caused this trigger (and reads afresh if this one asked to). Skipping keeps
+        # a burst of Job and pod events from queueing one pass each (a workqueue's
+        # de-duplication).
         return
     lock = memo.locks.setdefault(key, asyncio.Lock())  # one pass per game at a time
     memo.queued.add(key)
@@ -124,8 +119,11 @@ async def _reconcile(memo: kopf.Memo, key: tuple[str, str]) -> None:
     next_pass = RESYNC_SECONDS
     try:
         started = time.perf_counter()
+        fresh = key in memo.relist
+        memo.relist.discard(key)
         try:
-            current = await asyncio.to_thread(_read_game, memo, *key)
+            reconciler = memo.reconciler
+            current = await asyncio.to_thread(reconciler.games.read, key[0], key[1], fresh)
             if current is None:
                 # Deleted meanwhile (its DELETED event may have been missed in a watch restart):
                 # forget it here too; garbage collection removes its Jobs.
@@ -133,7 +131,7 @@ async def _reconcile(memo: kopf.Memo, key: tuple[str, str]) -> None:
                 return
             if current["metadata"].get("deletionTimestamp"):
                 return  # going (foreground deletion): start nothing new for it
-            decision = await asyncio.to_thread(memo.reconciler.reconcile, current)
+            decision = await asyncio.to_thread(reconciler.reconcile, current, fresh)
             if decision.requeue_after is not None:  # e.g. a retry backoff ending before then
                 next_pass = min(RESYNC_SECONDS, max(1.0, decision.requeue_after))
         except kopf.TemporaryError as exc:  # e.g. the store is down: status says so
@@ -157,6 +155,7 @@ def _forget(memo: kopf.Memo, key: tuple[str, str], keep_lock: bool = False) -> N
     lock beside it would let a pass run at the same time."""
     memo.games.discard(key)
     memo.due.pop(key, None)
+    memo.relist.discard(key)
     if not keep_lock:
         memo.locks.pop(key, None)
     metrics.GAMES.forget(*key)
@@ -190,6 +189,7 @@ async def game_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
                 pass  # a pass in flight exports the game's series: let it end, then forget
         _forget(memo, key, keep_lock=key in memo.queued)
     else:
+        memo.reconciler.games.remember(dict(body))  # what passes woken by its Jobs decide from
         memo.games.add(key)
 
 
@@ -238,9 +238,12 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_GAME: kopf.PRESENT})
-async def job_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A phase Job changed (or vanished): reconcile its game now rather than at the next tick."""
-    await _reconcile(memo, (body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_GAME]))
+async def job_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A phase Job changed (or vanished): reconcile its game now rather than at the next tick,
+    from the Job as this event shows it."""
+    memo.reconciler.jobs.seen(dict(body), deleted=type == "DELETED")
+    key = (body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_GAME])
+    await _reconcile(memo, key, fresh=False)
 
 
 def _pod_ended(body: kopf.Body, **_: Any) -> bool:
@@ -252,7 +255,8 @@ async def pod_ended(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A phase pod exited: it committed its outputs before that, so the next phase can start
     now. Its Job says so only later (the Job controller batches pod updates for a second before
     it marks a Job Complete), and the hand-off would wait for that."""
-    await _reconcile(memo, (body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_GAME]))
+    key = (body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_GAME])
+    await _reconcile(memo, key, fresh=False)
 
 
 @kopf.on.probe(id="games")

@@ -6,6 +6,12 @@ The Job's own status says most of it: running (a ready pod), finished (a conditi
 pods is ready (is it starting, or stuck: unschedulable, image not pullable, a missing Secret?).
 A Job whose pods cannot even be created (missing ServiceAccount, Pod Security) has only the
 Job controller's FailedCreate event to say so.
+
+The Jobs themselves are listed only by a pass that must be sure (a resync, a change of the
+game, the first pass of a game): a pass woken by a Job or pod event reads the copies the Job
+watch delivered, with the operator's own writes applied as they return. With phases that take
+time, each Job wakes its game four or five times (created, started, its pod's exit, complete);
+listing on each of those passes was most of the operator's API traffic.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from sparring_operator import metrics
 from sparring_operator.actions import QUEUED, STUCK_REASONS, ObservedJob
 from sparring_operator.jobs import LABEL_ATTEMPT, LABEL_GAME, LABEL_PHASE, LABEL_ROUND
 from sparring_operator.status import epoch
+from sparring_operator.watchcache import GameKey, resource_version
 
 # Set by the operator when it gives up on an attempt whose pod never started (core.FailJob):
 # the Job then fails on its deadline, and these say why in place of "DeadlineExceeded".
@@ -36,8 +43,6 @@ STUCK_CHECK_AFTER = 10.0
 _EXIT_CODE = re.compile(r"exit code (\d+)")
 log = logging.getLogger("sparring.jobwatch")
 
-GameKey = tuple[str, str]  # (namespace, game)
-
 
 @dataclass(frozen=True)
 class PodOutcome:
@@ -48,8 +53,10 @@ class PodOutcome:
 @dataclass
 class JobWatch:
     api: k8s.ApiClient
-    # Per game, so that a deleted game's entries go with it (`forget`): finished Job (by uid) ->
-    # what its pod said, and the Jobs whose duration is already in the histogram.
+    # Per game, so that a deleted game's entries go with it (`forget`): its Jobs as last seen
+    # (by uid), finished Job (by uid) -> what its pod said, and the Jobs whose duration is
+    # already in the histogram.
+    _jobs: dict[GameKey, dict[str, dict[str, Any]]] = field(default_factory=dict)
     _outcomes: dict[GameKey, dict[str, PodOutcome]] = field(default_factory=dict)
     _timed: dict[GameKey, set[str]] = field(default_factory=dict)
     # Jobs that ended before this process started are not timed: a restart must not count
@@ -57,49 +64,96 @@ class JobWatch:
     _started: float = field(default_factory=time.time)
 
     def tracked(self) -> set[GameKey]:
-        return set(self._outcomes) | set(self._timed)
+        return set(self._jobs) | set(self._outcomes) | set(self._timed)
 
     def forget(self, namespace: str, game: str) -> None:
+        self._jobs.pop((namespace, game), None)
         self._outcomes.pop((namespace, game), None)
         self._timed.pop((namespace, game), None)
 
-    def observe(self, namespace: str, game: str, uid: str | None) -> list[ObservedJob]:
+    # ---- the cache: a pass woken by a watch event reads the game's Jobs from here ----------
+    def seen(self, job: dict[str, Any], deleted: bool = False) -> None:
+        """A Job as a watch event or our own write returned it. Only games listed since this
+        process started are kept: events of a deleted game's Jobs (the garbage collector
+        removes them after the game) must not bring its entry back."""
+        meta = job.get("metadata") or {}
+        jobs = self._jobs.get(
+            (meta.get("namespace", ""), (meta.get("labels") or {}).get(LABEL_GAME, ""))
+        )
+        uid = meta.get("uid")
+        if jobs is None or not uid:
+            return
+        if deleted:
+            jobs.pop(uid, None)
+            return
+        known = jobs.get(uid)
+        if known is None or resource_version(job) >= resource_version(known):
+            jobs[uid] = job
+
+    def gone(self, namespace: str, game: str, name: str) -> None:
+        """A Job we deleted: out of the cache before its watch event says so."""
+        jobs = self._jobs.get((namespace, game), {})
+        for uid in [u for u, j in jobs.items() if j["metadata"].get("name") == name]:
+            del jobs[uid]
+
+    def _list(self, namespace: str, game: str) -> dict[str, dict[str, Any]]:
+        """The game's Jobs from the API server (its watch cache), as plain JSON: the client's
+        model classes cost more CPU to build than the request itself. Entries newer than the
+        list (written by us after the server answered) are kept."""
+        batch: Any = k8s.BatchV1Api(self.api)
+        response = batch.list_namespaced_job(
+            namespace, label_selector=f"{LABEL_GAME}={game}", _preload_content=False
+        )
+        listing = json.loads(response.data)
+        listed_at = resource_version(listing)
+        jobs = {j["metadata"]["uid"]: j for j in listing.get("items") or []}
+        for uid, job in self._jobs.get((namespace, game), {}).items():
+            if resource_version(job) > listed_at and uid not in jobs:
+                jobs[uid] = job
+        self._jobs[(namespace, game)] = jobs
+        return jobs
+
+    def observe(
+        self, namespace: str, game: str, uid: str | None, fresh: bool = True
+    ) -> list[ObservedJob]:
         """The game's Jobs: labelled with its name and controlled by this incarnation (`uid`).
         A Job of a deleted game of the same name waits for the garbage collector, which works
-        asynchronously; counting it would adopt another game's attempt."""
-        batch: Any = k8s.BatchV1Api(self.api)
-        items = batch.list_namespaced_job(namespace, label_selector=f"{LABEL_GAME}={game}").items
+        asynchronously; counting it would adopt another game's attempt. `fresh` lists them
+        from the API server; otherwise the watch's copies are used once the game was listed.
+        The operator's own creates, patches and deletes update those copies as they return,
+        so a pass never misses a Job it created itself (it would start it twice)."""
         key = (namespace, game)
+        cached = self._jobs.get(key)
+        items = list((self._list(namespace, game) if fresh or cached is None else cached).values())
         outcomes, timed = self._outcomes.get(key, {}), self._timed.get(key, set())
         observed, seen = [], set()
         for job in items:
-            if uid is not None and controller_uid(job.metadata.owner_references) != uid:
+            meta = job.get("metadata") or {}
+            if uid is not None and controller_uid(meta.get("ownerReferences")) != uid:
                 continue
-            if job.metadata.deletion_timestamp is not None:
+            if meta.get("deletionTimestamp"):
                 continue
-            labels = job.metadata.labels or {}
+            labels = meta.get("labels") or {}
             try:
                 rnd, phase = int(labels[LABEL_ROUND]), labels[LABEL_PHASE]
                 attempt = int(labels[LABEL_ATTEMPT])
             except (KeyError, ValueError):
                 continue  # not one of ours (or tampered with): never act on it
-            seen.add(job.metadata.uid)
-            created = epoch(job.metadata.creation_timestamp) or time.time()
+            seen.add(meta["uid"])
+            created = epoch(meta.get("creationTimestamp")) or time.time()
             seen_job = ObservedJob(
-                job.metadata.name, rnd, phase, attempt, "Active", created,
-                resource_version=job.metadata.resource_version or "",
+                meta["name"], rnd, phase, attempt, "Active", created,
+                resource_version=meta.get("resourceVersion") or "",
             )  # fmt: skip
             ended = _ended(job)
             if ended is None:
                 observed.append(self._active(namespace, job, seen_job))
                 continue
             state, reason, message, finished = ended
-            outcome = outcomes.get(job.metadata.uid)
+            outcome = outcomes.get(meta["uid"])
             if outcome is None:
-                outcome = outcomes[job.metadata.uid] = self._pod_outcome(
-                    namespace, job.metadata.name
-                )
-            annotations = job.metadata.annotations or {}
+                outcome = outcomes[meta["uid"]] = self._pod_outcome(namespace, meta["name"])
+            annotations = meta.get("annotations") or {}
             if reason == "DeadlineExceeded" and annotations.get(FAILED_REASON):
                 # The operator ended it (core.FailJob): its reason, not the deadline's.
                 reason, message = annotations[FAILED_REASON], annotations.get(FAILED_MESSAGE, "")
@@ -108,15 +162,15 @@ class JobWatch:
             exit_code = outcome.exit_code
             if exit_code is None and (m := _EXIT_CODE.search(_condition_message(job))):
                 exit_code = int(m.group(1))  # the pod is gone; the Job's condition names it
-            if finished is not None and finished >= self._started and job.metadata.uid not in timed:
-                timed.add(job.metadata.uid)
+            if finished is not None and finished >= self._started and meta["uid"] not in timed:
+                timed.add(meta["uid"])
                 outcome_label = "succeeded" if state == "Succeeded" else "failed"
                 metrics.PHASE_DURATION.labels(phase, outcome_label).observe(
                     max(0.0, finished - created)
                 )
             observed.append(
                 ObservedJob(
-                    job.metadata.name, rnd, phase, attempt, state, created,
+                    meta["name"], rnd, phase, attempt, state, created,
                     finished_at=finished, reason=reason, message=message, exit_code=exit_code,
                 )
             )  # fmt: skip
@@ -125,14 +179,13 @@ class JobWatch:
         self._timed[key] = timed & seen
         return observed
 
-    def _active(self, namespace: str, job: Any, seen: ObservedJob) -> ObservedJob:
+    def _active(self, namespace: str, job: dict[str, Any], seen: ObservedJob) -> ObservedJob:
         """An active Job, with why its pod is not running when it is not."""
-        status = job.status
-        if job.spec.suspend:
-            queue = (job.metadata.labels or {}).get("kueue.x-k8s.io/queue-name")
+        if (job.get("spec") or {}).get("suspend"):
+            queue = (job["metadata"].get("labels") or {}).get("kueue.x-k8s.io/queue-name")
             why = f"admission by Kueue queue {queue}" if queue else "the Job to be resumed"
             return _waiting(seen, QUEUED, f"suspended, waiting for {why}", seen.created_at)
-        if status is not None and (status.ready or 0) > 0:
+        if ((job.get("status") or {}).get("ready") or 0) > 0:
             return seen  # a pod is running
         if time.time() - seen.created_at < STUCK_CHECK_AFTER:
             return seen
@@ -143,7 +196,7 @@ class JobWatch:
             log.warning("why Job %s has no running pod: not read (%s)", seen.name, exc.reason)
             return seen
 
-    def _stuck(self, namespace: str, job: Any, seen: ObservedJob) -> ObservedJob:
+    def _stuck(self, namespace: str, job: dict[str, Any], seen: ObservedJob) -> ObservedJob:
         core: Any = k8s.CoreV1Api(self.api)
         pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={seen.name}").items
         live = [
@@ -159,7 +212,7 @@ class JobWatch:
             return seen
         # No pod was ever created: only the Job controller's events say why (quota, a missing
         # ServiceAccount, Pod Security). This Job's own (by uid: names repeat across games).
-        selector = f"involvedObject.uid={job.metadata.uid},reason=FailedCreate"
+        selector = f"involvedObject.uid={job['metadata']['uid']},reason=FailedCreate"
         events = core.list_namespaced_event(namespace, field_selector=selector).items
         if not events:
             return seen
@@ -220,18 +273,25 @@ def _waiting(job: ObservedJob, reason: str, message: str, since: float | None) -
     return replace(job, waiting=reason, waiting_message=message[:500], waiting_since=since)
 
 
-def _ended(job: Any) -> tuple[str, str, str, float | None] | None:
-    for cond in (job.status.conditions or []) if job.status else []:
-        if cond.status == "True" and cond.type in ("Complete", "Failed"):
-            state = "Succeeded" if cond.type == "Complete" else "Failed"
-            return state, cond.reason or "", cond.message or "", epoch(cond.last_transition_time)
+def _conditions(job: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((job.get("status") or {}).get("conditions") or [])
+
+
+def _ended(job: dict[str, Any]) -> tuple[str, str, str, float | None] | None:
+    for cond in _conditions(job):
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
+            state = "Succeeded" if cond["type"] == "Complete" else "Failed"
+            when = epoch(cond.get("lastTransitionTime"))
+            return state, cond.get("reason") or "", cond.get("message") or "", when
     return None
 
 
-def _condition_message(job: Any) -> str:
-    conditions = (job.status.conditions or []) if job.status else []
-    return " ".join(str(c.message or "") for c in conditions if c.type == "Failed")
+def _condition_message(job: dict[str, Any]) -> str:
+    return " ".join(
+        str(c.get("message") or "") for c in _conditions(job) if c.get("type") == "Failed"
+    )
 
 
-def controller_uid(owners: list[Any] | None) -> str | None:
-    return next((o.uid for o in owners or [] if o.controller), None)
+def controller_uid(owners: list[dict[str, Any]] | None) -> str | None:
+    """The uid of an object's controlling owner (ownerReferences as JSON)."""
+    return next((o.get("uid") for o in owners or [] if o.get("controller")), None)

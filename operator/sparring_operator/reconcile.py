@@ -4,7 +4,8 @@ The decisions live in `core.decide`; this module only does I/O, through the offi
 `kubernetes` client (sync; the kopf handlers call it in a worker thread).
 
 1. load the resource and validate its spec (an invalid one fails with the field named);
-2. observe the game's Jobs (by label) and, for ended ones, their pod's termination message;
+2. observe the game's Jobs (by label and owner; listed, or as the Job watch delivered them for
+   a pass that a Job or pod event woke) and, for ended ones, their pod's termination message;
 3. observe the store: committed markers and metrics (cached: committed phases never change);
 4. decide; 5. act (create/adopt Jobs, delete Jobs, events, `_COMPLETE`);
 6. write status once, only when it changed.
@@ -47,9 +48,10 @@ from sparring_operator.jobwatch import (
     controller_uid,
 )
 from sparring_operator.observed import CommittedPhase, observe_store
-from sparring_operator.refusals import refused
+from sparring_operator.refusals import refused, spec_errors
 from sparring_operator.status import epoch, stalled_status, with_progress
 from sparring_operator.statuspatch import merge_patch
+from sparring_operator.watchcache import GameCache
 
 log = logging.getLogger("sparring.reconcile")
 COMPLETE = "_COMPLETE"
@@ -73,18 +75,26 @@ class Reconciler:
     jobs: JobWatch = field(init=False)
     # The (uid, generation) each game's ConfigMap was last written for.
     _configmaps: dict[GameKey, tuple[Any, Any]] = field(default_factory=dict)
+    games: GameCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.jobs = JobWatch(self.api)
+        self.games = GameCache(self.api)
 
     def tracked(self) -> set[GameKey]:
         """Games with something kept here."""
-        return set(self.store_cache) | set(self._configmaps) | self.jobs.tracked()
+        return (
+            set(self.store_cache)
+            | set(self._configmaps)
+            | self.games.tracked()
+            | self.jobs.tracked()
+        )
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop everything kept for a deleted game."""
         self.store_cache.pop((namespace, name), None)
         self._configmaps.pop((namespace, name), None)
+        self.games.forget(namespace, name)
         self.jobs.forget(namespace, name)
 
     # The generated client's type stubs want its model classes; we send plain dicts (which it
@@ -133,7 +143,8 @@ class Reconciler:
         return open_store(storage, credentials=credentials)
 
     # ---- reconcile ----------------------------------------------------------------------
-    def reconcile(self, body: dict[str, Any]) -> Decision:
+    def reconcile(self, body: dict[str, Any], fresh: bool = True) -> Decision:
+        """One pass. `fresh` lists the game's Jobs; otherwise the watch's copies serve."""
         meta = body.get("metadata", {})
         namespace, name = meta["namespace"], meta["name"]
         generation = meta.get("generation")
@@ -150,7 +161,7 @@ class Reconciler:
                 }
             )
         except ValidationError as exc:
-            message = f"invalid spec: {_spec_errors(exc)}"
+            message = f"invalid spec: {spec_errors(exc)}"
             return self._refuse(body, refused("InvalidSpec", message, old, now, generation))
         if game.spec.storage.uri.startswith("file:") and not self.settings.allow_file_store:
             message = (
@@ -159,7 +170,7 @@ class Reconciler:
                 "spec.storage to an s3:// store (with spec.storage.secretRef)"
             )
             return self._refuse(body, refused("InvalidSpec", message, old, now, generation))
-        jobs = self.jobs.observe(namespace, name, meta.get("uid"))
+        jobs = self.jobs.observe(namespace, name, meta.get("uid"), fresh)
         if any(j.waiting == "CreateContainerConfigError" for j in jobs):
             self._configmaps.pop((namespace, name), None)  # deleted by someone? write it again
         try:
@@ -225,7 +236,10 @@ class Reconciler:
             job = build_job(game, action.round, action.phase, action.attempt, self.settings)
             kopf.adopt(job, owner=cast(Any, body))
             try:
-                self._batch().create_namespaced_job(namespace, job)
+                created = self._batch().create_namespaced_job(
+                    namespace, job, _preload_content=False
+                )
+                self.jobs.seen(json.loads(created.data))
                 log.info("created Job %s", job["metadata"]["name"])
             except ApiException as exc:
                 if exc.status != 409:  # 409: it exists already (e.g. we restarted): adopt it
@@ -239,8 +253,9 @@ class Reconciler:
             except ApiException as exc:
                 if exc.status != 404:
                     raise
+            self.jobs.gone(namespace, game.metadata.name, action.name)
         elif isinstance(action, FailJob):
-            self.fail_job(namespace, action)
+            self.fail_job(namespace, game.metadata.name, action)
         elif isinstance(action, WriteComplete):
             body_json = json.dumps({"specHash": action.spec_hash, "completedAt": time.time()})
             store.put_bytes(
@@ -251,7 +266,7 @@ class Reconciler:
         else:
             assert_never(action)
 
-    def fail_job(self, namespace: str, action: FailJob) -> None:
+    def fail_job(self, namespace: str, game: str, action: FailJob) -> None:
         """End an attempt whose pod never started: the Job controller fails a Job past its
         activeDeadlineSeconds (deleting its pods), and the Job stays as the failed attempt's
         record; the annotations say why in place of DeadlineExceeded."""
@@ -263,23 +278,31 @@ class Reconciler:
             metadata["resourceVersion"] = action.resource_version
         patch = {"metadata": metadata, "spec": {"activeDeadlineSeconds": 1}}
         try:
-            self._batch().patch_namespaced_job(action.name, namespace, patch)
+            patched = self._batch().patch_namespaced_job(
+                action.name, namespace, patch, _preload_content=False
+            )
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
+            return
+        self.jobs.seen(json.loads(patched.data))
 
     def _evict_foreign_job(self, namespace: str, name: str, body: dict[str, Any]) -> None:
         """The Job holding our name is ours (adopted as it is) or another incarnation's:
         then it is deleted and the pass retried once the name is free."""
-        existing = self._batch().read_namespaced_job(name, namespace)
-        owner = controller_uid(existing.metadata.owner_references)
+        existing = json.loads(
+            self._batch().read_namespaced_job(name, namespace, _preload_content=False).data
+        )
+        owner = controller_uid(existing["metadata"].get("ownerReferences"))
         if owner == body["metadata"].get("uid"):
+            self.jobs.seen(existing)
             return
         try:
             self._batch().delete_namespaced_job(name, namespace, propagation_policy="Background")
         except ApiException as exc:
             if exc.status != 404:
                 raise
+        self.jobs.gone(namespace, body["metadata"]["name"], name)
         raise kopf.TemporaryError(f"Job {name} belongs to an earlier game of this name", delay=1)
 
     def ensure_configmap(self, body: dict[str, Any], game: AdversarialGame) -> None:
@@ -353,28 +376,14 @@ class Reconciler:
             return
         patch = {"status": changes}
         try:
-            self._custom().patch_namespaced_custom_object_status(
+            written = self._custom().patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, patch
             )
         except ApiException as exc:
             if exc.status != 404:  # deleted while we reconciled: nothing left to report on
                 raise
-
-
-MAX_SPEC_ERRORS = 10
-
-
-def _spec_errors(exc: ValidationError) -> str:
-    """The first few validation errors, each cut short. The message lands in status five times
-    (message and four conditions): a spec of thousands of unknown keys would otherwise grow the
-    resource twentyfold, past etcd's object size limit, and its status write would fail."""
-    found = exc.errors(include_url=False)
-    shown = [
-        f"{'.'.join(map(str, e['loc']))[:200]}: {e['msg'][:200]}" for e in found[:MAX_SPEC_ERRORS]
-    ]
-    if len(found) > MAX_SPEC_ERRORS:
-        shown.append(f"and {len(found) - MAX_SPEC_ERRORS} more")
-    return "; ".join(shown)
+            return
+        self.games.remember(written)
 
 
 def _old_status(body: dict[str, Any]) -> AdversarialGameStatus:

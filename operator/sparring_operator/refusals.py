@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from pydantic import ValidationError
+
 from sparring_operator.actions import Action, Decision, RecordEvent
 from sparring_operator.api import AdversarialGame, AdversarialGameStatus
 from sparring_operator.observed import StoreView
@@ -90,3 +92,19 @@ def transition_events(old: AdversarialGameStatus, outcome: Outcome) -> list[Acti
         reason = "GameFailed" if outcome.reason == "PhaseFailed" else outcome.reason
         return [RecordEvent("Warning", reason, outcome.message)]
     return []
+
+
+MAX_SPEC_ERRORS = 10
+
+
+def spec_errors(exc: ValidationError) -> str:
+    """The first few validation errors, each cut short. The message lands in status five times
+    (message and four conditions): a spec of thousands of unknown keys would otherwise grow the
+    resource twentyfold, past etcd's object size limit, and its status write would fail."""
+    found = exc.errors(include_url=False)
+    shown = [
+        f"{'.'.join(map(str, e['loc']))[:200]}: {e['msg'][:200]}" for e in found[:MAX_SPEC_ERRORS]
+    ]
+    if len(found) > MAX_SPEC_ERRORS:
+        shown.append(f"and {len(found) - MAX_SPEC_ERRORS} more")
+    return "; ".join(shown)

@@ -34,15 +34,24 @@ class Operator:
     """The operator as a child process with its log in a file; restartable."""
 
     def __init__(
-        self, kubeconfig: Path, log: Path, metrics_port: int = 0, namespace: str = "default"
+        self,
+        kubeconfig: Path,
+        log: Path,
+        metrics_port: int = 0,
+        namespace: str = "default",
+        resync_seconds: float = 1.0,
     ) -> None:
         self.kubeconfig, self.log, self.metrics_port = kubeconfig, log, metrics_port
-        self.namespace = namespace
+        self.namespace, self.resync_seconds = namespace, resync_seconds
         self.user = ""  # the Kubernetes username it authenticates as, where known
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Operator:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "SPARRING_RESYNC_SECONDS": "1"}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "SPARRING_RESYNC_SECONDS": f"{self.resync_seconds:g}",
+        }
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [

@@ -1,0 +1,65 @@
+"""The games as the operator last saw them, so that a pass woken by a watch event need not read
+its game from the API server again.
+
+Two sources feed it: the game watch (every change anyone makes) and the answers to our own
+status writes, which are newer than the watch for a moment. The newer copy wins, by
+resourceVersion: a pass must decide from the status the previous pass wrote, or it would repeat
+that pass's transitions and their events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+
+from sparring_operator.api import GROUP, PLURAL, VERSION
+
+GameKey = tuple[str, str]  # (namespace, game)
+
+
+def resource_version(obj: dict[str, Any]) -> int:
+    """An object's resourceVersion as a number, to keep the newer of two copies. Kubernetes
+    calls it opaque, but every API server built on etcd issues increasing integers (the watch
+    cache's own ordering relies on it); anything else counts as oldest."""
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass
+class GameCache:
+    api: k8s.ApiClient
+    _games: dict[GameKey, dict[str, Any]] = field(default_factory=dict)
+
+    def tracked(self) -> set[GameKey]:
+        return set(self._games)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._games.pop((namespace, name), None)
+
+    def remember(self, game: dict[str, Any]) -> None:
+        """A game as a watch event or our own write returned it; the newer copy is kept."""
+        meta = game.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        known = self._games.get(key)
+        if known is None or resource_version(game) >= resource_version(known):
+            self._games[key] = game
+
+    def read(self, namespace: str, name: str, fresh: bool) -> dict[str, Any] | None:
+        """The game from the API server (`fresh`, or when there is no copy), else the copy;
+        None when it is gone."""
+        if not fresh and (known := self._games.get((namespace, name))) is not None:
+            return known
+        custom: Any = k8s.CustomObjectsApi(self.api)
+        try:
+            game = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        self.remember(game)
+        return cast(dict[str, Any], game)
