@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -62,12 +63,15 @@ class JobWatch:
     # Jobs that ended before this process started are not timed: a restart must not count
     # them twice.
     _started: float = field(default_factory=time.time)
+    # Watch events update the copies on the event loop while passes read them in threads.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def tracked(self) -> set[GameKey]:
         return set(self._jobs) | set(self._outcomes) | set(self._timed)
 
     def forget(self, namespace: str, game: str) -> None:
-        self._jobs.pop((namespace, game), None)
+        with self._lock:
+            self._jobs.pop((namespace, game), None)
         self._outcomes.pop((namespace, game), None)
         self._timed.pop((namespace, game), None)
 
@@ -77,24 +81,25 @@ class JobWatch:
         process started are kept: events of a deleted game's Jobs (the garbage collector
         removes them after the game) must not bring its entry back."""
         meta = job.get("metadata") or {}
-        jobs = self._jobs.get(
-            (meta.get("namespace", ""), (meta.get("labels") or {}).get(LABEL_GAME, ""))
-        )
+        key = (meta.get("namespace", ""), (meta.get("labels") or {}).get(LABEL_GAME, ""))
         uid = meta.get("uid")
-        if jobs is None or not uid:
-            return
-        if deleted:
-            jobs.pop(uid, None)
-            return
-        known = jobs.get(uid)
-        if known is None or resource_version(job) >= resource_version(known):
-            jobs[uid] = job
+        with self._lock:
+            jobs = self._jobs.get(key)
+            if jobs is None or not uid:
+                return
+            if deleted:
+                jobs.pop(uid, None)
+                return
+            known = jobs.get(uid)
+            if known is None or resource_version(job) >= resource_version(known):
+                jobs[uid] = job
 
     def gone(self, namespace: str, game: str, name: str) -> None:
         """A Job we deleted: out of the cache before its watch event says so."""
-        jobs = self._jobs.get((namespace, game), {})
-        for uid in [u for u, j in jobs.items() if j["metadata"].get("name") == name]:
-            del jobs[uid]
+        with self._lock:
+            jobs = self._jobs.get((namespace, game), {})
+            for uid in [u for u, j in jobs.items() if j["metadata"].get("name") == name]:
+                del jobs[uid]
 
     def _list(self, namespace: str, game: str) -> dict[str, dict[str, Any]]:
         """The game's Jobs from the API server (its watch cache), as plain JSON: the client's
@@ -107,11 +112,12 @@ class JobWatch:
         listing = json.loads(response.data)
         listed_at = resource_version(listing)
         jobs = {j["metadata"]["uid"]: j for j in listing.get("items") or []}
-        for uid, job in self._jobs.get((namespace, game), {}).items():
-            if resource_version(job) > listed_at and uid not in jobs:
-                jobs[uid] = job
-        self._jobs[(namespace, game)] = jobs
-        return jobs
+        with self._lock:
+            for uid, job in self._jobs.get((namespace, game), {}).items():
+                if resource_version(job) > listed_at and uid not in jobs:
+                    jobs[uid] = job
+            self._jobs[(namespace, game)] = jobs
+            return dict(jobs)
 
     def observe(
         self, namespace: str, game: str, uid: str | None, fresh: bool = True
@@ -123,7 +129,8 @@ class JobWatch:
         The operator's own creates, patches and deletes update those copies as they return,
         so a pass never misses a Job it created itself (it would start it twice)."""
         key = (namespace, game)
-        cached = self._jobs.get(key)
+        with self._lock:
+            cached = dict(self._jobs[key]) if key in self._jobs else None
         items = list((self._list(namespace, game) if fresh or cached is None else cached).values())
         outcomes, timed = self._outcomes.get(key, {}), self._timed.get(key, set())
         observed, seen = [], set()

@@ -9,6 +9,7 @@ that pass's transitions and their events.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -34,6 +35,8 @@ def resource_version(obj: dict[str, Any]) -> int:
 class GameCache:
     api: k8s.ApiClient
     _games: dict[GameKey, dict[str, Any]] = field(default_factory=dict)
+    # The game watch writes on the event loop; passes read and write in their threads.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def tracked(self) -> set[GameKey]:
         return set(self._games)
@@ -45,9 +48,10 @@ class GameCache:
         """A game as a watch event or our own write returned it; the newer copy is kept."""
         meta = game.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
-        known = self._games.get(key)
-        if known is None or resource_version(game) >= resource_version(known):
-            self._games[key] = game
+        with self._lock:
+            known = self._games.get(key)
+            if known is None or resource_version(game) >= resource_version(known):
+                self._games[key] = game
 
     def read(self, namespace: str, name: str, fresh: bool) -> dict[str, Any] | None:
         """The game from the API server (`fresh`, or when there is no copy), else the copy;
