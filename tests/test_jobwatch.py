@@ -68,3 +68,37 @@ def test_a_pod_on_its_way_is_not_stuck(reason: str) -> None:
     scheduled = V1PodCondition(type="PodScheduled", status="True")
     assert pod_waiting(pod([scheduled], waiting=(reason, ""))) == ("", "", None)
     assert pod_waiting(pod()) == ("", "", None)  # not even scheduled yet: no condition
+
+
+# ---- the copies passes decide from (jobwatch.JobWatch.seen, watchcache.GameCache) --------------
+
+
+def _obj(name: str, rv: str, **labels: str) -> dict[str, object]:
+    meta = {"name": name, "namespace": "ns", "uid": f"uid-{name}", "resourceVersion": rv}
+    return {"metadata": {**meta, "labels": labels}, "status": {"phase": rv}}
+
+
+def test_the_newer_copy_of_a_game_wins_whichever_arrives_last() -> None:
+    from sparring_operator.watchcache import GameCache
+
+    games = GameCache(api=None)  # type: ignore[arg-type]  # no request is made below
+    written = _obj("g", "120")  # our status write's answer...
+    games.remember(written)
+    games.remember(_obj("g", "119"))  # ...then the watch's older event for the same game
+    assert games.read("ns", "g", fresh=False) is written
+    newer = _obj("g", "121")  # someone changed the game since
+    games.remember(newer)
+    assert games.read("ns", "g", fresh=False) is newer
+    games.forget("ns", "g")
+    assert games.tracked() == set()
+
+
+def test_job_events_of_a_game_never_listed_are_not_kept() -> None:
+    """A deleted game's Jobs go after it (garbage collection): their events must not bring the
+    game's entry back, or a long-running operator would keep every deleted game's Jobs."""
+    from sparring_operator.jobwatch import JobWatch
+
+    watch = JobWatch(api=None)  # type: ignore[arg-type]  # no request is made below
+    watch.seen(_obj("g-r0000-prepare-a1", "5", **{"sparring.dev/game": "g"}))
+    watch.seen(_obj("g-r0000-prepare-a1", "6", **{"sparring.dev/game": "g"}), deleted=True)
+    assert watch.tracked() == set()
