@@ -1,4 +1,4 @@
-"""Operator scale: many concurrent games whose phases finish instantly.
+"""Operator scale: many concurrent games whose phases finish instantly (or take a set time).
 
 The operator (`sparring operator`, a child process with /metrics, authenticated as the chart's
 ServiceAccount under the chart's RBAC) runs against a real control plane on 127.0.0.1 (etcd,
@@ -13,6 +13,11 @@ the operator creates (seen through a watch) it does what a successful phase leav
    which is what the kubelet writes when a phase's process ends after its commit. The operator
    sees that pod event (it watches its phase pods) and the real Job controller marks the Job
    Complete from it (about a second later: it batches pod updates).
+
+With `--phase-seconds S`, the executor first reports the pod running and ready (as the kubelet
+does once the container started) and does the two steps above after a seeded uniform draw in
+[S/2, 3S/2] seconds: the games then hand off at different times, as on a cluster whose phases
+last minutes, instead of all at once.
 
 The operator's code is not mocked: it sees markers appearing and Job events exactly as on a
 cluster whose phases take no time, so what is measured is the operator (and the API server it
@@ -36,6 +41,7 @@ Commands:
     python benchmarks/operator_scale.py --games 10 50      # a subset
     python benchmarks/operator_scale.py --quick            # 2 games, 1 round (the test)
     python benchmarks/operator_scale.py --resync 1         # the e2e tests' 1 s timer
+    python benchmarks/operator_scale.py --games 100 --phase-seconds 10   # spread hand-offs
 """
 
 from __future__ import annotations
@@ -98,7 +104,7 @@ class InstantExecutor:
         # last minutes); 0 makes every game hand off at once, the control plane's worst case.
         self.phase_seconds, self._rng = phase_seconds, random.Random(0)
         self._request, self._merge = request_json, MERGE_PATCH
-        self.jobs: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.jobs: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self.committed: dict[tuple[str, str], float] = {}
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -115,14 +121,10 @@ class InstantExecutor:
         return self
 
     def submit(self, job: dict[str, Any]) -> None:
-        """A new phase Job: its work is done after the phase's duration (none by default)."""
-        if self.phase_seconds <= 0:
-            self.jobs.put(job)
-            return
-        delay = self.phase_seconds * self._rng.uniform(0.5, 1.5)
-        timer = threading.Timer(delay, self.jobs.put, (job,))
-        timer.daemon = True
-        timer.start()
+        """A new phase Job: its work is done at once, or, with a phase duration, its pod is
+        reported running (ready, as the kubelet does once the container started) and the work
+        is done after that duration."""
+        self.jobs.put(("start" if self.phase_seconds > 0 else "finish", job))
 
     def stop(self) -> None:
         self._stop.set()
@@ -135,11 +137,21 @@ class InstantExecutor:
 
         while not self._stop.is_set():
             try:
-                job = self.jobs.get(timeout=0.1)
+                step, job = self.jobs.get(timeout=0.1)
             except queue.Empty:
                 continue
             meta = job["metadata"]
             labels = meta.get("labels") or {}
+            if step == "start":
+                try:
+                    self._running(meta["namespace"], self._pod_of(meta["namespace"], meta["name"]))
+                except Exception as exc:  # keep going; reported at the end
+                    self.errors.append(f"{meta.get('name')}: {exc!r}")
+                delay = self.phase_seconds * self._rng.uniform(0.5, 1.5)
+                timer = threading.Timer(delay, self.jobs.put, (("finish", job),))
+                timer.daemon = True
+                timer.start()
+                continue
             try:
                 prefix = phase_prefix(
                     meta["namespace"],
@@ -167,6 +179,24 @@ class InstantExecutor:
                 return str(pods["items"][0]["metadata"]["name"])
             time.sleep(0.02)  # polling the API for a pod that is being created
         raise TimeoutError(f"no pod of Job {job} after 60 s")
+
+    def _running(self, namespace: str, pod: str) -> None:
+        """Report the pod's container as running and ready, as the kubelet does once it started
+        (the Job controller then counts it in the Job's `ready`)."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        container = {
+            "name": "phase", "image": "sparring-trainer", "imageID": "", "ready": True,
+            "restartCount": 0, "started": True, "state": {"running": {"startedAt": now}},
+        }  # fmt: skip
+        ready = {"type": "Ready", "status": "True", "lastTransitionTime": now}
+        body = {
+            "status": {
+                "phase": "Running", "startTime": now, "conditions": [ready],
+                "containerStatuses": [container],
+            }
+        }  # fmt: skip
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod}/status"
+        self._request(self.client, "PATCH", path, body, self._merge)
 
     def _exit(self, namespace: str, pod: str) -> None:
         """Report the pod's container as exited 0, as the kubelet does when a phase ends."""
@@ -414,7 +444,8 @@ def main() -> int:
             "near 3 Jobs/s on this bed). "
             + (
                 f"Each phase lasts a seeded uniform draw in [{args.phase_seconds / 2:g}, "
-                f"{1.5 * args.phase_seconds:g}] s, so the games hand off at different times. "
+                f"{1.5 * args.phase_seconds:g}] s, so the games hand off at different times; "
+                "its pod is reported running and ready when it starts, as the kubelet would. "
                 if args.phase_seconds > 0
                 else "Phases are instant (see the script's docstring), so every game hands "
                 "off at once: the numbers are the operator's own cost plus its waits on the "
