@@ -102,3 +102,25 @@ def test_job_events_of_a_game_never_listed_are_not_kept() -> None:
     watch.seen(_obj("g-r0000-prepare-a1", "5", **{"sparring.dev/game": "g"}))
     watch.seen(_obj("g-r0000-prepare-a1", "6", **{"sparring.dev/game": "g"}), deleted=True)
     assert watch.tracked() == set()
+
+
+def _ended_pod(created: str, message: str, code: int, game: str = "g") -> dict[str, object]:
+    terminated = {"exitCode": code, "message": message, "reason": "Error"}
+    return {
+        "metadata": {
+            "name": f"p-{created}", "namespace": "ns", "creationTimestamp": created,
+            "labels": {"sparring.dev/game": game},
+            "ownerReferences": [{"uid": "job-1", "controller": True, "kind": "Job"}],
+        },
+        "status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": terminated}}]},
+    }  # fmt: skip
+
+
+def test_an_ended_pod_says_the_trainers_error_line_and_its_exit_code() -> None:
+    from sparring_operator.jobwatch import outcome_of_pod
+
+    pod = _ended_pod("2026-12-01T10:00:00Z", '{"error": "data row 7: no prompt", "exitCode": 3}', 3)
+    outcome = outcome_of_pod(pod)
+    assert (outcome.message, outcome.exit_code) == ("data row 7: no prompt", 3)
+    evicted = {"metadata": {}, "status": {"phase": "Failed", "message": "The node was low on disk"}}
+    assert outcome_of_pod(evicted).message == "The node was low on disk"

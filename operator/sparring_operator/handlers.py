@@ -254,7 +254,9 @@ def _pod_ended(body: kopf.Body, **_: Any) -> bool:
 async def pod_ended(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A phase pod exited: it committed its outputs before that, so the next phase can start
     now. Its Job says so only later (the Job controller batches pod updates for a second before
-    it marks a Job Complete), and the hand-off would wait for that."""
+    it marks a Job Complete), and the hand-off would wait for that. What the pod said (its
+    summary or error, its exit code) is kept as its Job's outcome: no pod list is needed."""
+    memo.reconciler.jobs.pod_ended(dict(body))
     key = (body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_GAME])
     await _reconcile(memo, key, fresh=False)
 

@@ -49,6 +49,7 @@ log = logging.getLogger("sparring.jobwatch")
 class PodOutcome:
     message: str = ""
     exit_code: int | None = None
+    pod_created: float = 0.0  # of the pod it came from: a newer pod's outcome replaces it
 
 
 @dataclass
@@ -132,7 +133,9 @@ class JobWatch:
         with self._lock:
             cached = dict(self._jobs[key]) if key in self._jobs else None
         items = list((self._list(namespace, game) if fresh or cached is None else cached).values())
-        outcomes, timed = self._outcomes.get(key, {}), self._timed.get(key, set())
+        with self._lock:
+            outcomes = dict(self._outcomes.get(key, {}))
+        timed = self._timed.get(key, set())
         observed, seen = [], set()
         for job in items:
             meta = job.get("metadata") or {}
@@ -182,7 +185,9 @@ class JobWatch:
                 )
             )  # fmt: skip
         # Only Jobs that still exist are remembered: retired ones leave no entry behind.
-        self._outcomes[key] = {u: o for u, o in outcomes.items() if u in seen}
+        with self._lock:
+            outcomes |= self._outcomes.get(key, {})  # what pod events brought meanwhile
+            self._outcomes[key] = {u: o for u, o in outcomes.items() if u in seen}
         self._timed[key] = timed & seen
         return observed
 
@@ -192,8 +197,12 @@ class JobWatch:
             queue = (job["metadata"].get("labels") or {}).get("kueue.x-k8s.io/queue-name")
             why = f"admission by Kueue queue {queue}" if queue else "the Job to be resumed"
             return _waiting(seen, QUEUED, f"suspended, waiting for {why}", seen.created_at)
-        if ((job.get("status") or {}).get("ready") or 0) > 0:
+        status = job.get("status") or {}
+        if (status.get("ready") or 0) > 0:
             return seen  # a pod is running
+        uncounted = status.get("uncountedTerminatedPods") or {}
+        if not status.get("active") and (status.get("succeeded") or uncounted.get("succeeded")):
+            return seen  # its pod succeeded; the Job controller is writing the verdict
         if time.time() - seen.created_at < STUCK_CHECK_AFTER:
             return seen
         try:
@@ -230,24 +239,52 @@ class JobWatch:
         return _waiting(seen, "FailedCreate", str(first.message or ""), since)
 
     def _pod_outcome(self, namespace: str, job: str) -> PodOutcome:
-        """What the newest pod of a finished Job said: the phase's summary or its error (the
-        trainer writes JSON; its error line is shown), or why the pod was evicted."""
+        """What the newest pod of a finished Job said, read from the API when its exit was not
+        seen in the pod watch (an operator restart, a watch gap)."""
         core: Any = k8s.CoreV1Api(self.api)
-        pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
-        pods.sort(key=lambda p: epoch(p.metadata.creation_timestamp) or 0.0)
+        response = core.list_namespaced_pod(
+            namespace, label_selector=f"job-name={job}", _preload_content=False
+        )
+        pods = json.loads(response.data).get("items") or []
+        pods.sort(key=lambda p: epoch(p["metadata"].get("creationTimestamp")) or 0.0)
         for pod in reversed(pods):
-            for status in (pod.status.container_statuses or []) if pod.status else []:
-                terminated = status.state.terminated if status.state else None
-                if terminated is None:
-                    continue
-                text = str(terminated.message or "")
-                with contextlib.suppress(ValueError, AttributeError):  # not the trainer's JSON
-                    text = str(json.loads(text).get("error") or text)
-                if text or terminated.exit_code:
-                    return PodOutcome(text or (pod.status.message or ""), terminated.exit_code)
-            if pod.status is not None and pod.status.message:  # e.g. evicted before it exited
-                return PodOutcome(str(pod.status.message))
+            outcome = outcome_of_pod(pod)
+            if outcome.message or outcome.exit_code is not None:
+                return outcome
         return PodOutcome()
+
+    def pod_ended(self, pod: dict[str, Any]) -> None:
+        """A phase pod's exit as its watch event shows it: its Job's outcome, kept so that the
+        pass that sees the Job finished needs no pod list. The newest pod of a Job wins."""
+        meta = pod.get("metadata") or {}
+        key = (meta.get("namespace", ""), (meta.get("labels") or {}).get(LABEL_GAME, ""))
+        job_uid = controller_uid(meta.get("ownerReferences"))
+        outcome = outcome_of_pod(pod)
+        with self._lock:
+            outcomes = self._outcomes.get(key)
+            if key not in self._jobs or outcomes is None or job_uid is None:
+                return  # a game not listed (yet, or any more): the list path covers it
+            known = outcomes.get(job_uid)
+            if known is None or outcome.pod_created >= known.pod_created:
+                outcomes[job_uid] = outcome
+
+
+def outcome_of_pod(pod: dict[str, Any]) -> PodOutcome:
+    """What an ended pod said: the phase's summary or its error (the trainer writes JSON; its
+    error line is shown) with the exit code, or why the pod was evicted."""
+    status = pod.get("status") or {}
+    created = epoch((pod.get("metadata") or {}).get("creationTimestamp")) or 0.0
+    for container in status.get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated")
+        if terminated is None:
+            continue
+        text = str(terminated.get("message") or "")
+        with contextlib.suppress(ValueError, AttributeError):  # not the trainer's JSON
+            text = str(json.loads(text).get("error") or text)
+        code = terminated.get("exitCode")
+        if text or code:
+            return PodOutcome(text or str(status.get("message") or ""), code, created)
+    return PodOutcome(str(status.get("message") or ""), None, created)  # e.g. evicted
 
 
 def pod_waiting(pod: Any) -> tuple[str, str, float | None]:
