@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from sparring_trainer.config import GameConfig, StorageSpec
 
@@ -311,3 +311,42 @@ class AdversarialGame(_Model):
     """Desired state."""
     status: AdversarialGameStatus | None = None
     """Observed state."""
+
+    @model_validator(mode="after")
+    def _runnable(self) -> AdversarialGame:
+        # Refused here, so before any Job (sparring validate, the operator): a combination the
+        # phases cannot run would otherwise fail hours in, after the GPUs were scheduled.
+        problems = quantization_without_gpu(self.spec)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+# The phase that trains each role's LoRA adapter, and where its settings are written.
+_TRAINED_IN = (
+    ("update-policy", "updatePolicy", "game.policy.update", lambda g: g.policy.update),
+    ("update-adversary", "updateAdversary", "game.adversary.update", lambda g: g.adversary.update),
+    ("prepare", "prepare", "game.evaluation.evalRmTrain", lambda g: g.evaluation.eval_rm_train),
+)
+
+
+def quantized_roles(spec: AdversarialGameSpec) -> list[tuple[str, str, str, str]]:
+    """(phase, its field under spec.phases, the role's update path, quantization) for each
+    role whose LoRA base is loaded in 8 or 4 bits (QLoRA: bitsandbytes, a CUDA GPU)."""
+    found = []
+    for phase, field, where, update_of in _TRAINED_IN:
+        lora = update_of(spec.game).lora
+        if lora is not None and lora.quantization != "none":
+            found.append((phase, field, where, lora.quantization))
+    return found
+
+
+def quantization_without_gpu(spec: AdversarialGameSpec) -> list[str]:
+    """Each quantized role whose training phase has no GPU, named as written."""
+    return [
+        f"spec.{where}.lora.quantization: {bits} needs a GPU in the {phase} phase; set "
+        f"spec.phases.{field}.resources.gpu (or spec.phases.default) to 1 or more, or "
+        "quantization: none"
+        for phase, field, where, bits in quantized_roles(spec)
+        if spec.phases.for_phase(phase).resources.gpu < 1
+    ]

@@ -3,6 +3,7 @@
 sparring validate examples/*.yaml     # check game files (exit 1 on any error)
 sparring crd > crds/adversarialgames.sparring.dev.yaml
 sparring crd --check crds/adversarialgames.sparring.dev.yaml
+sparring export game.yaml --round 2 --out ./policy   # a round's model, adapters merged
 """
 
 import difflib
@@ -71,6 +72,41 @@ def run_cmd(
         typer.echo(f"--output: expected 'table' or 'json', got {output!r}", err=True)
         raise typer.Exit(2)
     raise typer.Exit(run_file(file, store, output, verbose))
+
+
+@app.command("export")
+def export_cmd(
+    file: Annotated[Path, typer.Argument(help="Game file (YAML or JSON).", metavar="FILE")],
+    round: Annotated[int, typer.Option("--round", min=0, help="After this round (0: base).")],
+    out: Annotated[Path, typer.Option("--out", help="New folder to write the model to.")],
+    role: Annotated[
+        str, typer.Option("--role", help="policy, or adversary (APO: the RM; APL: attacker).")
+    ] = "policy",
+    store: Annotated[
+        str | None, typer.Option("--store", help="Store URI overriding spec.storage.uri.")
+    ] = None,
+) -> None:
+    """Write a round's model as one transformers folder (a LoRA adapter merged into its base)."""
+    from sparring_trainer.contract import GameFileError, load_game_document
+    from sparring_trainer.export import export_model
+    from sparring_trainer.store import StoreError
+
+    if role not in ("policy", "adversary"):
+        typer.echo(f"--role: expected 'policy' or 'adversary', got {role!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        doc = load_game_document(file)
+        if store is not None:
+            storage = doc.spec.storage.model_validate({"uri": store})
+            doc = doc.model_copy(update={"spec": doc.spec.model_copy(update={"storage": storage})})
+        written = export_model(doc, round, role, out)  # type: ignore[arg-type]
+    except (GameFileError, FileExistsError, ValueError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(3) from None
+    except StoreError as exc:  # e.g. that round is not committed (yet)
+        typer.echo(f"store: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {written}")
 
 
 @app.command("operator")

@@ -31,6 +31,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from sparring_trainer.adapters import is_peft
 from sparring_trainer.apl_core import (
     ScoredRewrite,
     attacker_pairs,
@@ -61,8 +62,10 @@ from sparring_trainer.generation import (
 )
 from sparring_trainer.losses import ScoredGroup
 from sparring_trainer.models import (
+    full_checkpoint_dir,
     load_causal_lm,
     load_checkpoint,
+    load_for_update,
     render_prompt,
     save_checkpoint,
 )
@@ -111,9 +114,10 @@ def _generate(
     if choose_engine(ctx.game.sampling.engine) == "vllm":
         from transformers import AutoTokenizer
 
-        tokenizer: Any = AutoTokenizer.from_pretrained(lm.path)
+        path = full_checkpoint_dir(lm.path)
+        tokenizer: Any = AutoTokenizer.from_pretrained(path)
         prompts = [render_prompt(tokenizer, user_turn(r)) for r in requests]
-        return generate_vllm(lm.path, prompts, decoding, ctx.seed, lm.dtype)
+        return generate_vllm(path, prompts, decoding, ctx.seed, lm.dtype)
     model, tokenizer = lm.get()
     return generate_transformers(
         model,
@@ -327,7 +331,7 @@ def update_adversary(ctx: PhaseContext) -> dict[str, float]:
     """The attacker always continues from the last round's (spec `init`/`mode` are APO's)."""
     spec, update = apl_spec(ctx), ctx.game.adversary.update
     seeds = {s.id: s for s in splits(ctx).train_seeds}
-    model, tokenizer = load_checkpoint(_attacker_dir(ctx, ctx.round), "causal")
+    model, tokenizer = load_for_update(_attacker_dir(ctx, ctx.round), "causal", update.lora)
     tokenizer.padding_side = "right"
     scored = ctx.read_jsonl(ctx.round, "score", "scores.jsonl")
     groups = [ScoredGroup(r["id"], tuple(r["rewrites"]), tuple(r["harm"])) for r in scored]
@@ -352,7 +356,8 @@ def update_adversary(ctx: PhaseContext) -> dict[str, float]:
             beta=update.beta,
             **{name: getattr(update, name) for name in TrainSpec.model_fields},
         )
-        ref_model = copy.deepcopy(model).eval()
+        # Under LoRA, TRL keeps a frozen copy of the entering adapter as the reference.
+        ref_model = None if is_peft(model) else copy.deepcopy(model).eval()
         metrics |= train_dpo(
             model,
             ref_model,
@@ -363,7 +368,8 @@ def update_adversary(ctx: PhaseContext) -> dict[str, float]:
             ctx.new_dir("dpo"),
             lambda s, t: ctx.progress(s, t, "attacker steps"),
         )
-    save_checkpoint(model, tokenizer, out := ctx.new_dir("attacker"))
+    base = (0, PREPARE_PHASE, "base-attacker")
+    save_checkpoint(model, tokenizer, out := ctx.new_dir("attacker"), base=base)
     ctx.upload_dir(out, "attacker")
     return metrics
 
@@ -381,7 +387,7 @@ def update_policy(ctx: PhaseContext) -> dict[str, float]:
     benign = ctx.read_jsonl(0, PREPARE_PHASE, "benign-answers.jsonl")
     utility = [(b["prompt"], b["answer"]) for b in benign]
     pairs = defender_pairs(hardest, seeds, spec.safe_answers, utility, spec.alpha)
-    model, tokenizer = load_checkpoint(ctx.policy_dir(ctx.round), "causal")
+    model, tokenizer = load_for_update(ctx.policy_dir(ctx.round), "causal", update.lora)
     metrics: dict[str, float] = {}
     if pairs:  # none when every rewrite is empty and no benign answer is usable: no update
         metrics = train_weighted_dpo(
@@ -392,7 +398,8 @@ def update_policy(ctx: PhaseContext) -> dict[str, float]:
             ctx.seed,
             lambda s, t: ctx.progress(s, t, "defender steps"),
         )
-    save_checkpoint(model, tokenizer, out := ctx.new_dir("policy"))
+    base = (0, PREPARE_PHASE, "base-policy")
+    save_checkpoint(model, tokenizer, out := ctx.new_dir("policy"), base=base)
     ctx.upload_dir(out, "policy")
     n_utility = sum(p.source == "utility" for p in pairs)
     return metrics | {

@@ -20,6 +20,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from sparring_trainer.adapters import add_lora, is_peft, merged
 from sparring_trainer.config import PREPARE_PHASE, GameConfig
 from sparring_trainer.contract import PhaseContext
 from sparring_trainer.data import APOSplits, Query, read_preferences, split_apo
@@ -40,8 +41,10 @@ from sparring_trainer.losses import (
 )
 from sparring_trainer.models import (
     compute_device,
+    full_checkpoint_dir,
     load_causal_lm,
     load_checkpoint,
+    load_for_update,
     load_reward_model,
     render_conversation,
     render_prompt,
@@ -82,6 +85,7 @@ def _sample_answers(
     if engine == "vllm":
         from transformers import AutoTokenizer
 
+        model_dir = full_checkpoint_dir(model_dir)
         tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
         prompts = [render_prompt(tokenizer, q.prompt) for q in queries]
         return generate_vllm(model_dir, prompts, decoding, ctx.seed, ctx.game.policy.dtype)
@@ -181,6 +185,8 @@ def prepare(ctx: PhaseContext) -> dict[str, float]:
             for p in data.human_pairs
         ]
         rm = rm.to(compute_device())  # type: ignore[arg-type]
+        if game.evaluation.eval_rm_train.lora is not None:
+            rm = add_lora(rm, game.evaluation.eval_rm_train.lora, "reward")
         train_metrics = train_reward_model(
             rm,
             rm_tok,
@@ -190,7 +196,8 @@ def prepare(ctx: PhaseContext) -> dict[str, float]:
             progress=lambda s, t: ctx.progress(s, t, "eval-rm steps"),
         )
         metrics |= {f"eval_rm_{k}": v for k, v in train_metrics.items()}
-    save_checkpoint(rm, rm_tok, eval_rm := ctx.new_dir("eval-rm"))
+    # Saved whole (an adapter is merged): the evaluation RM is fixed and read every round.
+    save_checkpoint(merged(rm), rm_tok, eval_rm := ctx.new_dir("eval-rm"))
     ctx.upload_dir(eval_rm, "eval-rm")
     metrics |= _rm_accuracy(ctx, eval_rm, "eval_rm")
     metrics |= _rm_accuracy(ctx, base_rm, "rm")
@@ -231,7 +238,7 @@ def update_adversary(ctx: PhaseContext) -> dict[str, float]:
         init_dir = ctx.fetch_dir(ctx.round - 1, "update-adversary", "rm")
     else:  # the paper: re-initialising from the base RM each round calibrates better
         init_dir = ctx.fetch_dir(0, PREPARE_PHASE, "base-rm")
-    model, tokenizer = load_checkpoint(init_dir, "reward")
+    model, tokenizer = load_for_update(init_dir, "reward", update.lora)
     pairs: list[WeightedPair] = []
     if update.mode != "gail":  # D_P keeps the RM anchored to human preferences
         pairs += [
@@ -266,7 +273,7 @@ def update_adversary(ctx: PhaseContext) -> dict[str, float]:
         ctx.seed,
         progress=lambda s, t: ctx.progress(s, t, "rm steps"),
     )
-    save_checkpoint(model, tokenizer, out := ctx.new_dir("rm"))
+    save_checkpoint(model, tokenizer, out := ctx.new_dir("rm"), base=(0, PREPARE_PHASE, "base-rm"))
     ctx.upload_dir(out, "rm")
     return metrics | {
         "rm_pairs_human": float(sum(p.source == "human" for p in pairs)),
@@ -302,7 +309,7 @@ def update_policy(ctx: PhaseContext) -> dict[str, float]:
     scored = ctx.read_jsonl(ctx.round, "score", "scores.jsonl")
     groups = [ScoredGroup(r["id"], tuple(r["responses"]), tuple(r["rewards"])) for r in scored]
     policy_dir = ctx.policy_dir(ctx.round)
-    model, tokenizer = load_checkpoint(policy_dir, "causal")
+    model, tokenizer = load_for_update(policy_dir, "causal", update.lora)
     tokenizer.padding_side = "right"
     prompt_of = {qid: render_prompt(tokenizer, q.prompt) for qid, q in queries.items()}
     progress = lambda s, t: ctx.progress(s, t, "policy steps")  # noqa: E731
@@ -311,7 +318,8 @@ def update_policy(ctx: PhaseContext) -> dict[str, float]:
             {"prompt": prompt_of[p.query_id], "chosen": p.chosen, "rejected": p.rejected}
             for p in best_vs_worst(groups)
         ]
-        ref_model = copy.deepcopy(model).eval()
+        # Under LoRA, TRL keeps a frozen copy of the entering adapter as the reference.
+        ref_model = None if is_peft(model) else copy.deepcopy(model).eval()
         metrics = train_dpo(
             model, ref_model, tokenizer, pairs, update, ctx.seed, ctx.new_dir("dpo"), progress
         )
@@ -323,7 +331,8 @@ def update_policy(ctx: PhaseContext) -> dict[str, float]:
         metrics = train_rrhf(
             model, tokenizer, ranked, update, update.rrhf_sft_weight, ctx.seed, progress
         )
-    save_checkpoint(model, tokenizer, out := ctx.new_dir("policy"))
+    base = (0, PREPARE_PHASE, "base-policy")
+    save_checkpoint(model, tokenizer, out := ctx.new_dir("policy"), base=base)
     ctx.upload_dir(out, "policy")
     return metrics
 

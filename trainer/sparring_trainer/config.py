@@ -55,6 +55,23 @@ class _Model(BaseModel):
     )
 
 
+class LoraSpec(_Model):
+    """Train a LoRA adapter (peft) instead of every weight: a round's checkpoint is then the
+    adapter, with a reference to the base model it adapts (prepare's copy in the store)."""
+
+    rank: Annotated[int, Field(ge=1, le=1024)] = 16
+    """The adapter's rank r."""
+    alpha: Annotated[int, Field(ge=1, le=65536)] = 32
+    """Scaling: the update is alpha / r times the low-rank product."""
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    """Dropout on the adapter's input."""
+    target_modules: tuple[str, ...] = ("all-linear",)
+    """Module names to adapt (e.g. [q_proj, v_proj]); all-linear: every linear layer but the
+    output head. A reward model's score head is always trained and saved in full."""
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    """Load the frozen base in 8 or 4 bits (QLoRA; bitsandbytes, a CUDA GPU)."""
+
+
 class TrainSpec(_Model):
     """Optimiser settings shared by every update phase."""
 
@@ -72,6 +89,8 @@ class TrainSpec(_Model):
     """Trade compute for memory on large models."""
     bf16: bool = False
     """Train in bfloat16 autocast (GPU)."""
+    lora: LoraSpec | None = None
+    """Train a LoRA adapter instead of full fine-tuning (unset: full fine-tuning)."""
 
 
 class PolicyUpdateSpec(TrainSpec):

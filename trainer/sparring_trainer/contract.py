@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from sparring_trainer.adapters import BASE_LINK, BASE_REF, is_adapter, read_base_ref
 from sparring_trainer.config import PREPARE_PHASE, GameDocument
 from sparring_trainer.store import (
     SUCCESS,
@@ -181,7 +182,31 @@ class PhaseContext:
                     raise UncommittedError(f"{self.store.uri_for(base + file)} is missing")
                 self._check(base, file, path.stat().st_size, _sha256_file(path))
             self._verified.add(prefix)
+        if (local / BASE_REF).is_file():
+            return self._adapter_view(local, round, phase, name)
         return local
+
+    def _adapter_view(self, adapter: Path, round: int, phase: str, name: str) -> Path:
+        """An adapter checkpoint as `load_checkpoint` reads it: links to its files beside
+        `base/`, the full checkpoint its reference names, fetched (and checked) the same way.
+        Built in scratch: the adapter's own folder may be the store's (file://)."""
+        ref = read_base_ref(adapter)
+        base = self.fetch_dir(*ref)
+        if is_adapter(base):
+            raise UncommittedError(
+                f"{self.uri(round, phase, name)}: its base {self.uri(*ref)} is an adapter too; "
+                "an adapter must name a full checkpoint"
+            )
+        view = self.scratch / "adapters" / f"round-{round:04d}" / phase / name
+        if not view.exists():
+            partial = view.with_name(view.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            for item in adapter.iterdir():
+                (partial / item.name).symlink_to(item.resolve())
+            (partial / BASE_LINK).symlink_to(base.resolve(), target_is_directory=True)
+            partial.rename(view)
+        return view
 
     def read_jsonl(self, round: int, phase: str, name: str) -> list[dict[str, Any]]:
         data = self._read_checked(round, phase, name)

@@ -27,7 +27,7 @@ class _Progress(TrainerCallback):
 
 def train_dpo(
     model: PreTrainedModel,
-    ref_model: PreTrainedModel,
+    ref_model: PreTrainedModel | None,
     tokenizer: PreTrainedTokenizerBase,
     pairs: Sequence[dict[str, str]],
     spec: PolicyUpdateSpec,
@@ -39,7 +39,8 @@ def train_dpo(
 
     `prompt` is already rendered with the chat template, so rows are in TRL's "standard"
     (non-conversational) format and TRL appends EOS to the answers. The reference model is
-    the policy as it entered this round (iterative DPO).
+    the policy as it entered this round (iterative DPO); None for a LoRA-trained `model`, whose
+    entering adapter TRL copies into a frozen "ref" adapter.
     """
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -90,5 +91,9 @@ def train_dpo(
         for key in ("rewards/accuracies", "rewards/margins"):
             if key in last:
                 metrics["train_" + key.split("/")[1]] = float(last[key])
+    if "ref" in getattr(model, "peft_config", {}):
+        # TRL's frozen copy of the entering adapter: the reference of this round only. Left in,
+        # it would be saved (and uploaded) beside the trained adapter.
+        model.delete_adapter("ref")
     model.eval()
     return metrics

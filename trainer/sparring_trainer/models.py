@@ -28,7 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sparring_trainer.config import ModelSpec, StorageSpec
+from sparring_trainer.adapters import add_lora, is_adapter, is_peft, load_adapter, save_adapter
+from sparring_trainer.config import LoraSpec, ModelSpec, StorageSpec
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -360,21 +361,42 @@ def load_reward_model(
 
 
 def save_checkpoint(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: Path,
+    base: tuple[int, str, str] | None = None,
 ) -> None:
-    """Safetensors weights, config, generation config and tokenizer files in `out_dir`."""
-    drop_quantization_marker(model)
+    """Safetensors weights, config, generation config and tokenizer files in `out_dir`; for a
+    LoRA-trained model the adapter only, with `base` (round, phase, name) naming the full
+    checkpoint in the store that it adapts (see adapters.py)."""
     out_dir = Path(out_dir)
+    if is_peft(model):
+        if base is None:
+            raise ValueError("an adapter checkpoint needs the reference to its base model")
+        save_adapter(model, tokenizer, out_dir, base)
+        return
+    drop_quantization_marker(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
 
 
 def load_checkpoint(
-    path: Path, kind: Literal["causal", "reward"]
+    path: Path, kind: Literal["causal", "reward"], trainable_adapter: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Reload a folder written by `save_checkpoint` in the dtype it was saved in."""
+    """Reload a folder written by `save_checkpoint` in the dtype it was saved in. An adapter
+    is merged into its base, unless `trainable_adapter` keeps it apart for more training."""
     path = Path(path)
+    if is_adapter(path):
+        model, tokenizer = load_adapter(path, kind, _load_full, trainable_adapter)
+        return model.to(compute_device()), tokenizer
+    model, tokenizer = _load_full(path, kind)
+    return model.to(compute_device()), tokenizer
+
+
+def _load_full(
+    path: Path, kind: Literal["causal", "reward"]
+) -> tuple[Any, PreTrainedTokenizerBase]:
     if not (path / "config.json").is_file():
         raise ModelLoadError(
             f"checkpoint {str(path)!r} has no config.json (not a saved checkpoint?)"
@@ -382,7 +404,34 @@ def load_checkpoint(
     tokenizer = _load_tokenizer(str(path), path)
     model = _from_pretrained(str(path), path, kind, "auto")
     _finish(model, tokenizer, str(path))
-    return model.to(compute_device()), tokenizer
+    return model, tokenizer
+
+
+def full_checkpoint_dir(path: Path) -> Path:
+    """A folder of full weights for readers that cannot apply our adapters (vLLM: it refuses
+    adapters with modules_to_save, and ours name their base by store reference): the checkpoint
+    itself, or its adapter merged once into a folder beside it."""
+    path = Path(path)
+    if not is_adapter(path):
+        return path
+    out = path.with_name(path.name + "-merged")
+    if not (out / "config.json").is_file():
+        model, tokenizer = load_checkpoint(path, "causal")
+        save_checkpoint(model, tokenizer, out)
+    return out
+
+
+def load_for_update(
+    path: Path, kind: Literal["causal", "reward"], lora: LoraSpec | None
+) -> tuple[Any, PreTrainedTokenizerBase]:
+    """The model a role's update trains: the whole checkpoint (full fine-tuning), the last
+    round's adapter on its base (LoRA, continued), or a fresh adapter on a full checkpoint."""
+    if lora is None:
+        return load_checkpoint(path, kind)
+    if is_adapter(path):
+        return load_checkpoint(path, kind, trainable_adapter=True)
+    model, tokenizer = load_checkpoint(path, kind)
+    return add_lora(model, lora, kind), tokenizer
 
 
 def compute_device() -> str:

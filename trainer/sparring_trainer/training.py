@@ -146,6 +146,10 @@ def _optimise(
         total = min(total, spec.max_steps)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+        if hasattr(model, "peft_config"):
+            # The frozen base's embeddings give no grad to checkpoint through: the adapter
+            # under them would get none.
+            model.enable_input_require_grads()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
