@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sparring_trainer.store import StoreError, open_store
 
-from sparring_operator.api import AdversarialGame, AdversarialGameStatus, quantized_roles
+from sparring_operator.api import AdversarialGame, AdversarialGameStatus
 from sparring_operator.machine import EarlyStop, GameDone, RunPhase, completed_rounds, next_step
 from sparring_operator.observed import StoreView, observe_store
 from sparring_operator.status import Outcome, game_status
@@ -175,12 +175,6 @@ def summary_table(status: AdversarialGameStatus) -> Table:
     return table
 
 
-def _has_cuda() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
 def run_file(path: Path, store_uri: str | None, output: str, verbose: bool) -> int:
     """`sparring run`: validate, play, report. Returns the exit code."""
     from sparring_operator.validate import InvalidGameFile, load_game
@@ -202,12 +196,6 @@ def run_file(path: Path, store_uri: str | None, output: str, verbose: bool) -> i
             console.print(f"--store: {exc}", markup=False)
             return 1
         game = game.model_copy(update={"spec": game.spec.model_copy(update={"storage": storage})})
-    if quantized_roles(game.spec) and not _has_cuda():
-        # The file is valid for a cluster (its phases ask for GPUs); this machine has none.
-        for _, _, where, bits in quantized_roles(game.spec):
-            console.print(f"{path}: spec.{where}.lora.quantization: {bits} needs a CUDA GPU, "
-                          "which this machine lacks", markup=False)  # fmt: skip
-        return 1
     console.print(
         f"Playing {game.metadata.name} ({game.spec.game.kind}, {game.spec.rounds} rounds) "
         f"with store {game.spec.storage.uri}"

@@ -61,11 +61,9 @@ def add_lora(model: PreTrainedModel, spec: LoraSpec, kind: Literal["causal", "re
     from peft import get_peft_model
 
     if spec.quantization != "none":
-        # Loading the base in 8/4 bits needs bitsandbytes and a CUDA GPU; validation refuses
-        # it elsewhere, so reaching here means the check was bypassed.
-        raise ValueError(
-            f"lora.quantization: {spec.quantization!r} needs a CUDA GPU with bitsandbytes"
-        )
+        # Validation refuses it (QLoRA is not implemented yet): reaching here means a game file
+        # was not validated.
+        raise ValueError(f"lora.quantization: {spec.quantization!r} is not implemented yet")
     try:
         return get_peft_model(model, lora_config(spec, kind))
     except ValueError as error:  # e.g. a target module the architecture does not have

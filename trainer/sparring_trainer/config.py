@@ -69,7 +69,7 @@ class LoraSpec(_Model):
     """Module names to adapt (e.g. [q_proj, v_proj]); all-linear: every linear layer but the
     output head. A reward model's score head is always trained and saved in full."""
     quantization: Literal["none", "8bit", "4bit"] = "none"
-    """Load the frozen base in 8 or 4 bits (QLoRA; bitsandbytes, a CUDA GPU)."""
+    """Load the frozen base in 8 or 4 bits (QLoRA). Not implemented yet: only none is accepted."""
 
 
 class TrainSpec(_Model):
