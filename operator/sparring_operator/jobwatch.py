@@ -73,7 +73,7 @@ class JobWatch:
     def forget(self, namespace: str, game: str) -> None:
         with self._lock:
             self._jobs.pop((namespace, game), None)
-        self._outcomes.pop((namespace, game), None)
+            self._outcomes.pop((namespace, game), None)
         self._timed.pop((namespace, game), None)
 
     # ---- the cache: a pass woken by a watch event reads the game's Jobs from here ----------
@@ -115,7 +115,7 @@ class JobWatch:
         jobs = {j["metadata"]["uid"]: j for j in listing.get("items") or []}
         with self._lock:
             for uid, job in self._jobs.get((namespace, game), {}).items():
-                if resource_version(job) > listed_at and uid not in jobs:
+                if resource_version(job) > listed_at:  # newer than any listed copy
                     jobs[uid] = job
             self._jobs[(namespace, game)] = jobs
             return dict(jobs)
