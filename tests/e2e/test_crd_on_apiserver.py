@@ -35,6 +35,7 @@ REJECTED_BY = {
     "name-too-long.yaml": "both",
     "negative-learning-rate.yaml": "both",
     "not-a-mapping.yaml": "validate",
+    "qlora.yaml": "validate",  # the operator refuses it too (InvalidSpec) before any Job
     "rounds-zero.yaml": "both",
     "samples-per-query-one.yaml": "both",
     "snake-case-path.yaml": "both",
