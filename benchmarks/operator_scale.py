@@ -460,8 +460,8 @@ def main() -> int:
             "percentiles are interpolated within the histogram's buckets (0.01, 0.05, 0.1, "
             "0.25, 0.5, 1, 2.5 s, ...). The handler starts that timer before "
             "`asyncio.to_thread`, so a reconcile's duration includes its wait for one of the "
-            "default executor's threads (min(32, cores + 4)): under a burst it measures "
-            "queueing, not work.",
+            "operator's reconcile threads (6, SPARRING_RECONCILE_THREADS): under a burst it "
+            "measures queueing, not work.",
             "",
             "CPU over the same wall time (% of one core), and API latency:",
             others,
