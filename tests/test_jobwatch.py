@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 from kubernetes.client import (
@@ -81,16 +82,36 @@ def _obj(name: str, rv: str, **labels: str) -> dict[str, object]:
 def test_the_newer_copy_of_a_game_wins_whichever_arrives_last() -> None:
     from sparring_operator.watchcache import GameCache
 
+    def version(game: dict[str, Any] | None) -> Any:
+        return None if game is None else game["status"]["phase"]  # _obj's status names its rv
+
     games = GameCache(api=None)  # type: ignore[arg-type]  # no request is made below
-    written = _obj("g", "120")  # our status write's answer...
-    games.remember(written)
+    games.remember(_obj("g", "120"))  # our status write's answer...
     games.remember(_obj("g", "119"))  # ...then the watch's older event for the same game
-    assert games.read("ns", "g", fresh=False) is written
-    newer = _obj("g", "121")  # someone changed the game since
-    games.remember(newer)
-    assert games.read("ns", "g", fresh=False) is newer
+    assert version(games.read("ns", "g", fresh=False)) == "120"
+    games.remember(_obj("g", "121"))  # someone changed the game since
+    assert version(games.read("ns", "g", fresh=False)) == "121"
     games.forget("ns", "g")
     assert games.tracked() == set()
+
+
+def test_the_cached_copy_keeps_what_passes_read_and_drops_the_bulk() -> None:
+    from sparring_operator.watchcache import GameCache
+
+    game = _obj("g", "7")
+    game["metadata"] |= {  # type: ignore[operator]
+        "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}] * 50,
+        "annotations": {"sparring.dev/last-handled-configuration": "x" * 10_000},
+        "generation": 3,
+    }
+    game["spec"] = {"rounds": 2}
+    games = GameCache(api=None)  # type: ignore[arg-type]
+    games.remember(game)
+    kept = games.read("ns", "g", fresh=False)
+    assert kept is not None
+    assert kept["spec"] == {"rounds": 2} and kept["metadata"]["generation"] == 3
+    assert kept["metadata"]["labels"] == {}  # kopf.adopt copies the owner's labels
+    assert "managedFields" not in kept["metadata"] and "annotations" not in kept["metadata"]
 
 
 def test_job_events_of_a_game_never_listed_are_not_kept() -> None:

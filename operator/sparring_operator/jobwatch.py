@@ -32,7 +32,7 @@ from sparring_operator import metrics
 from sparring_operator.actions import QUEUED, STUCK_REASONS, ObservedJob
 from sparring_operator.jobs import LABEL_ATTEMPT, LABEL_GAME, LABEL_PHASE, LABEL_ROUND
 from sparring_operator.status import epoch
-from sparring_operator.watchcache import GameKey, resource_version
+from sparring_operator.watchcache import GameKey, resource_version, slim
 
 # Set by the operator when it gives up on an attempt whose pod never started (core.FailJob):
 # the Job then fails on its deadline, and these say why in place of "DeadlineExceeded".
@@ -81,7 +81,8 @@ class JobWatch:
         """A Job as a watch event or our own write returned it. Only games listed since this
         process started are kept: events of a deleted game's Jobs (the garbage collector
         removes them after the game) must not bring its entry back."""
-        meta = job.get("metadata") or {}
+        job = _slim_job(job)
+        meta = job["metadata"]
         key = (meta.get("namespace", ""), (meta.get("labels") or {}).get(LABEL_GAME, ""))
         uid = meta.get("uid")
         with self._lock:
@@ -112,7 +113,7 @@ class JobWatch:
         )
         listing = json.loads(response.data)
         listed_at = resource_version(listing)
-        jobs = {j["metadata"]["uid"]: j for j in listing.get("items") or []}
+        jobs = {j["metadata"]["uid"]: _slim_job(j) for j in listing.get("items") or []}
         with self._lock:
             for uid, job in self._jobs.get((namespace, game), {}).items():
                 if resource_version(job) > listed_at:  # newer than any listed copy
@@ -267,6 +268,13 @@ class JobWatch:
             known = outcomes.get(job_uid)
             if known is None or outcome.pod_created >= known.pod_created:
                 outcomes[job_uid] = outcome
+
+
+def _slim_job(job: dict[str, Any]) -> dict[str, Any]:
+    """What `observe` reads of a Job: not its pod template, which is most of its size."""
+    out = slim(job, ("status",), annotations=(FAILED_REASON, FAILED_MESSAGE))
+    out["spec"] = {"suspend": (job.get("spec") or {}).get("suspend")}
+    return out
 
 
 def outcome_of_pod(pod: dict[str, Any]) -> PodOutcome:
