@@ -90,3 +90,11 @@ def test_overhead_quick(tmp_path: Path) -> None:
     assert local[-1][0] == "**apo-tiny.yaml total**" and local[-1][2] == "6 phases", local
     harness = dict(table_rows(out, "measure"))
     assert harness["phase Jobs"] == "6"
+
+
+def test_gpu_check_smoke_on_the_cpu(tmp_path: Path) -> None:
+    """The GPU check's code paths (full and LoRA DPO, the RM update, sampling) on a tiny model
+    in fp32, so the script a GPU session runs has not rotted; its bf16/CUDA part runs there."""
+    out = run_benchmark("gpu_check.py", "--cpu", tmp_path=tmp_path)
+    steps = [row[1] for row in table_rows(out, "model")]
+    assert steps == ["DPO, full", "DPO, LoRA r=16", "RM update", "sampling"], steps
