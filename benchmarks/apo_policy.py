@@ -107,6 +107,7 @@ def main() -> int:
     started = time.time()
     args = parse_args()
     import torch
+    from sparring_trainer.apo import human_reward_pairs
     from sparring_trainer.config import (
         APODataSpec,
         DataSource,
@@ -193,15 +194,7 @@ def main() -> int:
         return model, tok
 
     def human(tok: Any) -> list[WeightedPair]:
-        return [
-            WeightedPair(
-                render_conversation(tok, p.prompt, p.chosen),
-                render_conversation(tok, p.prompt, p.rejected),
-                1.0,
-                "human",
-            )
-            for p in splits.human_pairs
-        ]
+        return human_reward_pairs(tok, splits.human_pairs)
 
     def with_apo(tok: Any) -> list[WeightedPair]:
         pairs = human(tok)

@@ -116,6 +116,7 @@ def main() -> int:
     started = time.time()
     args = parse_args()
     import torch
+    from sparring_trainer.apo import human_reward_pairs
     from sparring_trainer.config import APODataSpec, DataSource, ModelSpec, TrainSpec
     from sparring_trainer.data import read_preferences, split_apo
     from sparring_trainer.generation import Decoding, generate_transformers
@@ -193,15 +194,7 @@ def main() -> int:
     def pairs_for(tok: Any, human: bool, sample_round: int | None) -> list[WeightedPair]:
         pairs: list[WeightedPair] = []
         if human:
-            pairs += [
-                WeightedPair(
-                    render_conversation(tok, p.prompt, p.chosen),
-                    render_conversation(tok, p.prompt, p.rejected),
-                    args.human_weight,
-                    "human",
-                )
-                for p in splits.human_pairs
-            ]
+            pairs += human_reward_pairs(tok, splits.human_pairs, args.human_weight)
         if sample_round is not None:
             per_pair = args.apo_coeff / S
             for q, group in zip(gold, samples[sample_round], strict=True):

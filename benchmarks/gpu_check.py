@@ -94,12 +94,13 @@ class Measure:
 
 def check_size(size: str, device: str, bf16: bool) -> list[list[str]]:
     from sparring_trainer.adapters import add_lora
+    from sparring_trainer.apo import human_reward_pairs
     from sparring_trainer.config import AdversaryUpdateSpec, DataSource, LoraSpec, PolicyUpdateSpec
     from sparring_trainer.data import read_preferences
     from sparring_trainer.dpo import train_dpo
     from sparring_trainer.generation import Decoding, generate_transformers
-    from sparring_trainer.models import render_conversation, render_prompt, tiny_tokenizer
-    from sparring_trainer.training import WeightedPair, train_reward_model
+    from sparring_trainer.models import render_prompt, tiny_tokenizer
+    from sparring_trainer.training import train_reward_model
 
     tokenizer = tiny_tokenizer()
     tokenizer.padding_side = "right"
@@ -132,15 +133,7 @@ def check_size(size: str, device: str, bf16: bool) -> list[list[str]]:
             record("DPO, LoRA r=16" if lora else "DPO, full", m, pairs, "pairs/s")
             del model, ref
         rm = build(size, "reward", tokenizer, "cpu", False).to(device)  # fp32 weights, autocast
-        pairs_rm = [
-            WeightedPair(
-                render_conversation(tokenizer, p.prompt, p.chosen),
-                render_conversation(tokenizer, p.prompt, p.rejected),
-                1.0,
-                "human",
-            )
-            for p in prefs
-        ]
+        pairs_rm = human_reward_pairs(tokenizer, prefs)
         rm_spec = AdversaryUpdateSpec(batch_size=8, max_length=512, max_steps=steps, bf16=bf16)
         with Measure(device) as m:
             metrics = train_reward_model(rm, tokenizer, pairs_rm, rm_spec, 0)

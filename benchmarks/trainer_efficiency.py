@@ -147,7 +147,6 @@ def main() -> int:
     from sparring_trainer.models import (
         load_causal_lm,
         load_reward_model,
-        render_conversation,
         render_prompt,
         save_checkpoint,
     )
@@ -182,20 +181,13 @@ def main() -> int:
 
     # ---- update-adversary: train_reward_model vs a plain torch Bradley-Terry loop ----------------
     if "rm" in args.parts:
-        from sparring_trainer.training import WeightedPair, train_reward_model
+        from sparring_trainer.apo import human_reward_pairs
+        from sparring_trainer.training import train_reward_model
 
         torch.manual_seed(args.seed)
         init, tok = load_reward_model(ModelSpec(model=rm_ref), cache)
         max_length, batch = 256, 8
-        wp = [
-            WeightedPair(
-                render_conversation(tok, p.prompt, p.chosen),
-                render_conversation(tok, p.prompt, p.rejected),
-                1.0,
-                "human",
-            )
-            for p in data[: args.rm_pairs]
-        ]
+        wp = human_reward_pairs(tok, data[: args.rm_pairs])
 
         def ours_rm() -> float:
             model = copy.deepcopy(init)

@@ -66,6 +66,8 @@ def test_apo_with_lora_stores_adapters_that_keep_training(
     assert any("lora_B" in k for k in policy[0]) and _differ(*policy)
     assert any("score" in k for k in rm[0]), "the RM adapter must carry its score head"
     assert _differ(*rm)
+    eval_rm = {p.name for p in (game / "round-0000/prepare/eval-rm").iterdir()}
+    assert "model.safetensors" in eval_rm and "adapter_config.json" not in eval_rm  # merged
     full = (game / "round-0000/prepare/base-policy/model.safetensors").stat().st_size
     size = (game / "round-0001/update-policy/policy/adapter_model.safetensors").stat().st_size
     assert size < full / 5

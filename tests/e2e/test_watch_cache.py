@@ -15,26 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import chartops
 from harness.cluster import Kube
-from harness.fixtures import operator_kubeconfig
+from harness.fixtures import running_operator
 from harness.gameops import Operator, create, wait_phase
 
 
 @pytest.fixture
 def slow_resync_operator(kube_env: Kube, tmp_path: Path) -> Iterator[Operator]:
-    release = f"op-{kube_env.namespace}"
-    kubeconfig, user = operator_kubeconfig(kube_env, tmp_path / "operator.kubeconfig", release)
-    op = Operator(
-        kubeconfig, tmp_path / "operator.log", namespace=kube_env.namespace, resync_seconds=3600
-    )
-    op.user = user
-    op.start()
-    try:
+    with running_operator(kube_env, tmp_path, resync_seconds=3600) as op:
         yield op
-    finally:
-        op.kill()
-        chartops.delete_cluster_objects(kube_env.client, release)
 
 
 def test_event_passes_read_the_watch_and_still_start_each_phase_once(

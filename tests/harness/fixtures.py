@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,13 +112,18 @@ def operator_kubeconfig(kube: Kube, path: Path, release: str = "") -> tuple[Path
     return write_kubeconfig(path, proxy.url, kube.plane.pki.ca_crt, None, None, token), user
 
 
-@pytest.fixture
-def operator(kube_env: Kube, tmp_path: Path) -> Iterator[Operator]:
+@contextlib.contextmanager
+def running_operator(
+    kube_env: Kube, tmp_path: Path, resync_seconds: float = 1.0
+) -> Iterator[Operator]:
     """`sparring operator` as a child process (kill/restart at will) watching the test's
     namespace as the chart's ServiceAccount."""
     release = f"op-{kube_env.namespace}"
     kubeconfig, user = operator_kubeconfig(kube_env, tmp_path / "operator.kubeconfig", release)
-    op = Operator(kubeconfig, tmp_path / "operator.log", namespace=kube_env.namespace)
+    op = Operator(
+        kubeconfig, tmp_path / "operator.log", namespace=kube_env.namespace,
+        resync_seconds=resync_seconds,
+    )  # fmt: skip
     op.user = user
     op.start()
     try:
@@ -125,6 +131,12 @@ def operator(kube_env: Kube, tmp_path: Path) -> Iterator[Operator]:
     finally:
         op.kill()
         chartops.delete_cluster_objects(kube_env.client, release)
+
+
+@pytest.fixture
+def operator(kube_env: Kube, tmp_path: Path) -> Iterator[Operator]:
+    with running_operator(kube_env, tmp_path) as op:
+        yield op
 
 
 @pytest.fixture

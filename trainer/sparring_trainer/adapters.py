@@ -106,7 +106,5 @@ def save_adapter(
 
 
 def merged(model: Any) -> Any:
-    """The full model an adapter amounts to (a copy; `model` keeps its adapter)."""
-    import copy
-
-    return copy.deepcopy(model).merge_and_unload() if is_peft(model) else model
+    """The full model an adapter amounts to, merged in place (`model` is spent)."""
+    return model.merge_and_unload() if is_peft(model) else model

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 from sparring_trainer.adapters import add_lora, is_peft, merged
 from sparring_trainer.config import PREPARE_PHASE, GameConfig
 from sparring_trainer.contract import PhaseContext
-from sparring_trainer.data import APOSplits, Query, read_preferences, split_apo
+from sparring_trainer.data import APOSplits, PreferencePair, Query, read_preferences, split_apo
 from sparring_trainer.dpo import train_dpo
 from sparring_trainer.generation import (
     Decoding,
@@ -58,6 +59,22 @@ from sparring_trainer.training import (
     train_rrhf,
     train_sft,
 )
+
+
+def human_reward_pairs(
+    tokenizer: Any, pairs: Sequence[PreferencePair], weight: float = 1.0
+) -> list[WeightedPair]:
+    """D_P as reward-model training rows: each human pair's chosen over its rejected reply,
+    rendered as conversations, with `weight` (humanWeight, beta2 in the paper)."""
+    return [
+        WeightedPair(
+            render_conversation(tokenizer, p.prompt, p.chosen),
+            render_conversation(tokenizer, p.prompt, p.rejected),
+            weight,
+            "human",
+        )
+        for p in pairs
+    ]
 
 
 @cache
@@ -175,15 +192,7 @@ def prepare(ctx: PhaseContext) -> dict[str, float]:
         rm, rm_tok = load_reward_model(game.evaluation.reward_model, ctx.cache_dir, storage)
     else:
         # No fixed evaluation RM given: train one on all human pairs, once, and never again.
-        human = [
-            WeightedPair(
-                render_conversation(rm_tok, p.prompt, p.chosen),
-                render_conversation(rm_tok, p.prompt, p.rejected),
-                1.0,
-                "human",
-            )
-            for p in data.human_pairs
-        ]
+        human = human_reward_pairs(rm_tok, data.human_pairs)
         rm = rm.to(compute_device())  # type: ignore[arg-type]
         if game.evaluation.eval_rm_train.lora is not None:
             rm = add_lora(rm, game.evaluation.eval_rm_train.lora, "reward")
@@ -241,15 +250,7 @@ def update_adversary(ctx: PhaseContext) -> dict[str, float]:
     model, tokenizer = load_for_update(init_dir, "reward", update.lora)
     pairs: list[WeightedPair] = []
     if update.mode != "gail":  # D_P keeps the RM anchored to human preferences
-        pairs += [
-            WeightedPair(
-                render_conversation(tokenizer, p.prompt, p.chosen),
-                render_conversation(tokenizer, p.prompt, p.rejected),
-                update.human_weight,
-                "human",
-            )
-            for p in data.human_pairs
-        ]
+        pairs += human_reward_pairs(tokenizer, data.human_pairs, update.human_weight)
     if update.mode != "baseline":  # D_APO: gold answer preferred over each policy sample
         samples = {
             row["id"]: row["responses"]
