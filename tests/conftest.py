@@ -4,6 +4,7 @@ a temporary directory. Nothing here touches the network beyond the loopback inte
 from __future__ import annotations
 
 import os
+import re
 
 # Before torch/numpy can be imported by any test module: one thread each keeps CI predictable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -15,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,11 +57,15 @@ def _wait_for_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: 
             time.sleep(0.05)
 
 
+_S3_LOGS: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Endpoint URL (``http://127.0.0.1:PORT``) of a moto S3 server running for the session."""
     port = _free_port()
     log = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    _S3_LOGS[f"http://127.0.0.1:{port}"] = log
     env = {**os.environ, **_DUMMY_CREDENTIALS}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -80,6 +85,18 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def s3_requests(s3_server: str) -> Callable[[], list[str]]:
+    """The S3 server's access log so far, one "METHOD /bucket/key" per request (moto logs
+    every request it answers): what reached the store, as the store saw it."""
+    log = _S3_LOGS[s3_server]
+
+    def read() -> list[str]:
+        return re.findall(r'"([A-Z]+ /\S*) HTTP/', log.read_text(errors="replace"))
+
+    return read
 
 
 @pytest.fixture

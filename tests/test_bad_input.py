@@ -111,17 +111,3 @@ def test_phase_out_of_order_is_refused(tmp_path: Path) -> None:
     result = phase(game, "sample", 1, tmp_path)  # round 0 never ran
     assert result.returncode == 1  # retryable: the operator never runs phases out of order
     assert "round-0000/prepare/ is not committed" in result.stderr, result.stderr[-2000:]
-
-
-def test_multi_gpu_phase_is_refused_rather_than_run_n_times(tmp_path: Path) -> None:
-    """Under torchrun with N ranks, each rank would replay the whole phase: refuse clearly."""
-    import os
-
-    game = write_game(tmp_path, tmp_path / "store")
-    result = subprocess.run(
-        [sys.executable, "-m", "sparring_trainer", "prepare", "--game", str(game), "--round", "0"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "WORLD_SIZE": "2"},
-    )  # fmt: skip
-    assert result.returncode == EXIT_BAD_INPUT
-    assert "multi-GPU phases are not supported yet" in result.stderr
-    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("_SUCCESS"))

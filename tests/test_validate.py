@@ -155,3 +155,28 @@ def test_crd_check(tmp_path: Path) -> None:
     assert "+                  maximum: 9999" in result.stderr
     assert runner.invoke(app, ["crd", "--check", str(tmp_path / "none.yaml")]).exit_code == 1
     assert runner.invoke(app, ["crd"]).stdout == good.read_text(encoding="utf-8")
+
+
+def test_several_gpus_are_accepted_where_the_phase_can_split_its_work(tmp_path: Path) -> None:
+    """gpu > 1 runs data-parallel: valid when every training batch of the phase divides among
+    its GPUs; vLLM sampling, one engine per rank, is not supported and is refused by name."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "examples" / "apo-tiny.yaml").read_text())
+    doc["spec"]["phases"] = {"default": {"resources": {"gpu": 4}}}
+    doc["spec"]["game"]["policy"]["update"]["batchSize"] = 8
+    doc["spec"]["game"]["evaluation"]["evalRmTrain"]["batchSize"] = 8
+    path = tmp_path / "game.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert validate_file(path) == []
+
+    doc["spec"]["game"]["sampling"]["engine"] = "vllm"
+    doc["spec"]["game"]["adversary"]["update"]["batchSize"] = 6
+    path.write_text(yaml.safe_dump(doc))
+    errors = validate_file(path)
+    assert any(
+        "spec.game.adversary.update.batchSize: 6 does not divide among the 4 GPUs of the "
+        "update-adversary phase" in e
+        for e in errors
+    ), errors
+    assert any("vllm samples in one-GPU phases only" in e for e in errors), errors

@@ -83,7 +83,8 @@ class ResourceList(_Model):
     memory: str | None = None
     """Memory quantity, e.g. '32Gi'."""
     gpu: Annotated[int, Field(ge=0, le=64)] = 0
-    """nvidia.com/gpu count; more than 1 runs the phase under torchrun."""
+    """nvidia.com/gpu count; more than 1 runs the phase data-parallel, one torchrun rank per GPU
+    (each training batchSize is split evenly among them, so it must be a multiple)."""
     scratch: Annotated[str, Field(pattern=DISK_QUANTITY)] | None = None
     """Local scratch disk, e.g. '200Gi': the scratch volume's size limit and the pod's
     ephemeral-storage request (default: the operator's, 50Gi)."""
@@ -316,7 +317,7 @@ class AdversarialGame(_Model):
     def _runnable(self) -> AdversarialGame:
         # Refused here, so before any Job (sparring validate, the operator): a combination the
         # phases cannot run would otherwise fail hours in, after the GPUs were scheduled.
-        problems = unsupported_quantization(self.spec)
+        problems = unsupported_quantization(self.spec) + unsplittable_phases(self.spec)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -341,5 +342,29 @@ def unsupported_quantization(spec: AdversarialGameSpec) -> list[str]:
             problems.append(
                 f"spec.{where}.lora.quantization: {lora.quantization} (QLoRA, for the {phase} "
                 "phase) is not implemented yet; use quantization: none"
+            )
+    return problems
+
+
+def unsplittable_phases(spec: AdversarialGameSpec) -> list[str]:
+    """Phases with several GPUs that could not run data-parallel: a training batch that the
+    ranks cannot split evenly, or vLLM sampling (one engine per rank is not supported yet)."""
+    from sparring_trainer.config import ALL_PHASES, batch_fields
+
+    problems = []
+    for phase in ALL_PHASES:
+        gpu = spec.phases.for_phase(phase).resources.gpu
+        if gpu <= 1:
+            continue
+        for field, batch in batch_fields(spec.game, phase):
+            if batch % gpu:
+                problems.append(
+                    f"{field}: {batch} does not divide among the {gpu} GPUs of the {phase} "
+                    f"phase (one rank each): use a multiple of {gpu}"
+                )
+        if phase in ("prepare", "sample", "evaluate") and spec.game.sampling.engine == "vllm":
+            problems.append(
+                f"spec.game.sampling.engine: vllm samples in one-GPU phases only, and the {phase} "
+                f"phase has {gpu} GPUs: use auto (transformers, sharded across the ranks)"
             )
     return problems

@@ -64,6 +64,15 @@ def run_cmd(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show the phases' logs.")
     ] = False,
+    nproc_per_node: Annotated[
+        int,
+        typer.Option(
+            "--nproc-per-node",
+            min=1,
+            help="Play each phase data-parallel as N ranks under torchrun (one per GPU; "
+            "gloo on CPU). Training batch sizes must be multiples of N.",
+        ),
+    ] = 1,
 ) -> None:
     """Play a game locally, each phase as the same command a phase Job runs; resumable."""
     from sparring_operator.local import run_file
@@ -71,7 +80,7 @@ def run_cmd(
     if output not in ("table", "json"):
         typer.echo(f"--output: expected 'table' or 'json', got {output!r}", err=True)
         raise typer.Exit(2)
-    raise typer.Exit(run_file(file, store, output, verbose))
+    raise typer.Exit(run_file(file, store, output, verbose, nproc_per_node))
 
 
 @app.command("export")

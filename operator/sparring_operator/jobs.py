@@ -132,20 +132,17 @@ def build_configmap(game: AdversarialGame) -> dict[str, Any]:
     }
 
 
-def phase_args(phase: str, round: int, game_file: str = GAME_FILE) -> list[str]:
+def phase_args(phase: str, round: int, game_file: str = GAME_FILE, nproc: int = 1) -> list[str]:
     """The trainer's arguments; ``sparring_operator.local.phase_command`` runs the same ones."""
-    return ["-m", "sparring_trainer", phase, "--game", game_file, "--round", str(round)]
+    args = ["-m", "sparring_trainer", phase, "--game", game_file, "--round", str(round)]
+    return [*args, "--nproc-per-node", str(nproc)] if nproc > 1 else args
 
 
 def container_command(phase: str, round: int, gpu: int) -> list[str]:
-    """``python -m sparring_trainer ...``, or under ``torchrun`` with one worker per GPU.
-
-    ``--standalone`` runs a local rendezvous inside the pod: phases use one node, so there is no
-    rendezvous service to deploy or to fail.
-    """
-    if gpu > 1:
-        return ["torchrun", "--standalone", "--nproc-per-node", str(gpu), *phase_args(phase, round)]
-    return ["python", *phase_args(phase, round)]
+    """``python -m sparring_trainer ...``; with several GPUs the trainer starts one rank per
+    GPU under torchrun itself (a local rendezvous inside the pod: one node, nothing to deploy),
+    and exits with the first failed rank's status, so bad input still exits 3."""
+    return ["python", *phase_args(phase, round, nproc=gpu)]
 
 
 def _env(game: AdversarialGame, attempt: int) -> list[dict[str, Any]]:

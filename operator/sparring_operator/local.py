@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sparring_trainer.store import StoreError, open_store
 
 from sparring_operator.api import AdversarialGame, AdversarialGameStatus
+from sparring_operator.jobs import phase_args
 from sparring_operator.machine import EarlyStop, GameDone, RunPhase, completed_rounds, next_step
 from sparring_operator.observed import StoreView, observe_store
 from sparring_operator.status import Outcome, game_status
@@ -41,17 +43,9 @@ class PhaseOutcome:
     seconds: float
 
 
-def phase_command(game_file: Path, phase: str, round: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "sparring_trainer",
-        phase,
-        "--game",
-        str(game_file),
-        "--round",
-        str(round),
-    ]
+def phase_command(game_file: Path, phase: str, round: int, nproc: int = 1) -> list[str]:
+    """The command a phase Job runs (`jobs.phase_args`), with this interpreter."""
+    return [sys.executable, *phase_args(phase, round, str(game_file), nproc)]
 
 
 def _run_child(cmd: list[str], label: str, console: Console, verbose: bool) -> PhaseOutcome:
@@ -122,8 +116,10 @@ def run_game(
     game: AdversarialGame,
     console: Console,
     verbose: bool = False,
+    nproc_per_node: int = 1,
 ) -> tuple[AdversarialGameStatus, dict[tuple[int, str], float]]:
-    """Plays every uncommitted phase in order; returns the final status and phase timings."""
+    """Plays every uncommitted phase in order, each as `nproc_per_node` data-parallel ranks;
+    returns the final status and phase timings."""
     spec, meta = game.spec, game.metadata
     kind = spec.game.kind
     store = open_store(spec.storage)
@@ -148,7 +144,10 @@ def run_game(
             assert isinstance(decision, RunPhase)
             label = f"round {decision.round} {decision.phase:<16}"
             outcome = _run_child(
-                phase_command(game_file, decision.phase, decision.round), label, console, verbose
+                phase_command(game_file, decision.phase, decision.round, nproc_per_node),
+                label,
+                console,
+                verbose,
             )
             timings[(decision.round, decision.phase)] = outcome.seconds
             if not outcome.ok:
@@ -175,7 +174,21 @@ def summary_table(status: AdversarialGameStatus) -> Table:
     return table
 
 
-def run_file(path: Path, store_uri: str | None, output: str, verbose: bool) -> int:
+def _uneven_batches(game: AdversarialGame, nproc: int) -> list[str]:
+    """Training batches that `nproc` ranks cannot split evenly (each phase refuses them too)."""
+    from sparring_trainer.config import ALL_PHASES, batch_fields
+
+    fields = {f: b for phase in ALL_PHASES for f, b in batch_fields(game.spec.game, phase)}
+    return [
+        f"{field}: {batch} does not divide among --nproc-per-node {nproc} ranks"
+        for field, batch in fields.items()
+        if batch % nproc
+    ]
+
+
+def run_file(
+    path: Path, store_uri: str | None, output: str, verbose: bool, nproc_per_node: int = 1
+) -> int:
     """`sparring run`: validate, play, report. Returns the exit code."""
     from sparring_operator.validate import InvalidGameFile, load_game
 
@@ -200,8 +213,13 @@ def run_file(path: Path, store_uri: str | None, output: str, verbose: bool) -> i
         f"Playing {game.metadata.name} ({game.spec.game.kind}, {game.spec.rounds} rounds) "
         f"with store {game.spec.storage.uri}"
     )
+    uneven = _uneven_batches(game, nproc_per_node)
+    if uneven:
+        for line in uneven:
+            console.print(f"{path}: {line}", markup=False, highlight=False)
+        return 1
     try:
-        status, _ = run_game(game, console, verbose)
+        status, _ = run_game(game, console, verbose, nproc_per_node)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: committed phases are kept; run again to continue")
         return 130
@@ -210,7 +228,8 @@ def run_file(path: Path, store_uri: str | None, output: str, verbose: bool) -> i
         return 1
     console.print(summary_table(status))
     if status.phase == "Failed":
-        console.print(f"[red]failed[/]: {status.message}", highlight=False)
+        # The message is a phase's own text (a library may print [brackets]): never markup.
+        console.print(f"[red]failed[/]: {escape(status.message or '')}", highlight=False)
     elif status.latest_checkpoint:
         console.print(f"latest policy checkpoint: {status.latest_checkpoint}", highlight=False)
     if output == "json":

@@ -3,9 +3,11 @@
     python -m sparring_trainer sample --game /etc/sparring/game.json --round 1
     python -m sparring_trainer prepare --game examples/apo-tiny.yaml --round 0
 
-Multi-GPU phases run the same module under torchrun:
+Data-parallel phases run one rank per device under torchrun, started by the same command:
 
-    torchrun --nproc-per-node 8 -m sparring_trainer update-policy --game game.json --round 2
+    python -m sparring_trainer update-policy --game game.json --round 2 --nproc-per-node 8
+
+(or started by torchrun itself, `torchrun --nproc-per-node 8 -m sparring_trainer ...`).
 
 Exit status: 0 committed (or already committed); 1 a fault worth retrying (store unreachable,
 a crash); 2 bad arguments; 3 bad input a retry cannot fix (game file, model or data reference,
@@ -21,6 +23,7 @@ import sys
 from pathlib import Path
 
 from sparring_trainer.config import ALL_PHASES
+from sparring_trainer.distributed import launch, under_torchrun
 
 
 # Errors a user can fix: reported as one clear line, never a traceback.
@@ -56,11 +59,26 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--game", required=True, type=Path, help="game file (YAML or JSON)")
     parser.add_argument("--round", required=True, type=int, help="round number (0 = prepare)")
     parser.add_argument("--scratch", type=Path, default=None, help="local scratch directory")
+    parser.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the phase data-parallel as N ranks under torchrun (one per GPU; gloo on CPU)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if args.nproc_per_node < 1:
+        make_parser().error("--nproc-per-node must be at least 1")
+    if args.nproc_per_node > 1 and not under_torchrun():
+        # The ranks run this same command; the first failure's exit status is the phase's.
+        rank_args = [args.phase, "--game", str(args.game), "--round", str(args.round)]
+        if args.scratch is not None:
+            rank_args += ["--scratch", str(args.scratch)]
+        return launch(args.nproc_per_node, rank_args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from transformers.utils import logging as hf_logging

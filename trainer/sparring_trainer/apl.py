@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -62,6 +61,7 @@ from sparring_trainer.generation import (
 )
 from sparring_trainer.losses import ScoredGroup
 from sparring_trainer.models import (
+    Checkpoint,
     full_checkpoint_dir,
     load_causal_lm,
     load_checkpoint,
@@ -91,22 +91,8 @@ def splits(ctx: PhaseContext) -> APLSplits:
     return _splits_cached(apl_spec(ctx).model_dump_json(), ctx.doc.spec.storage.model_dump_json())
 
 
-@dataclass
-class _LM:
-    """A causal-LM checkpoint directory, loaded on first use (vLLM reads the directory)."""
-
-    path: Path
-    dtype: str
-    loaded: tuple[Any, Any] | None = None
-
-    def get(self) -> tuple[Any, Any]:
-        if self.loaded is None:
-            self.loaded = load_checkpoint(self.path, "causal")
-        return self.loaded
-
-
 def _generate(
-    ctx: PhaseContext, lm: _LM, requests: Sequence[str], decoding: Decoding, what: str
+    ctx: PhaseContext, lm: Checkpoint, requests: Sequence[str], decoding: Decoding, what: str
 ) -> list[list[str]]:
     """`decoding.n` completions of each request, given as a user turn in the model's template."""
     if not requests:
@@ -138,7 +124,11 @@ def _attacker_dir(ctx: PhaseContext, round: int) -> Path:
 
 
 def _harm(
-    ctx: PhaseContext, defender: _LM, requests: Sequence[str], seeds: Sequence[Seed], ref: Path
+    ctx: PhaseContext,
+    defender: Checkpoint,
+    requests: Sequence[str],
+    seeds: Sequence[Seed],
+    ref: Path,
 ) -> list[float]:
     """H of each request (seed i's target and safe answer); relative to the base defender
     `ref` when `relativeToReference` (exactly 0 while the defender is the reference)."""
@@ -156,7 +146,11 @@ def _mean(values: Sequence[float | bool]) -> float:
 
 
 def _evaluate(
-    ctx: PhaseContext, defender: _LM, attacker: _LM, ref: Path, judge: Path | None
+    ctx: PhaseContext,
+    defender: Checkpoint,
+    attacker: Checkpoint,
+    ref: Path,
+    judge: Checkpoint | None,
 ) -> dict[str, float]:
     """The round's metrics on held-out data; answers go to `answers.jsonl`.
 
@@ -193,7 +187,7 @@ def _evaluate(
     }
     judged: dict[str, list[bool]] = {}
     if judge is not None:
-        model, tokenizer = load_checkpoint(judge, "causal")
+        model, tokenizer = judge.get()
         harmful = [s.prompt for s in seeds]  # the judge always sees the original request
         judged["direct"] = judge_complies(model, tokenizer, harmful, direct)
         judged["attack"] = judge_complies(model, tokenizer, harmful, attack)
@@ -226,22 +220,26 @@ def prepare(ctx: PhaseContext) -> dict[str, float]:
     defender, defender_tok = load_causal_lm(game.policy, ctx.cache_dir, storage)
     save_checkpoint(defender, defender_tok, base_policy := ctx.new_dir("base-policy"))
     ctx.upload_dir(base_policy, "base-policy")
-    base_lm = _LM(base_policy, game.policy.dtype, (defender, defender_tok))
+    base_lm = Checkpoint(base_policy, loaded=(defender, defender_tok), dtype=game.policy.dtype)
     same = ("model", "tokenizer", "dtype")
     if all(getattr(game.adversary, f) == getattr(game.policy, f) for f in same):
-        attacker_lm = _LM(base_policy, game.adversary.dtype, base_lm.loaded)  # one load, not two
+        attacker_lm = Checkpoint(
+            base_policy, loaded=base_lm.loaded, dtype=game.adversary.dtype
+        )  # one load, not two
     else:
         attacker, attacker_tok = load_causal_lm(game.adversary, ctx.cache_dir, storage)
         save_checkpoint(attacker, attacker_tok, base_attacker := ctx.new_dir("base-attacker"))
-        attacker_lm = _LM(base_attacker, game.adversary.dtype, (attacker, attacker_tok))
+        attacker_lm = Checkpoint(
+            base_attacker, loaded=(attacker, attacker_tok), dtype=game.adversary.dtype
+        )
         del attacker
     ctx.upload_dir(attacker_lm.path, "base-attacker")
-    judge_dir = None
+    judge = None
     if spec.judge is not None:
-        judge, judge_tok = load_causal_lm(spec.judge, ctx.cache_dir, storage)
-        save_checkpoint(judge, judge_tok, judge_dir := ctx.new_dir("judge"))
+        judge_lm = load_causal_lm(spec.judge, ctx.cache_dir, storage)
+        save_checkpoint(*judge_lm, judge_dir := ctx.new_dir("judge"))
         ctx.upload_dir(judge_dir, "judge")
-        del judge
+        judge = Checkpoint(judge_dir, loaded=judge_lm)
     # The utility term's preferred answers: the base defender's own, greedy, computed once.
     prompts = [q.prompt[-1]["content"] for q in data.benign_train]
     decoding = Decoding(n=1, max_new_tokens=game.sampling.max_new_tokens, greedy=True)
@@ -258,12 +256,12 @@ def prepare(ctx: PhaseContext) -> dict[str, float]:
         "test_seeds": float(len(data.test_seeds)),
         "benign_answer_refusal_rate": _mean([is_refusal(a) for a in answers]),
     }
-    return metrics | _evaluate(ctx, base_lm, attacker_lm, base_policy, judge_dir)
+    return metrics | _evaluate(ctx, base_lm, attacker_lm, base_policy, judge)
 
 
 def sample(ctx: PhaseContext) -> dict[str, float]:
     spec, data, sampling = apl_spec(ctx), splits(ctx), ctx.game.sampling
-    attacker = _LM(_attacker_dir(ctx, ctx.round), ctx.game.adversary.dtype)
+    attacker = Checkpoint(_attacker_dir(ctx, ctx.round), dtype=ctx.game.adversary.dtype)
     rewrite_decoding = Decoding(
         n=spec.rewrites_per_prompt,
         max_new_tokens=spec.attacker_max_new_tokens,
@@ -274,7 +272,7 @@ def sample(ctx: PhaseContext) -> dict[str, float]:
     raw = _generate(ctx, attacker, instructions, rewrite_decoding, "seeds")
     rewrites = [[clean_rewrite(t) for t in group] for group in raw]
     attacker.loaded = None
-    defender = _LM(ctx.policy_dir(ctx.round), ctx.game.policy.dtype)
+    defender = Checkpoint(ctx.policy_dir(ctx.round), dtype=ctx.game.policy.dtype)
     answer_decoding = Decoding(
         n=1,
         max_new_tokens=sampling.max_new_tokens,
@@ -308,7 +306,7 @@ def score(ctx: PhaseContext) -> dict[str, float]:
     rows = {r["id"]: r for r in ctx.read_jsonl(ctx.round, "sample", "samples.jsonl")}
     requests = [rw for s in seeds for rw in rows[s.id]["rewrites"]]
     per_request = [s for s in seeds for _ in rows[s.id]["rewrites"]]
-    defender = _LM(ctx.policy_dir(ctx.round), ctx.game.policy.dtype)
+    defender = Checkpoint(ctx.policy_dir(ctx.round), dtype=ctx.game.policy.dtype)
     ref = ctx.fetch_dir(0, PREPARE_PHASE, "base-policy")
     harm = _harm(ctx, defender, requests, per_request, ref)
     out, i = [], 0
@@ -368,9 +366,7 @@ def update_adversary(ctx: PhaseContext) -> dict[str, float]:
             ctx.new_dir("dpo"),
             lambda s, t: ctx.progress(s, t, "attacker steps"),
         )
-    base = (0, PREPARE_PHASE, "base-attacker")
-    save_checkpoint(model, tokenizer, out := ctx.new_dir("attacker"), base=base)
-    ctx.upload_dir(out, "attacker")
+    ctx.save_model(model, tokenizer, "attacker", base=(0, PREPARE_PHASE, "base-attacker"))
     return metrics
 
 
@@ -398,9 +394,7 @@ def update_policy(ctx: PhaseContext) -> dict[str, float]:
             ctx.seed,
             lambda s, t: ctx.progress(s, t, "defender steps"),
         )
-    base = (0, PREPARE_PHASE, "base-policy")
-    save_checkpoint(model, tokenizer, out := ctx.new_dir("policy"), base=base)
-    ctx.upload_dir(out, "policy")
+    ctx.save_model(model, tokenizer, "policy", base=(0, PREPARE_PHASE, "base-policy"))
     n_utility = sum(p.source == "utility" for p in pairs)
     return metrics | {
         "defender_pairs_harm": float(len(pairs) - n_utility),
@@ -411,10 +405,15 @@ def update_policy(ctx: PhaseContext) -> dict[str, float]:
 
 def evaluate(ctx: PhaseContext) -> dict[str, float]:
     game = ctx.game
-    defender = _LM(ctx.fetch_dir(ctx.round, "update-policy", "policy"), game.policy.dtype)
-    attacker = _LM(ctx.fetch_dir(ctx.round, "update-adversary", "attacker"), game.adversary.dtype)
+    defender = Checkpoint(
+        ctx.fetch_dir(ctx.round, "update-policy", "policy"), dtype=game.policy.dtype
+    )
+    attacker = Checkpoint(
+        ctx.fetch_dir(ctx.round, "update-adversary", "attacker"), dtype=game.adversary.dtype
+    )
     ref = ctx.fetch_dir(0, PREPARE_PHASE, "base-policy")
-    judge = ctx.fetch_dir(0, PREPARE_PHASE, "judge") if apl_spec(ctx).judge else None
+    judge_dir = ctx.fetch_dir(0, PREPARE_PHASE, "judge") if apl_spec(ctx).judge else None
+    judge = Checkpoint(judge_dir) if judge_dir else None
     return _evaluate(ctx, defender, attacker, ref, judge)
 
 

@@ -16,6 +16,7 @@ import torch
 from sparring_trainer.apl_eval import answer_complies
 from sparring_trainer.config import APLSpec, PolicyUpdateSpec
 from sparring_trainer.data import Seed
+from sparring_trainer.distributed import ranks
 from sparring_trainer.losses import PreferencePairOut, ScoredGroup, best_vs_worst, weighted_dpo_loss
 from sparring_trainer.models import render_prompt
 from sparring_trainer.training import _optimise, encode_for_lm, sequence_logprobs
@@ -49,8 +50,11 @@ def response_logprobs(
     batch_size: int = 16,
 ) -> list[float]:
     """Token-summed log p(response | prompt) for rendered prompts (EOS after the response
-    included, as `encode_for_lm` builds it)."""
+    included, as `encode_for_lm` builds it). Under torchrun each rank computes its shard and
+    every rank returns them all."""
     model.eval()
+    here = ranks()
+    prompts, responses = here.shard(prompts), here.shard(responses)
     out: list[float] = []
     for start in range(0, len(prompts), batch_size):
         enc = encode_for_lm(
@@ -62,7 +66,7 @@ def response_logprobs(
         )
         logp, _ = sequence_logprobs(model, enc)
         out.extend(logp.tolist())
-    return out
+    return here.gather(out)
 
 
 def harm_scores(
@@ -202,7 +206,7 @@ def train_weighted_dpo(
     ref_chosen = response_logprobs(model, tokenizer, prompts, chosen, spec.max_length)
     ref_rejected = response_logprobs(model, tokenizer, prompts, rejected, spec.max_length)
 
-    def batch_loss(batch: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+    def batch_loss(net: Any, batch: list[int]) -> tuple[torch.Tensor, float, dict[str, float]]:
         n = len(batch)
         enc = encode_for_lm(
             tokenizer,
@@ -211,7 +215,7 @@ def train_weighted_dpo(
             spec.max_length,
             model.device,
         )
-        logp, _ = sequence_logprobs(model, enc)  # (2n,): chosen then rejected
+        logp, _ = sequence_logprobs(net, enc)  # (2n,): chosen then rejected
 
         def column(values: Sequence[float]) -> torch.Tensor:
             return torch.tensor([values[i] for i in batch], device=logp.device)
@@ -220,9 +224,13 @@ def train_weighted_dpo(
         weights = column([p.weight for p in pairs])
         loss = weighted_dpo_loss(logp[:n], logp[n:], ref_c, ref_r, spec.beta, weights)
         margin = ((logp[:n] - ref_c) - (logp[n:] - ref_r)).detach()
-        return loss, {
-            "accuracy": float((margin > 0).float().mean()),
-            "margin": float(margin.mean()),
-        }
+        return (
+            loss,
+            float(n),
+            {  # the loss is a mean over the batch's n pairs
+                "accuracy": float((margin > 0).float().mean()),
+                "margin": float(margin.mean()),
+            },
+        )
 
     return _optimise(model, list(range(len(pairs))), spec, seed, batch_loss, progress)

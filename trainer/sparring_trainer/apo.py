@@ -41,10 +41,10 @@ from sparring_trainer.losses import (
     win_rate,
 )
 from sparring_trainer.models import (
+    Checkpoint,
     compute_device,
     full_checkpoint_dir,
     load_causal_lm,
-    load_checkpoint,
     load_for_update,
     load_reward_model,
     render_conversation,
@@ -95,18 +95,18 @@ def splits(ctx: PhaseContext) -> APOSplits:
 
 
 def _sample_answers(
-    ctx: PhaseContext, model_dir: Path, queries: list[Query], decoding: Decoding
+    ctx: PhaseContext, policy: Checkpoint, queries: list[Query], decoding: Decoding
 ) -> list[list[str]]:
     sampling = ctx.game.sampling
     engine = choose_engine(sampling.engine)
     if engine == "vllm":
         from transformers import AutoTokenizer
 
-        model_dir = full_checkpoint_dir(model_dir)
+        model_dir = full_checkpoint_dir(policy.path)
         tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
         prompts = [render_prompt(tokenizer, q.prompt) for q in queries]
         return generate_vllm(model_dir, prompts, decoding, ctx.seed, ctx.game.policy.dtype)
-    model, tokenizer = load_checkpoint(model_dir, "causal")
+    model, tokenizer = policy.get()
     prompts = [render_prompt(tokenizer, q.prompt) for q in queries]
     return generate_transformers(
         model,
@@ -120,9 +120,9 @@ def _sample_answers(
 
 
 def _rewards(
-    ctx: PhaseContext, rm_dir: Path, queries: list[Query], answers: list[list[str]]
+    ctx: PhaseContext, rm: Checkpoint, queries: list[Query], answers: list[list[str]]
 ) -> list[list[float]]:
-    model, tokenizer = load_checkpoint(rm_dir, "reward")
+    model, tokenizer = rm.get()
     texts = [
         render_conversation(tokenizer, q.prompt, a)
         for q, group in zip(queries, answers, strict=True)
@@ -137,12 +137,13 @@ def _rewards(
 
 
 def _test_answers(
-    ctx: PhaseContext, policy_dir: Path, eval_rm: Path
+    ctx: PhaseContext, policy: Checkpoint, eval_rm: Checkpoint
 ) -> tuple[list[dict[str, Any]], list[float]]:
     """Greedy answers to the held-out queries and their rewards under the fixed RM."""
     queries = splits(ctx).test_queries
     decoding = Decoding(n=1, max_new_tokens=ctx.game.evaluation.max_new_tokens, greedy=True)
-    answers = _sample_answers(ctx, policy_dir, queries, decoding)
+    answers = _sample_answers(ctx, policy, queries, decoding)
+    policy.loaded = None  # free it before the RM loads
     rewards = [r[0] for r in _rewards(ctx, eval_rm, queries, answers)]
     rows = [
         {"id": q.id, "answer": a[0], "reward": r}
@@ -152,10 +153,10 @@ def _test_answers(
     return rows, rewards
 
 
-def _rm_accuracy(ctx: PhaseContext, rm_dir: Path, prefix: str) -> dict[str, float]:
+def _rm_accuracy(ctx: PhaseContext, rm: Checkpoint, prefix: str) -> dict[str, float]:
     import torch
 
-    model, tokenizer = load_checkpoint(rm_dir, "reward")
+    model, tokenizer = rm.get()
     pairs = splits(ctx).test_pairs
     chosen = score_texts(
         model,
@@ -178,16 +179,17 @@ def _rm_accuracy(ctx: PhaseContext, rm_dir: Path, prefix: str) -> dict[str, floa
 
 # ---- phases ----------------------------------------------------------------------------------
 def prepare(ctx: PhaseContext) -> dict[str, float]:
+    """Models stay in memory after they are saved: under torchrun only rank 0 writes them."""
     game, storage = ctx.game, ctx.doc.spec.storage
     data = splits(ctx)  # fail early on bad data, before any model work
-    policy, policy_tok = load_causal_lm(game.policy, ctx.cache_dir, storage)
-    save_checkpoint(policy, policy_tok, base_policy := ctx.new_dir("base-policy"))
+    policy = load_causal_lm(game.policy, ctx.cache_dir, storage)
+    save_checkpoint(*policy, base_policy := ctx.new_dir("base-policy"))
     ctx.upload_dir(base_policy, "base-policy")
-    del policy
     rm, rm_tok = load_reward_model(game.adversary, ctx.cache_dir, storage)
     save_checkpoint(rm, rm_tok, base_rm := ctx.new_dir("base-rm"))
     ctx.upload_dir(base_rm, "base-rm")
     metrics: dict[str, float] = {"human_pairs": float(len(data.human_pairs))}
+    metrics |= _rm_accuracy(ctx, Checkpoint(base_rm, "reward", (rm, rm_tok)), "rm")
     if game.evaluation.reward_model is not None:
         rm, rm_tok = load_reward_model(game.evaluation.reward_model, ctx.cache_dir, storage)
     else:
@@ -206,11 +208,11 @@ def prepare(ctx: PhaseContext) -> dict[str, float]:
         )
         metrics |= {f"eval_rm_{k}": v for k, v in train_metrics.items()}
     # Saved whole (an adapter is merged): the evaluation RM is fixed and read every round.
-    save_checkpoint(merged(rm), rm_tok, eval_rm := ctx.new_dir("eval-rm"))
-    ctx.upload_dir(eval_rm, "eval-rm")
+    save_checkpoint(rm := merged(rm), rm_tok, eval_rm_dir := ctx.new_dir("eval-rm"))
+    ctx.upload_dir(eval_rm_dir, "eval-rm")
+    eval_rm = Checkpoint(eval_rm_dir, "reward", (rm, rm_tok))
     metrics |= _rm_accuracy(ctx, eval_rm, "eval_rm")
-    metrics |= _rm_accuracy(ctx, base_rm, "rm")
-    _, rewards = _test_answers(ctx, base_policy, eval_rm)
+    _, rewards = _test_answers(ctx, Checkpoint(base_policy, loaded=policy), eval_rm)
     metrics["reward_mean"] = statistics.fmean(rewards)
     return metrics
 
@@ -224,7 +226,7 @@ def sample(ctx: PhaseContext) -> dict[str, float]:
         temperature=sampling.temperature,
         top_p=sampling.top_p,
     )
-    answers = _sample_answers(ctx, ctx.policy_dir(ctx.round), queries, decoding)
+    answers = _sample_answers(ctx, Checkpoint(ctx.policy_dir(ctx.round)), queries, decoding)
     gold_ids = {q.id for q in data.gold_queries}
     ctx.write_jsonl(
         "samples.jsonl",
@@ -274,8 +276,7 @@ def update_adversary(ctx: PhaseContext) -> dict[str, float]:
         ctx.seed,
         progress=lambda s, t: ctx.progress(s, t, "rm steps"),
     )
-    save_checkpoint(model, tokenizer, out := ctx.new_dir("rm"), base=(0, PREPARE_PHASE, "base-rm"))
-    ctx.upload_dir(out, "rm")
+    ctx.save_model(model, tokenizer, "rm", base=(0, PREPARE_PHASE, "base-rm"))
     return metrics | {
         "rm_pairs_human": float(sum(p.source == "human" for p in pairs)),
         "rm_pairs_apo": float(sum(p.source == "apo" for p in pairs)),
@@ -287,7 +288,8 @@ def score(ctx: PhaseContext) -> dict[str, float]:
     rows = {r["id"]: r for r in ctx.read_jsonl(ctx.round, "sample", "samples.jsonl")}
     queries = data.train_queries
     answers = [rows[q.id]["responses"] for q in queries]
-    rewards = _rewards(ctx, ctx.fetch_dir(ctx.round, "update-adversary", "rm"), queries, answers)
+    rm = Checkpoint(ctx.fetch_dir(ctx.round, "update-adversary", "rm"), "reward")
+    rewards = _rewards(ctx, rm, queries, answers)
     ctx.write_jsonl(
         "scores.jsonl",
         (
@@ -332,16 +334,17 @@ def update_policy(ctx: PhaseContext) -> dict[str, float]:
         metrics = train_rrhf(
             model, tokenizer, ranked, update, update.rrhf_sft_weight, ctx.seed, progress
         )
-    base = (0, PREPARE_PHASE, "base-policy")
-    save_checkpoint(model, tokenizer, out := ctx.new_dir("policy"), base=base)
-    ctx.upload_dir(out, "policy")
+    ctx.save_model(model, tokenizer, "policy", base=(0, PREPARE_PHASE, "base-policy"))
     return metrics
 
 
 def evaluate(ctx: PhaseContext) -> dict[str, float]:
-    eval_rm = ctx.fetch_dir(0, PREPARE_PHASE, "eval-rm")
-    metrics = _rm_accuracy(ctx, ctx.fetch_dir(ctx.round, "update-adversary", "rm"), "rm")
-    rows, rewards = _test_answers(ctx, ctx.fetch_dir(ctx.round, "update-policy", "policy"), eval_rm)
+    eval_rm = Checkpoint(ctx.fetch_dir(0, PREPARE_PHASE, "eval-rm"), "reward")
+    rm = Checkpoint(ctx.fetch_dir(ctx.round, "update-adversary", "rm"), "reward")
+    metrics = _rm_accuracy(ctx, rm, "rm")
+    rm.loaded = None
+    policy = Checkpoint(ctx.fetch_dir(ctx.round, "update-policy", "policy"))
+    rows, rewards = _test_answers(ctx, policy, eval_rm)
     previous = (
         ctx.read_jsonl(0, PREPARE_PHASE, "answers.jsonl")
         if ctx.round == 1

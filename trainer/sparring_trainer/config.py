@@ -80,7 +80,8 @@ class TrainSpec(_Model):
     epochs: Annotated[int, Field(ge=1, le=100)] = 1
     """Passes over this round's training pairs."""
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 4
-    """Pairs per optimiser step (per device)."""
+    """Pairs per optimiser step over all devices: with N GPUs each takes batch_size / N, so the
+    result does not depend on N (batch_size must be a multiple of N)."""
     max_length: Annotated[int, Field(ge=16, le=32768)] = 512
     """Longest prompt + response in tokens; longer sequences are truncated from the left."""
     max_steps: Annotated[int, Field(ge=0)] = 0
@@ -330,6 +331,22 @@ class GameConfig(_Model):
     @property
     def phases(self) -> tuple[str, ...]:
         return ROUND_PHASES[self.kind]
+
+
+def batch_fields(game: GameConfig, phase: str) -> list[tuple[str, int]]:
+    """The global batch sizes `phase` trains with, and where the spec sets them: data-parallel
+    ranks split each one evenly."""
+    where = {
+        "update-adversary": ("adversary.update.batchSize", game.adversary.update.batch_size),
+        "update-policy": ("policy.update.batchSize", game.policy.update.batch_size),
+    }
+    if phase in where:
+        field, batch = where[phase]
+        return [(f"spec.game.{field}", batch)]
+    if phase == PREPARE_PHASE and game.kind == "apo" and game.evaluation.reward_model is None:
+        batch = game.evaluation.eval_rm_train.batch_size
+        return [("spec.game.evaluation.evalRmTrain.batchSize", batch)]
+    return []
 
 
 _S3_URI = re.compile(

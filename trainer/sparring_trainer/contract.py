@@ -24,6 +24,7 @@ import yaml
 
 from sparring_trainer.adapters import BASE_LINK, BASE_REF, is_adapter, read_base_ref
 from sparring_trainer.config import PREPARE_PHASE, GameDocument
+from sparring_trainer.distributed import Ranks, ranks
 from sparring_trainer.store import (
     SUCCESS,
     ArtifactStore,
@@ -39,6 +40,7 @@ from sparring_trainer.store import (
 TERMINATION_LOG_ENV = "SPARRING_TERMINATION_LOG"
 SCRATCH_ENV = "SPARRING_SCRATCH"
 CACHE_ENV = "SPARRING_CACHE"
+RANK_LOGS_ENV = "SPARRING_RANK_LOGS"  # set by `distributed.launch`: a folder, one file per rank
 TERMINATION_LOG_LIMIT = 4096  # bytes; Kubernetes truncates termination messages at 4 KiB
 PROGRESS_INTERVAL_S = 5.0
 
@@ -95,12 +97,18 @@ class PhaseContext:
     store: ArtifactStore
     scratch: Path
     cache_dir: Path
+    # Under torchrun every rank reads the same inputs; only rank 0 writes and commits.
+    ranks: Ranks = field(default_factory=Ranks)
     metrics: dict[str, float] = field(default_factory=dict)
     _last_progress: float = 0.0
     # Manifests of the inputs read so far (prefix -> _SUCCESS content), and the checkpoint
     # directories already checked against theirs.
     _manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
     _verified: set[str] = field(default_factory=set)
+    # What this phase moved through the store (reported as store_read_bytes and
+    # store_written_bytes): every input file checked against its manifest, every output.
+    bytes_read: int = 0
+    bytes_written: int = 0
 
     @property
     def game(self) -> Any:
@@ -149,6 +157,7 @@ class PhaseContext:
                 f"{expected.get('size')}; sha256 {sha256[:12]}..., expected "
                 f"{str(expected.get('sha256'))[:12]}...): corrupted or truncated, not used"
             )
+        self.bytes_read += size
 
     def _read_checked(self, round: int, phase: str, name: str) -> bytes:
         prefix = self.require(round, phase)
@@ -222,16 +231,39 @@ class PhaseContext:
         return self.fetch_dir(round - 1, "update-policy", "policy")
 
     # ---- writing this phase's outputs --------------------------------------------------
+    # Rank 0 writes; the other ranks hold the same rows (inference results are gathered on
+    # every rank) and skip the write.
     def write_jsonl(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
+        if not self.ranks.main:
+            return
         body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        self.store.put_bytes(self.out + name, body.encode("utf-8"))
+        self._put(name, body.encode("utf-8"))
 
     def write_json(self, name: str, obj: Any) -> None:
-        self.store.put_bytes(self.out + name, json.dumps(obj, indent=2).encode("utf-8"))
+        if self.ranks.main:
+            self._put(name, json.dumps(obj, indent=2).encode("utf-8"))
+
+    def _put(self, name: str, data: bytes) -> None:
+        self.store.put_bytes(self.out + name, data)
+        self.bytes_written += len(data)
 
     def upload_dir(self, local: Path, name: str) -> str:
-        self.store.upload_tree(local, self.out + name.rstrip("/") + "/")
+        if self.ranks.main:
+            self.store.upload_tree(local, self.out + name.rstrip("/") + "/")
+            self.bytes_written += sum(f.stat().st_size for f in local.rglob("*") if f.is_file())
         return self.store.uri_for(self.out + name.rstrip("/") + "/")
+
+    def save_model(
+        self, model: Any, tokenizer: Any, name: str, base: tuple[int, str, str] | None = None
+    ) -> str:
+        """Saves a trained model (an adapter with a reference to `base`) and uploads it as
+        `name`: on rank 0 only, as DDP keeps every rank's copy identical."""
+        from sparring_trainer.models import save_checkpoint
+
+        if self.ranks.main:
+            save_checkpoint(model, tokenizer, out := self.new_dir(name), base=base)
+            self.upload_dir(out, name)
+        return self.store.uri_for(self.out + name + "/")
 
     def new_dir(self, name: str) -> Path:
         path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.scratch))
@@ -240,6 +272,8 @@ class PhaseContext:
     def progress(self, step: int, total: int, what: str = "steps") -> None:
         """Reports progress to stderr and to the store, at most every few seconds."""
         now = time.monotonic()
+        if not self.ranks.main:
+            return
         if step < total and now - self._last_progress < PROGRESS_INTERVAL_S:
             return
         self._last_progress = now
@@ -269,17 +303,25 @@ def summary_for(ctx: PhaseContext, metrics: dict[str, float], noop: bool) -> str
 
 
 def write_termination_log(text: str) -> None:
-    path = os.environ.get(TERMINATION_LOG_ENV)
+    rank_logs = os.environ.get(RANK_LOGS_ENV)
+    if rank_logs:  # under `distributed.launch`: it passes on the right rank's message
+        path: str | None = str(Path(rank_logs) / f"rank-{os.environ.get('RANK', '0')}")
+    else:
+        path = os.environ.get(TERMINATION_LOG_ENV)
     if path:
         Path(path).write_text(text, encoding="utf-8")
 
 
 def make_context(doc: GameDocument, round: int, phase: str, scratch: Path | None) -> PhaseContext:
     store = open_store(doc.spec.storage)
+    here = ranks()
     scratch_dir = scratch or Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir())
-    scratch_dir = Path(scratch_dir) / f"sparring-{doc.metadata.name}-r{round:04d}-{phase}"
+    name = f"sparring-{doc.metadata.name}-r{round:04d}-{phase}"
+    if here.parallel:  # ranks on one node download and save side by side, never into each other
+        name += f"-rank{here.rank}"
+    scratch_dir = Path(scratch_dir) / name
     scratch_dir.mkdir(parents=True, exist_ok=True)
-    return PhaseContext(doc, round, phase, store, scratch_dir, default_cache_dir())
+    return PhaseContext(doc, round, phase, store, scratch_dir, default_cache_dir(), here)
 
 
 def already_committed(ctx: PhaseContext) -> bool:

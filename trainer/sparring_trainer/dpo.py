@@ -11,6 +11,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from sparring_trainer.config import PolicyUpdateSpec
+from sparring_trainer.distributed import ranks
 
 ProgressFn = Callable[[int, int], None]
 
@@ -47,6 +48,7 @@ def train_dpo(
 
     if not pairs:
         raise ValueError("no DPO pairs: every query's samples tied under the reward model")
+    here = ranks()
     steps = math.ceil(len(pairs) / spec.batch_size) * spec.epochs
     if spec.max_steps:
         steps = min(steps, spec.max_steps)
@@ -54,7 +56,13 @@ def train_dpo(
         output_dir=str(work_dir),
         beta=spec.beta,
         learning_rate=spec.learning_rate,
-        per_device_train_batch_size=spec.batch_size,
+        # spec.batch_size is the global batch; under torchrun TRL's accelerate splits each
+        # global batch of the seeded order across ranks and DDP averages their gradients.
+        # TRL's loss is a mean over pairs, so equal per-rank batches keep it exact; a last batch
+        # that does not fill every rank is topped up by accelerate with pairs from the start.
+        per_device_train_batch_size=here.per_rank(spec.batch_size),
+        # Without it, on a machine with no GPU, each torchrun rank would train alone.
+        use_cpu=model.device.type == "cpu",
         num_train_epochs=spec.epochs,
         max_steps=steps,
         max_length=spec.max_length,

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from sparring_trainer.distributed import ranks
+
 ProgressFn = Callable[[int, int], None]
 
 
@@ -33,6 +35,15 @@ class Decoding:
 def choose_engine(requested: str) -> str:
     """auto picks vLLM only where it can run: installed and a CUDA device present."""
     has_vllm = importlib.util.find_spec("vllm") is not None
+    if ranks().parallel:
+        # One vLLM engine per torchrun rank is not supported yet (`sparring validate` refuses
+        # an explicit vllm with gpu > 1); auto shards transformers' generate() instead.
+        if requested == "vllm":
+            raise EngineUnavailable(
+                "spec.game.sampling.engine: 'vllm' runs in a one-GPU phase only; "
+                "use 'auto' or 'transformers' for phases with gpu > 1"
+            )
+        return "transformers"
     if requested == "vllm":
         if not (has_vllm and torch.cuda.is_available()):
             raise EngineUnavailable(
@@ -55,8 +66,13 @@ def generate_transformers(
     seed: int,
     progress: ProgressFn | None = None,
 ) -> list[list[str]]:
-    """Returns, for each prompt, ``decoding.n`` completions (prompt text excluded)."""
-    torch.manual_seed(seed)
+    """Returns, for each prompt, ``decoding.n`` completions (prompt text excluded).
+
+    Under torchrun each rank answers its shard of the prompts, with its own seed (ranks must
+    not draw the same noise), and every rank returns all the answers in prompt order."""
+    here = ranks()
+    prompts = here.shard(prompts)
+    torch.manual_seed(seed + 1_000_003 * here.rank)
     model.eval()
     tokenizer.padding_side = "left"  # decoder-only models must be left-padded to generate
     results: list[list[str]] = []
@@ -80,7 +96,7 @@ def generate_transformers(
             results.append([t.strip() for t in texts[i * decoding.n : (i + 1) * decoding.n]])
         if progress:
             progress(len(results), len(prompts))
-    return results
+    return here.gather(results)
 
 
 def generate_vllm(

@@ -25,11 +25,13 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from sparring_trainer.adapters import add_lora, is_adapter, is_peft, load_adapter, save_adapter
 from sparring_trainer.config import LoraSpec, ModelSpec, StorageSpec
+from sparring_trainer.distributed import ranks
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -57,12 +59,16 @@ def resolve_model_ref(ref: str, cache_dir: Path, storage: StorageSpec | None = N
     if ref == "tiny-random" or ref.startswith("tiny-random:"):
         _tiny_seed(ref)
         return ref
-    if ref.startswith("s3://"):
-        return _resolve_s3(ref, cache_dir, storage)
-    if ref.startswith("hf://"):
-        return _resolve_hf(ref, cache_dir)
-    if ref.startswith("pip://"):
-        return _resolve_pip(ref, cache_dir)
+    fetchers = {"s3://": lambda: _resolve_s3(ref, cache_dir, storage)}
+    fetchers |= {
+        "hf://": lambda: _resolve_hf(ref, cache_dir),
+        "pip://": lambda: _resolve_pip(ref, cache_dir),
+    }
+    for scheme, fetch in fetchers.items():
+        if ref.startswith(scheme):
+            # Ranks of one phase share the cache: rank 0 downloads, the others then find it.
+            with ranks().main_first():
+                return fetch()
     if ref.startswith("file://"):
         path = Path(ref[len("file://") :])
     elif "://" in ref or ref.startswith(("builtin:", "tiny-random")):
@@ -421,6 +427,23 @@ def full_checkpoint_dir(path: Path) -> Path:
     return out
 
 
+@dataclass
+class Checkpoint:
+    """A checkpoint folder, loaded on first use; or a model already in memory beside the folder
+    it was saved to (prepare keeps what it saved: under torchrun only rank 0 writes the folder,
+    and vLLM, which runs in one-GPU phases only, reads the folder)."""
+
+    path: Path
+    kind: Literal["causal", "reward"] = "causal"
+    loaded: tuple[Any, Any] | None = None
+    dtype: str = "auto"  # what vLLM loads it in (the role's spec dtype)
+
+    def get(self) -> tuple[Any, Any]:
+        if self.loaded is None:
+            self.loaded = load_checkpoint(self.path, self.kind)
+        return self.loaded
+
+
 def load_for_update(
     path: Path, kind: Literal["causal", "reward"], lora: LoraSpec | None
 ) -> tuple[Any, PreTrainedTokenizerBase]:
@@ -440,7 +463,12 @@ def compute_device() -> str:
 
     import torch
 
-    return os.environ.get("SPARRING_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if os.environ.get("SPARRING_DEVICE"):
+        return os.environ["SPARRING_DEVICE"]
+    if not torch.cuda.is_available():
+        return "cpu"
+    # Under torchrun each rank owns the GPU of its local rank.
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
 
 
 # ----------------------------------------------------------------------------- rendering

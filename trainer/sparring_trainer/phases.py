@@ -7,7 +7,6 @@ as they are. A phase that fails leaves nothing committed, so a retry starts clea
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -40,23 +39,21 @@ def run_phase(
         raise PhaseError(f"round {round} is beyond spec.rounds={doc.spec.rounds}")
     if phase != PREPARE_PHASE and phase not in game.phases:
         raise PhaseError(f"a {game.kind} game has no phase {phase!r}")
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1:
-        # The Job builder launches >1 GPU phases under torchrun, but these phases are not yet
-        # data-parallel: N ranks would each run the whole phase against one store prefix.
-        raise PhaseError(
-            f"multi-GPU phases are not supported yet (WORLD_SIZE={world}): set "
-            f"spec.phases.<phase>.resources.gpu to 1"
-        )
     ctx = make_context(doc, round, phase, scratch)
+    here = ctx.ranks
     if already_committed(ctx):
         metrics = ctx.read_metrics(round, phase)
-        write_termination_log(summary_for(ctx, metrics, noop=True))
+        if here.main:
+            write_termination_log(summary_for(ctx, metrics, noop=True))
         return metrics, True
-    # A killed attempt may have left part of its outputs here, and `commit` lists everything
-    # under the prefix: start clean, so that no leftover of it can enter this attempt's manifest
-    # (a leftover whose name this attempt does not write again would be committed as its own).
-    ctx.store.delete_prefix(ctx.out)
+    _check_batches(doc, phase, here.world)
+    if here.main:
+        # A killed attempt may have left part of its outputs here, and `commit` lists
+        # everything under the prefix: start clean, so that no leftover of it can enter this
+        # attempt's manifest (a leftover whose name this attempt does not write again would be
+        # committed as its own).
+        ctx.store.delete_prefix(ctx.out)
+    here.barrier()  # no rank writes into the prefix before it is clean
     if game.kind == "apl":
         from sparring_trainer.apl import PHASES
     else:
@@ -66,10 +63,28 @@ def run_phase(
     try:
         metrics = PHASES[phase](ctx)
         metrics["compute_seconds"] = time.monotonic() - started
-        write_termination_log(finish(ctx, metrics))
+        metrics["store_read_bytes"] = float(ctx.bytes_read)
+        metrics["store_written_bytes"] = float(ctx.bytes_written)
+        # Every rank gets here only when its own part succeeded; a rank that failed exits, and
+        # torchrun stops the others while they wait here, so nothing is committed.
+        here.barrier()
+        if here.main:
+            write_termination_log(finish(ctx, metrics))
     finally:
         shutil.rmtree(ctx.scratch, ignore_errors=True)
     return metrics, False
+
+
+def _check_batches(doc: GameDocument, phase: str, world: int) -> None:
+    """Each rank takes batch / world rows of every global mini-batch: refuse what does not
+    divide before any work (`sparring validate` refuses the same for GPUs per phase)."""
+    from sparring_trainer.config import batch_fields
+
+    for field, batch in batch_fields(doc.spec.game, phase):
+        if batch % world:
+            raise PhaseError(
+                f"{field}: {batch} does not divide among {world} ranks: use a multiple of {world}"
+            )
 
 
 def print_result(metrics: dict[str, float], noop: bool) -> None:

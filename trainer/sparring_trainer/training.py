@@ -16,6 +16,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sparring_trainer.config import TrainSpec
+from sparring_trainer.distributed import ranks
 from sparring_trainer.losses import rrhf_loss, weighted_rank_loss
 
 T = TypeVar("T")
@@ -116,36 +117,56 @@ def score_texts(
     max_length: int,
     batch_size: int = 16,
 ) -> list[float]:
-    """Reward of each conversation text under a sequence-classification reward model."""
+    """Reward of each conversation text under a sequence-classification reward model. Under
+    torchrun each rank scores its shard and every rank returns them all."""
     model.eval()
+    here = ranks()
+    texts = here.shard(texts)
     scores: list[float] = []
     for start in range(0, len(texts), batch_size):
         batch = encode_for_reward(
             tokenizer, texts[start : start + batch_size], max_length, model.device
         )
         scores.extend(rewards_of(model, batch).tolist())
-    return scores
+    return here.gather(scores)
 
 
 # ---- the one optimiser loop ---------------------------------------------------------------
+# (net, rows) -> (the loss as a mean over `units`, units, stats). `net` is the model to call
+# (DDP-wrapped under torchrun); `units` is what the mean divides by (pairs, groups or tokens),
+# so that the loop can renormalise by the global count across ranks.
+BatchLoss = Callable[[Any, list[T]], tuple[torch.Tensor, float, dict[str, float]]]
+
+
 def _optimise(
     model: PreTrainedModel,
     items: Sequence[T],
     spec: TrainSpec,
     seed: int,
-    batch_loss: Callable[[list[T]], tuple[torch.Tensor, dict[str, float]]],
+    batch_loss: BatchLoss[T],
     progress: ProgressFn | None,
 ) -> dict[str, float]:
-    """AdamW with linear decay and grad clipping over shuffled mini-batches of `items`."""
+    """AdamW with linear decay and grad clipping over shuffled mini-batches of `items`.
+
+    Data parallel under torchrun: every rank draws the same shuffled global batches of
+    `spec.batch_size` and takes its `shard` of each; DDP (through accelerate) averages the
+    gradients. Each rank's loss is rescaled from a mean over its own units to its share of the
+    mean over all ranks' units, so N ranks x b give the gradient of 1 rank x N*b exactly, also
+    when ranks hold different numbers of tokens or the last batch does not split evenly.
+    """
+    from accelerate import Accelerator
+
     if not items:
         raise ValueError("no training examples for this round")
+    here = ranks()
     rng = random.Random(seed)
     steps_per_epoch = math.ceil(len(items) / spec.batch_size)
     total = steps_per_epoch * spec.epochs
     if spec.max_steps:
         total = min(total, spec.max_steps)
     if spec.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # Non-reentrant: the reentrant variant marks DDP's parameters ready twice.
+        model.gradient_checkpointing_enable({"use_reentrant": False})
         if hasattr(model, "peft_config"):
             # The frozen base's embeddings give no grad to checkpoint through: the adapter
             # under them would get none.
@@ -154,6 +175,9 @@ def _optimise(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / max(1, total))
+    # Mixed precision stays this loop's own autocast (spec.bf16), as without accelerate.
+    accelerator = Accelerator(cpu=model.device.type == "cpu", mixed_precision="no")
+    net, prepared = accelerator.prepare(model, optimizer)
     torch.manual_seed(seed)
     sums: dict[str, float] = {}
     step = 0
@@ -163,18 +187,25 @@ def _optimise(
         for start in range(0, len(order), spec.batch_size):
             if step >= total:
                 break
-            batch = [items[i] for i in order[start : start + spec.batch_size]]
+            mine = here.shard([items[i] for i in order[start : start + spec.batch_size]])
+            # A rank left without a row (a short last batch) still runs one, weighted 0: DDP's
+            # gradient all-reduce needs every rank's backward.
+            rows = mine or [items[order[start]]]
             with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=spec.bf16):
-                loss, stats = batch_loss(batch)
+                loss, units, stats = batch_loss(net, rows)
             assert torch.isfinite(loss), f"non-finite loss at step {step}: {loss.item()}"
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
+            units = units if mine else 0.0
+            keys = ["loss", *stats]
+            local = [units, *(units * v for v in [float(loss.detach()), *stats.values()])]
+            summed = here.total(local)  # one all-reduce: global units, then unit-weighted sums
+            prepared.zero_grad(set_to_none=True)
+            accelerator.backward(loss * (units * here.world / summed[0]))
+            accelerator.clip_grad_norm_(params, 1.0)
+            prepared.step()
             scheduler.step()
             step += 1
-            for key, value in {"loss": float(loss.detach()), **stats}.items():
-                sums[key] = sums.get(key, 0.0) + value
+            for key, value in zip(keys, summed[1:], strict=True):
+                sums[key] = sums.get(key, 0.0) + value / summed[0]
             if progress:
                 progress(step, total)
     model.eval()
@@ -192,18 +223,20 @@ def train_reward_model(
 ) -> dict[str, float]:
     """APO RM training: weighted ranking loss over human and gold-vs-sample pairs."""
 
-    def batch_loss(batch: list[WeightedPair]) -> tuple[torch.Tensor, dict[str, float]]:
+    def batch_loss(
+        net: Any, batch: list[WeightedPair]
+    ) -> tuple[torch.Tensor, float, dict[str, float]]:
         enc = encode_for_reward(
             tokenizer,
             [p.good for p in batch] + [p.bad for p in batch],
             spec.max_length,
             model.device,
         )
-        rewards = rewards_of(model, enc)  # (2n,): goods then bads
+        rewards = rewards_of(net, enc)  # (2n,): goods then bads
         good, bad = rewards[: len(batch)], rewards[len(batch) :]
         weights = torch.tensor([p.weight for p in batch], device=rewards.device)
-        loss = weighted_rank_loss(good, bad, weights)
-        return loss, {"accuracy": float((good > bad).float().mean())}
+        loss = weighted_rank_loss(good, bad, weights)  # a mean over the batch's pairs
+        return loss, float(len(batch)), {"accuracy": float((good > bad).float().mean())}
 
     return _optimise(model, pairs, spec, seed, batch_loss, progress)
 
@@ -218,12 +251,15 @@ def train_sft(
 ) -> dict[str, float]:
     """RJS: supervised fine-tuning on (prompt, best answer) pairs (token-mean NLL)."""
 
-    def batch_loss(batch: list[tuple[str, str]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def batch_loss(
+        net: Any, batch: list[tuple[str, str]]
+    ) -> tuple[torch.Tensor, float, dict[str, float]]:
         enc = encode_for_lm(
             tokenizer, [p for p, _ in batch], [r for _, r in batch], spec.max_length, model.device
         )
-        logp, count = sequence_logprobs(model, enc)
-        return -(logp.sum() / count.sum().clamp(min=1)), {}
+        logp, count = sequence_logprobs(net, enc)
+        tokens = count.sum().clamp(min=1)  # a token mean: ranks hold different token counts
+        return -(logp.sum() / tokens), float(tokens), {}
 
     return _optimise(model, examples, spec, seed, batch_loss, progress)
 
@@ -239,18 +275,28 @@ def train_rrhf(
 ) -> dict[str, float]:
     """RRHF: ranking hinge on length-normalised log-probs ordered by reward, plus SFT on best."""
 
-    def batch_loss(batch: list[RankedGroup]) -> tuple[torch.Tensor, dict[str, float]]:
-        losses = []
+    def batch_loss(
+        net: Any, batch: list[RankedGroup]
+    ) -> tuple[torch.Tensor, float, dict[str, float]]:
+        # One forward for the whole batch: DDP needs the same forwards on every rank per step,
+        # and ranks may hold different numbers of groups.
+        enc = encode_for_lm(
+            tokenizer,
+            [g.prompt for g in batch for _ in g.responses],
+            [r for g in batch for r in g.responses],
+            spec.max_length,
+            model.device,
+        )
+        all_logp, all_count = sequence_logprobs(net, enc)  # (sum of k,)
+        losses, start = [], 0
         for group in batch:
             k = len(group.responses)
-            enc = encode_for_lm(
-                tokenizer, [group.prompt] * k, list(group.responses), spec.max_length, model.device
-            )
-            logp, count = sequence_logprobs(model, enc)  # (k,), (k,)
+            logp, count = all_logp[start : start + k], all_count[start : start + k]
+            start += k
             rewards = torch.tensor(group.rewards, device=logp.device)
             best = int(torch.argmax(rewards))
             best_nll = -logp[best] / count[best].clamp(min=1)
             losses.append(rrhf_loss(logp / count.clamp(min=1), rewards, best_nll, sft_weight))
-        return torch.stack(losses).mean(), {}
+        return torch.stack(losses).mean(), float(len(batch)), {}
 
     return _optimise(model, groups, spec, seed, batch_loss, progress)
