@@ -21,6 +21,7 @@ from sparring_trainer.data import read_preferences, split_apo
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "harness" / "dp_worker.py"
 METHODS = ("rm", "rjs", "rrhf", "dpo", "dpo-lora", "defender")
+OWN_LOOP = ("rm", "rjs", "rrhf", "defender")  # Sparring's loop: DDP or FSDP2; TRL's DPO: DDP
 PHASES = ("sample", "update-adversary", "score", "update-policy", "evaluate")
 EXIT_BAD_INPUT = 3
 
@@ -38,13 +39,17 @@ def _run(cmd: list[str], cwd: Path, **kw: Any) -> subprocess.CompletedProcess[st
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """Every method's trained weights: one process with the global batch 4; two torchrun ranks
-    with 2 each; the same two ranks with a naive normalisation (the negative control)."""
+    with 2 each (DDP, and FSDP2 for Sparring's own loop); the same two ranks with a naive
+    normalisation (the negative controls)."""
     work = tmp_path_factory.mktemp("dp")
     runs = {
         "one": [sys.executable, str(WORKER), str(work / "one.pt")],
         "two": _torchrun(2, str(WORKER), str(work / "two.pt")),
         "control": _torchrun(2, str(WORKER), str(work / "control.pt"), "--control"),
-    }
+        "fsdp": _torchrun(2, str(WORKER), str(work / "fsdp.pt"), "--fsdp"),
+        "fsdp-control": _torchrun(2, str(WORKER), str(work / "fsdp-control.pt"), "--fsdp",
+                                  "--control"),
+    }  # fmt: skip
     out = {}
     for name, cmd in runs.items():
         result = _run(cmd, work)
@@ -67,6 +72,16 @@ def test_two_ranks_train_as_one_with_twice_the_batch(
     # The naive normalisation lands elsewhere by far more than the tolerance: the comparison
     # above can fail.
     assert _max_diff(one, control) > 1e-4
+
+
+@pytest.mark.parametrize("method", OWN_LOOP)
+def test_two_fsdp_ranks_train_as_one_with_twice_the_batch(
+    trained: dict[str, dict[str, Any]], method: str
+) -> None:
+    """FSDP2 shards the weights, gradients and AdamW states, and gathers them whole to save."""
+    one, fsdp = trained["one"][method], trained["fsdp"][method]
+    assert _max_diff(one, fsdp) <= 1e-5
+    assert _max_diff(one, trained["fsdp-control"][method]) > 1e-4
 
 
 # ---- a whole game, two ranks per phase -----------------------------------------------------
@@ -138,6 +153,41 @@ def test_lora_games_on_two_ranks_store_adapters(
     for folder in (root / "update-policy" / "policy", root / "update-adversary" / adversary):
         assert (folder / "adapter_config.json").is_file(), sorted(folder.iterdir())
         assert not (folder / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_fsdp_game_on_two_ranks_saves_whole_checkpoints(
+    tmp_path: Path, file_storage: StorageSpec
+) -> None:
+    """RJS policy and the RM trained with FSDP2 in a played game: the checkpoints that rank 0
+    saves from the gathered shards are whole models, and the next round trains on them."""
+    overrides = {
+        "game.policy.update.method": "rjs",
+        "game.policy.update.parallelism": "fsdp",
+        "game.adversary.update.parallelism": "fsdp",
+    }
+    game = _game(tmp_path, "apo-tiny.yaml", file_storage, **overrides)
+    result = _play(game, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads(result.stdout)["phase"] == "Succeeded"
+    from transformers import AutoModelForCausalLM
+
+    store = Path(file_storage.uri.removeprefix("file://")) / "default" / "apo-tiny"
+    policies = [store / f"round-{r:04d}" / "update-policy" / "policy" for r in (1, 2)]
+    weights = [AutoModelForCausalLM.from_pretrained(p).state_dict() for p in policies]
+    assert weights[0].keys() == weights[1].keys()
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_fsdp_is_refused_where_it_cannot_run(tmp_path: Path, file_storage: StorageSpec) -> None:
+    game = _game(tmp_path, "apo-tiny.yaml", file_storage,
+                 **{"game.policy.update.parallelism": "fsdp"})  # fmt: skip
+    cmd = [sys.executable, "-m", "sparring_operator", "validate", str(game)]
+    result = _run(cmd, tmp_path)
+    assert result.returncode != 0
+    assert "spec.game.policy.update.parallelism: fsdp is not supported here: DPO runs" in (
+        result.stderr
+    )
 
 
 # ---- what cannot run is refused, naming the field -------------------------------------------

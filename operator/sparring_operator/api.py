@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
-from sparring_trainer.config import GameConfig, StorageSpec
+from sparring_trainer.config import GameConfig, StorageSpec, unsupported_parallelism
 
 GROUP = "sparring.dev"
 VERSION = "v1alpha1"
@@ -318,6 +318,7 @@ class AdversarialGame(_Model):
         # Refused here, so before any Job (sparring validate, the operator): a combination the
         # phases cannot run would otherwise fail hours in, after the GPUs were scheduled.
         problems = unsupported_quantization(self.spec) + unsplittable_phases(self.spec)
+        problems += unsupported_parallelism(self.spec.game)
         if problems:
             raise ValueError("; ".join(problems))
         return self

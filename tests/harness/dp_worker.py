@@ -5,9 +5,10 @@ the trained weights, so that a test can compare N ranks x b against 1 rank x N*b
     torchrun --nproc-per-node 2 tests/harness/dp_worker.py OUT  # 2 ranks x 2
     torchrun --nproc-per-node 2 tests/harness/dp_worker.py OUT --control
 
-`--control` is the negative control: ranks normalised the naive way (each rank's loss a mean
-over its own rows, as if every rank held as many; TRL given the whole global batch per rank).
-The comparison must catch it.
+`--fsdp` trains the methods of Sparring's own loop with FSDP2 instead of DDP (TRL's DPO runs
+DDP only). `--control` is the negative control: ranks normalised the naive way (each rank's
+loss a mean over its own rows, as if every rank held as many; TRL given the whole global batch
+per rank). The comparison must catch it.
 
 The data is built so that a wrong normalisation shows: 7 rows with a global batch of 4 (the
 last batch splits 2/1), answers of different lengths (ranks hold different token counts) and
@@ -73,16 +74,24 @@ def text(i: int, n: int) -> str:
 
 
 def trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: p.detach().cpu().clone() for k, p in model.named_parameters() if p.requires_grad}
+    """The trained parameters, whole (an FSDP-sharded model's gathered: every rank calls)."""
+    names = [k for k, p in model.named_parameters() if p.requires_grad]
+    whole = distributed.full_state_dict(model)
+    if whole is not None:
+        return {k: whole[k].clone() for k in names} if whole else {}
+    return {k: p.detach().cpu().clone() for k, p in model.named_parameters() if k in names}
 
 
-def main(out: Path, control: bool) -> None:
+def main(out: Path, control: bool, fsdp: bool) -> None:
     here = distributed.ranks()
     if control:
         distributed.use(EqualShares(here.rank, here.world, here.local_rank))
     cache = Path(tempfile.mkdtemp())
-    spec = TrainSpec(learning_rate=1e-3, epochs=2, batch_size=4, max_length=64)
-    dpo = PolicyUpdateSpec(learning_rate=1e-3, epochs=2, batch_size=4, max_length=64, beta=0.5)
+    how = "fsdp" if fsdp else "ddp"
+    spec = TrainSpec(learning_rate=1e-3, epochs=2, batch_size=4, max_length=64, parallelism=how)
+    dpo = PolicyUpdateSpec(
+        learning_rate=1e-3, epochs=2, batch_size=4, max_length=64, beta=0.5, parallelism=how
+    )
     lora = LoraSpec(rank=4, alpha=8, dropout=0.0)
     results: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -116,7 +125,7 @@ def main(out: Path, control: bool) -> None:
         {"prompt": text(i, 3), "chosen": text(i + 2, 2 + i), "rejected": text(i + 4, 5)}
         for i in range(8)
     ]
-    for name, use_lora in (("dpo", False), ("dpo-lora", True)):
+    for name, use_lora in () if fsdp else (("dpo", False), ("dpo-lora", True)):
         model, tok = causal()
         torch.manual_seed(SEED)  # the fresh adapter's initial weights, the same on every rank
         model = add_lora(model, lora, "causal") if use_lora else model
@@ -138,4 +147,4 @@ def main(out: Path, control: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), "--control" in sys.argv[2:])
+    main(Path(sys.argv[1]), "--control" in sys.argv[2:], "--fsdp" in sys.argv[2:])

@@ -92,6 +92,11 @@ class TrainSpec(_Model):
     """Train in bfloat16 autocast (GPU)."""
     lora: LoraSpec | None = None
     """Train a LoRA adapter instead of full fine-tuning (unset: full fine-tuning)."""
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
+    """With several GPUs: ddp keeps a whole copy of the model on each; fsdp (FSDP2) shards the
+    weights, gradients and optimiser states across them, for models whose full fine-tuning does
+    not fit one GPU. fsdp is for full fine-tuning of the reward model, RJS, RRHF and the APL
+    defender; LoRA and DPO through TRL use ddp."""
 
 
 class PolicyUpdateSpec(TrainSpec):
@@ -347,6 +352,30 @@ def batch_fields(game: GameConfig, phase: str) -> list[tuple[str, int]]:
         batch = game.evaluation.eval_rm_train.batch_size
         return [("spec.game.evaluation.evalRmTrain.batchSize", batch)]
     return []
+
+
+def unsupported_parallelism(game: GameConfig) -> list[str]:
+    """Where `parallelism: fsdp` is asked for but cannot run, each as "spec.game.FIELD: why":
+    FSDP2 here shards full fine-tuning in Sparring's own training loop."""
+    updates: list[tuple[str, TrainSpec, str | None]] = [
+        ("policy.update", game.policy.update,
+         "DPO runs through TRL's trainer, with ddp" if game.policy.update.method == "dpo"
+         and game.kind == "apo" else None),
+        ("adversary.update", game.adversary.update,
+         "the APL attacker's DPO runs through TRL's trainer, with ddp"
+         if game.kind == "apl" else None),
+        ("evaluation.evalRmTrain", game.evaluation.eval_rm_train,
+         "the evaluation RM is trained with ddp (prepare scores with it right after)"),
+    ]  # fmt: skip
+    problems = []
+    for where, update, refused in updates:
+        if update.parallelism != "fsdp":
+            continue
+        if update.lora is not None:
+            refused = "fsdp shards full fine-tuning; a LoRA adapter trains with ddp"
+        if refused:
+            problems.append(f"spec.game.{where}.parallelism: fsdp is not supported here: {refused}")
+    return problems
 
 
 _S3_URI = re.compile(

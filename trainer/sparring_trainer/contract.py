@@ -257,11 +257,15 @@ class PhaseContext:
         self, model: Any, tokenizer: Any, name: str, base: tuple[int, str, str] | None = None
     ) -> str:
         """Saves a trained model (an adapter with a reference to `base`) and uploads it as
-        `name`: on rank 0 only, as DDP keeps every rank's copy identical."""
+        `name`, from rank 0: DDP keeps every rank's copy whole and identical; an FSDP-sharded
+        model is first gathered, which every rank takes part in."""
+        from sparring_trainer.distributed import full_state_dict
         from sparring_trainer.models import save_checkpoint
 
+        state = full_state_dict(model)
         if self.ranks.main:
-            save_checkpoint(model, tokenizer, out := self.new_dir(name), base=base)
+            out = self.new_dir(name)
+            save_checkpoint(model, tokenizer, out, base=base, state_dict=state)
             self.upload_dir(out, name)
         return self.store.uri_for(self.out + name + "/")
 

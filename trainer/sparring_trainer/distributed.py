@@ -127,6 +127,35 @@ def use(value: Ranks) -> None:
     _current = value
 
 
+def shard_fully(model: Any) -> Any:
+    """FSDP2 over all ranks: each transformer block (the classes the model names as never to
+    be split) is sharded as a unit, then the rest at the root. In place; returns `model`."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(model.device.type, (ranks().world,))
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def full_state_dict(model: Any) -> dict[str, Any] | None:
+    """The whole state dict of an FSDP-sharded model on rank 0 (in CPU memory; empty on the
+    others), gathered with a collective that every rank must enter; None for a model that is
+    not sharded, whose own state dict is already whole on every rank."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return dict(get_model_state_dict(model, options=options))  # type: ignore[arg-type]
+
+
 def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 

@@ -371,10 +371,12 @@ def save_checkpoint(
     tokenizer: PreTrainedTokenizerBase,
     out_dir: Path,
     base: tuple[int, str, str] | None = None,
+    state_dict: dict[str, Any] | None = None,
 ) -> None:
     """Safetensors weights, config, generation config and tokenizer files in `out_dir`; for a
     LoRA-trained model the adapter only, with `base` (round, phase, name) naming the full
-    checkpoint in the store that it adapts (see adapters.py)."""
+    checkpoint in the store that it adapts (see adapters.py). `state_dict`: the weights to
+    write when the model's own are sharded (FSDP2, gathered by `distributed.full_state_dict`)."""
     out_dir = Path(out_dir)
     if is_peft(model):
         if base is None:
@@ -383,7 +385,7 @@ def save_checkpoint(
         return
     drop_quantization_marker(model)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
+    model.save_pretrained(str(out_dir), state_dict=state_dict)
     tokenizer.save_pretrained(str(out_dir))
 
 

@@ -46,7 +46,7 @@ def run_phase(
         if here.main:
             write_termination_log(summary_for(ctx, metrics, noop=True))
         return metrics, True
-    _check_batches(doc, phase, here.world)
+    _check_runnable(doc, phase, here.world)
     if here.main:
         # A killed attempt may have left part of its outputs here, and `commit` lists
         # everything under the prefix: start clean, so that no leftover of it can enter this
@@ -75,16 +75,20 @@ def run_phase(
     return metrics, False
 
 
-def _check_batches(doc: GameDocument, phase: str, world: int) -> None:
-    """Each rank takes batch / world rows of every global mini-batch: refuse what does not
-    divide before any work (`sparring validate` refuses the same for GPUs per phase)."""
-    from sparring_trainer.config import batch_fields
+def _check_runnable(doc: GameDocument, phase: str, world: int) -> None:
+    """Refuse before any work what this phase cannot run as asked (`sparring validate` and the
+    operator refuse the same, per phase and GPU count): a training batch that `world` ranks
+    cannot split evenly, FSDP where it is not supported."""
+    from sparring_trainer.config import batch_fields, unsupported_parallelism
 
     for field, batch in batch_fields(doc.spec.game, phase):
         if batch % world:
             raise PhaseError(
                 f"{field}: {batch} does not divide among {world} ranks: use a multiple of {world}"
             )
+    problems = unsupported_parallelism(doc.spec.game)
+    if problems:
+        raise PhaseError("; ".join(problems))
 
 
 def print_result(metrics: dict[str, float], noop: bool) -> None:

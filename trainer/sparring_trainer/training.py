@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sparring_trainer.config import TrainSpec
-from sparring_trainer.distributed import ranks
+from sparring_trainer.distributed import ranks, shard_fully
 from sparring_trainer.losses import rrhf_loss, weighted_rank_loss
 
 T = TypeVar("T")
@@ -149,8 +149,9 @@ def _optimise(
     """AdamW with linear decay and grad clipping over shuffled mini-batches of `items`.
 
     Data parallel under torchrun: every rank draws the same shuffled global batches of
-    `spec.batch_size` and takes its `shard` of each; DDP (through accelerate) averages the
-    gradients. Each rank's loss is rescaled from a mean over its own units to its share of the
+    `spec.batch_size` and takes its `shard` of each; DDP (through accelerate) or FSDP2
+    (`parallelism: fsdp`, the model then left sharded: save it with `ctx.save_model`) averages
+    the gradients. Each rank's loss is rescaled from a mean over its own units to its share of the
     mean over all ranks' units, so N ranks x b give the gradient of 1 rank x N*b exactly, also
     when ranks hold different numbers of tokens or the last batch does not split evenly.
     """
@@ -172,12 +173,17 @@ def _optimise(
             # under them would get none.
             model.enable_input_require_grads()
     model.train()
+    fsdp = spec.parallelism == "fsdp" and here.parallel
+    if fsdp:  # before the optimiser: sharding replaces the parameters
+        shard_fully(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / max(1, total))
     # Mixed precision stays this loop's own autocast (spec.bf16), as without accelerate.
     accelerator = Accelerator(cpu=model.device.type == "cpu", mixed_precision="no")
-    net, prepared = accelerator.prepare(model, optimizer)
+    # FSDP2 averages gradients over ranks in its reduce-scatter, as DDP does in its all-reduce:
+    # the loss scaling below is the same for both.
+    net, prepared = (model, optimizer) if fsdp else accelerator.prepare(model, optimizer)
     torch.manual_seed(seed)
     sums: dict[str, float] = {}
     step = 0
@@ -199,8 +205,13 @@ def _optimise(
             local = [units, *(units * v for v in [float(loss.detach()), *stats.values()])]
             summed = here.total(local)  # one all-reduce: global units, then unit-weighted sums
             prepared.zero_grad(set_to_none=True)
-            accelerator.backward(loss * (units * here.world / summed[0]))
-            accelerator.clip_grad_norm_(params, 1.0)
+            scaled = loss * (units * here.world / summed[0])
+            if fsdp:
+                scaled.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)  # the norm over all shards
+            else:
+                accelerator.backward(scaled)
+                accelerator.clip_grad_norm_(params, 1.0)
             prepared.step()
             scheduler.step()
             step += 1
