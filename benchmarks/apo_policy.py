@@ -107,7 +107,7 @@ def main() -> int:
     started = time.time()
     args = parse_args()
     import torch
-    from sparring_trainer.apo import human_reward_pairs
+    from sparring_trainer.apo_rows import dpo_rows, gold_reward_pairs, human_reward_pairs
     from sparring_trainer.config import (
         APODataSpec,
         DataSource,
@@ -118,7 +118,7 @@ def main() -> int:
     from sparring_trainer.data import read_preferences, split_apo
     from sparring_trainer.dpo import train_dpo
     from sparring_trainer.generation import Decoding, generate_transformers
-    from sparring_trainer.losses import ScoredGroup, best_vs_worst, win_rate
+    from sparring_trainer.losses import ScoredGroup, win_rate
     from sparring_trainer.models import (
         load_causal_lm,
         load_reward_model,
@@ -197,15 +197,8 @@ def main() -> int:
         return human_reward_pairs(tok, splits.human_pairs)
 
     def with_apo(tok: Any) -> list[WeightedPair]:
-        pairs = human(tok)
-        for q, group in zip(gold, gold_samples, strict=True):
-            assert q.gold is not None
-            good = render_conversation(tok, q.prompt, q.gold)
-            pairs += [
-                WeightedPair(good, render_conversation(tok, q.prompt, s), 0.1 / S, "apo")
-                for s in group
-            ]
-        return pairs
+        by_id = {q.id: group for q, group in zip(gold, gold_samples, strict=True)}
+        return human(tok) + gold_reward_pairs(tok, gold, by_id, 0.1, S)
 
     eval_rm = rm(human, seed + 1000, "evaluation RM (RM_base, own seed)")
     train_rms = {"RM_base": rm(human, seed, "RM_base"), "RM_APO": rm(with_apo, seed, "RM_APO")}
@@ -242,16 +235,13 @@ def main() -> int:
             ScoredGroup(q.id, tuple(g), tuple(flat_r[i * S : (i + 1) * S]))
             for i, (q, g) in enumerate(zip(train_q, train_samples, strict=True))
         ]
-        chosen = best_vs_worst(groups)
-        selections[arm] = [(p.query_id, p.chosen, p.rejected) for p in chosen]
-        policy = copy.deepcopy(sft)
-        ref = copy.deepcopy(sft).eval()
         ptok.padding_side = "right"
         prompt_of = {q.id: render_prompt(ptok, q.prompt) for q in train_q}
-        rows = [
-            {"prompt": prompt_of[p.query_id], "chosen": p.chosen, "rejected": p.rejected}
-            for p in chosen
-        ]
+        rows = dpo_rows(groups, prompt_of)
+        query_of = {prompt: qid for qid, prompt in prompt_of.items()}
+        selections[arm] = [(query_of[r["prompt"]], r["chosen"], r["rejected"]) for r in rows]
+        policy = copy.deepcopy(sft)
+        ref = copy.deepcopy(sft).eval()
         spec = PolicyUpdateSpec(
             method="dpo",
             beta=args.dpo_beta,

@@ -116,7 +116,7 @@ def main() -> int:
     started = time.time()
     args = parse_args()
     import torch
-    from sparring_trainer.apo import human_reward_pairs
+    from sparring_trainer.apo_rows import gold_reward_pairs, human_reward_pairs
     from sparring_trainer.config import APODataSpec, DataSource, ModelSpec, TrainSpec
     from sparring_trainer.data import read_preferences, split_apo
     from sparring_trainer.generation import Decoding, generate_transformers
@@ -190,20 +190,14 @@ def main() -> int:
     words = [len(s.split()) for group in samples[1] for s in group]
     log(f"sample set 1: mean {sum(words) / len(words):.1f} words; e.g. {samples[1][0][0][:120]!r}")
 
-    # ---- pairs, exactly as apo.update_adversary builds them ---------------------------------
+    # ---- pairs, by the builders apo.update_adversary uses -----------------------------------
     def pairs_for(tok: Any, human: bool, sample_round: int | None) -> list[WeightedPair]:
         pairs: list[WeightedPair] = []
         if human:
             pairs += human_reward_pairs(tok, splits.human_pairs, args.human_weight)
         if sample_round is not None:
-            per_pair = args.apo_coeff / S
-            for q, group in zip(gold, samples[sample_round], strict=True):
-                assert q.gold is not None
-                good = render_conversation(tok, q.prompt, q.gold)
-                pairs += [
-                    WeightedPair(good, render_conversation(tok, q.prompt, s), per_pair, "apo")
-                    for s in group
-                ]
+            by_id = {q.id: group for q, group in zip(gold, samples[sample_round], strict=True)}
+            pairs += gold_reward_pairs(tok, gold, by_id, args.apo_coeff, S)
         return pairs
 
     def spec(epochs: int) -> TrainSpec:

@@ -94,7 +94,7 @@ class Measure:
 
 def check_size(size: str, device: str, bf16: bool) -> list[list[str]]:
     from sparring_trainer.adapters import add_lora
-    from sparring_trainer.apo import human_reward_pairs
+    from sparring_trainer.apo_rows import human_reward_pairs
     from sparring_trainer.config import AdversaryUpdateSpec, DataSource, LoraSpec, PolicyUpdateSpec
     from sparring_trainer.data import read_preferences
     from sparring_trainer.dpo import train_dpo

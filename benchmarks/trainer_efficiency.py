@@ -181,7 +181,7 @@ def main() -> int:
 
     # ---- update-adversary: train_reward_model vs a plain torch Bradley-Terry loop ----------------
     if "rm" in args.parts:
-        from sparring_trainer.apo import human_reward_pairs
+        from sparring_trainer.apo_rows import human_reward_pairs
         from sparring_trainer.training import train_reward_model
 
         torch.manual_seed(args.seed)

@@ -99,6 +99,18 @@ def test_ece_uniform_bins_by_hand() -> None:
     assert ece == pytest.approx(bin8 + bin5, rel=1e-6)
 
 
+def test_ece_bin_edges_are_closed_above() -> None:
+    """Bins are (0, 1/2] and (1/2, 1]: a confidence of exactly 1/2 (a tie, predicted "chosen"
+    and right) falls in the lower bin. Bins closed below would put it with the two pairs of
+    confidence 3/4 (one right, one wrong), and the gaps would cancel to 0."""
+    third = math.log(3.0)  # sigmoid(log 3) = 3/4
+    d = torch.tensor([0.0, third, -third], dtype=torch.float64)
+    # Lower bin: {1/2, right}: gap 1/2. Upper bin: accuracy 1/2, confidence 3/4: gap 1/4.
+    expected = 1 / 3 * 0.5 + 2 / 3 * 0.25
+    ece = expected_calibration_error(d, torch.zeros(3, dtype=torch.float64), bins=2)
+    assert ece == pytest.approx(expected, abs=1e-9)
+
+
 def test_ece_of_a_perfectly_calibrated_set_is_zero() -> None:
     # Two pairs at confidence ~0.5 (diff 0) in the same bin: accuracy 1 (p >= 0.5 counts
     # "chosen"), confidence 0.5 -> gap 0.5. Then add one confident correct pair: gap ~0.

@@ -59,7 +59,7 @@ from sparring_trainer.generation import (
     generate_transformers,
     generate_vllm,
 )
-from sparring_trainer.losses import ScoredGroup
+from sparring_trainer.losses import ScoredGroup, preference_rows
 from sparring_trainer.models import (
     Checkpoint,
     full_checkpoint_dir,
@@ -334,16 +334,11 @@ def update_adversary(ctx: PhaseContext) -> dict[str, float]:
     scored = ctx.read_jsonl(ctx.round, "score", "scores.jsonl")
     groups = [ScoredGroup(r["id"], tuple(r["rewrites"]), tuple(r["harm"])) for r in scored]
     pairs = attacker_pairs(groups)
-    rows = [
-        {
-            "prompt": render_prompt(
-                tokenizer, user_turn(rewrite_instruction(spec, seeds[p.query_id].prompt))
-            ),
-            "chosen": p.chosen,
-            "rejected": p.rejected,
-        }
-        for p in pairs
-    ]
+    instruction_of = {
+        sid: render_prompt(tokenizer, user_turn(rewrite_instruction(spec, s.prompt)))
+        for sid, s in seeds.items()
+    }
+    rows = preference_rows(pairs, instruction_of)
     metrics = {
         "attacker_pairs": float(len(rows)),
         "attacker_pair_margin_mean": _mean([p.margin for p in pairs]),

@@ -16,15 +16,21 @@ from __future__ import annotations
 
 import copy
 import statistics
-from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from sparring_trainer.adapters import add_lora, is_peft, merged
+from sparring_trainer.apo_rows import (
+    dpo_rows,
+    human_reward_pairs,
+    reward_pairs,
+    rjs_examples,
+    rrhf_groups,
+)
 from sparring_trainer.config import PREPARE_PHASE, GameConfig
 from sparring_trainer.contract import PhaseContext
-from sparring_trainer.data import APOSplits, PreferencePair, Query, read_preferences, split_apo
+from sparring_trainer.data import APOSplits, Query, read_preferences, split_apo
 from sparring_trainer.dpo import train_dpo
 from sparring_trainer.generation import (
     Decoding,
@@ -34,8 +40,6 @@ from sparring_trainer.generation import (
 )
 from sparring_trainer.losses import (
     ScoredGroup,
-    best_sample,
-    best_vs_worst,
     expected_calibration_error,
     preference_accuracy,
     win_rate,
@@ -52,29 +56,11 @@ from sparring_trainer.models import (
     save_checkpoint,
 )
 from sparring_trainer.training import (
-    RankedGroup,
-    WeightedPair,
     score_texts,
     train_reward_model,
     train_rrhf,
     train_sft,
 )
-
-
-def human_reward_pairs(
-    tokenizer: Any, pairs: Sequence[PreferencePair], weight: float = 1.0
-) -> list[WeightedPair]:
-    """D_P as reward-model training rows: each human pair's chosen over its rejected reply,
-    rendered as conversations, with `weight` (humanWeight, beta2 in the paper)."""
-    return [
-        WeightedPair(
-            render_conversation(tokenizer, p.prompt, p.chosen),
-            render_conversation(tokenizer, p.prompt, p.rejected),
-            weight,
-            "human",
-        )
-        for p in pairs
-    ]
 
 
 @cache
@@ -250,24 +236,18 @@ def update_adversary(ctx: PhaseContext) -> dict[str, float]:
     else:  # the paper: re-initialising from the base RM each round calibrates better
         init_dir = ctx.fetch_dir(0, PREPARE_PHASE, "base-rm")
     model, tokenizer = load_for_update(init_dir, "reward", update.lora)
-    pairs: list[WeightedPair] = []
-    if update.mode != "gail":  # D_P keeps the RM anchored to human preferences
-        pairs += human_reward_pairs(tokenizer, data.human_pairs, update.human_weight)
-    if update.mode != "baseline":  # D_APO: gold answer preferred over each policy sample
-        samples = {
-            row["id"]: row["responses"]
-            for row in ctx.read_jsonl(ctx.round, "sample", "samples.jsonl")
-        }
-        per_pair = update.apo_coeff / ctx.game.sampling.samples_per_query
-        for q in data.gold_queries:
-            assert q.gold is not None, f"gold query {q.id} has no gold answer"
-            gold_text = render_conversation(tokenizer, q.prompt, q.gold)
-            pairs += [
-                WeightedPair(
-                    gold_text, render_conversation(tokenizer, q.prompt, s), per_pair, "apo"
-                )
-                for s in samples[q.id]
-            ]
+    samples: dict[str, list[str]] = {}
+    if update.mode != "baseline":
+        rows = ctx.read_jsonl(ctx.round, "sample", "samples.jsonl")
+        samples = {row["id"]: row["responses"] for row in rows}
+    pairs = reward_pairs(
+        tokenizer,
+        update,
+        data.human_pairs,
+        data.gold_queries,
+        samples,
+        ctx.game.sampling.samples_per_query,
+    )
     metrics = train_reward_model(
         model,
         tokenizer,
@@ -317,20 +297,17 @@ def update_policy(ctx: PhaseContext) -> dict[str, float]:
     prompt_of = {qid: render_prompt(tokenizer, q.prompt) for qid, q in queries.items()}
     progress = lambda s, t: ctx.progress(s, t, "policy steps")  # noqa: E731
     if update.method == "dpo":
-        pairs = [
-            {"prompt": prompt_of[p.query_id], "chosen": p.chosen, "rejected": p.rejected}
-            for p in best_vs_worst(groups)
-        ]
         # Under LoRA, TRL keeps a frozen copy of the entering adapter as the reference.
         ref_model = None if is_peft(model) else copy.deepcopy(model).eval()
+        rows = dpo_rows(groups, prompt_of)
         metrics = train_dpo(
-            model, ref_model, tokenizer, pairs, update, ctx.seed, ctx.new_dir("dpo"), progress
+            model, ref_model, tokenizer, rows, update, ctx.seed, ctx.new_dir("dpo"), progress
         )
     elif update.method == "rjs":
-        examples = [(prompt_of[g.query_id], best_sample(g)) for g in groups]
+        examples = rjs_examples(groups, prompt_of)
         metrics = train_sft(model, tokenizer, examples, update, ctx.seed, progress)
     else:
-        ranked = [RankedGroup(prompt_of[g.query_id], g.responses, g.rewards) for g in groups]
+        ranked = rrhf_groups(groups, prompt_of)
         metrics = train_rrhf(
             model, tokenizer, ranked, update, update.rrhf_sft_weight, ctx.seed, progress
         )

@@ -6,7 +6,7 @@ can stay a thin loop around them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +131,15 @@ def best_vs_worst(groups: Sequence[ScoredGroup]) -> list[PreferencePairOut]:
             PreferencePairOut(group.query_id, group.responses[best], group.responses[worst], margin)
         )
     return pairs
+
+
+def preference_rows(
+    pairs: Sequence[PreferencePairOut], prompt_of: Mapping[str, str]
+) -> list[dict[str, str]]:
+    """Pairs as TRL's standard preference rows, each with its query's rendered prompt."""
+    return [
+        {"prompt": prompt_of[p.query_id], "chosen": p.chosen, "rejected": p.rejected} for p in pairs
+    ]
 
 
 def best_sample(group: ScoredGroup) -> str:
