@@ -111,3 +111,28 @@ def test_phase_out_of_order_is_refused(tmp_path: Path) -> None:
     result = phase(game, "sample", 1, tmp_path)  # round 0 never ran
     assert result.returncode == 1  # retryable: the operator never runs phases out of order
     assert "round-0000/prepare/ is not committed" in result.stderr, result.stderr[-2000:]
+
+
+def _run(game_file: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sparring_operator", "run", str(game_file), "-o", "json"],
+        capture_output=True, text=True, timeout=300, cwd=tmp,
+    )  # fmt: skip
+
+
+def test_run_exits_3_on_a_game_file_it_cannot_accept(tmp_path: Path) -> None:
+    game = write_game(tmp_path, tmp_path / "store", seed=-1)
+    result = _run(game, tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr[-2000:]
+    assert "spec.game.seed" in result.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_run_exits_3_when_a_phase_refuses_its_input(tmp_path: Path) -> None:
+    """The trainer's exit 3 (a missing model) reaches the user as 3, not as a generic 1 that
+    says "try again"; the status still says which phase failed and why."""
+    game = write_game(tmp_path, tmp_path / "store", policy={"model": "./no/such/model"})
+    result = _run(game, tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr[-2000:]
+    status = json.loads(result.stdout)
+    assert status["phase"] == "Failed" and "no/such/model" in status["message"]

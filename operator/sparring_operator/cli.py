@@ -74,7 +74,11 @@ def run_cmd(
         ),
     ] = 1,
 ) -> None:
-    """Play a game locally, each phase as the same command a phase Job runs; resumable."""
+    """Play a game locally, each phase as the same command a phase Job runs; resumable.
+
+    Exit status: 0 the game succeeded; 1 it failed in a way a rerun may fix (a crash, the
+    store), or another run holds the game's lease; 3 bad input (the game file, its data or
+    model references: fix them first); 130 interrupted (committed phases are kept)."""
     from sparring_operator.local import run_file
 
     if output not in ("table", "json"):

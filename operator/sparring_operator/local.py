@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sparring_trainer.lease import GameLease, LeaseHeld, this_process
 from sparring_trainer.store import StoreError, open_store
 
 from sparring_operator.api import AdversarialGame, AdversarialGameStatus
@@ -41,6 +42,7 @@ class PhaseOutcome:
     ok: bool
     message: str
     seconds: float
+    code: int = 0  # the phase's exit status: 3 bad input, 1 anything a rerun may fix
 
 
 def phase_command(game_file: Path, phase: str, round: int, nproc: int = 1) -> list[str]:
@@ -92,7 +94,18 @@ def _run_child(cmd: list[str], label: str, console: Console, verbose: bool) -> P
         message = json.loads(summary)["error"]
     except (ValueError, KeyError, TypeError):
         message = "\n".join(line for line in tail if line.strip()) or f"exit code {code}"
-    return PhaseOutcome(False, message, seconds)
+    return PhaseOutcome(False, message, seconds, code)
+
+
+EXIT_BAD_INPUT = 3  # as the trainer's: bad input that a rerun cannot fix
+
+
+class BadInput(Exception):
+    """A phase refused the game's input (exit 3): the game failed and a rerun would too."""
+
+    def __init__(self, message: str, status: AdversarialGameStatus) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _status(
@@ -129,7 +142,10 @@ def run_game(
         else None
     )
     timings: dict[tuple[int, str], float] = {}
-    with tempfile.TemporaryDirectory(prefix="sparring-game-") as tmp:
+    # One writer per game and store: a second `sparring run` (or another machine's) refuses
+    # at once instead of running the same phases and deleting each other's outputs.
+    lease = GameLease(store, meta.namespace, meta.name, this_process("sparring run"))
+    with lease, tempfile.TemporaryDirectory(prefix="sparring-game-") as tmp:
         # The child reads exactly what a pod would mount: the resource as JSON.
         game_file = Path(tmp) / "game.json"
         game_file.write_text(game.model_dump_json(by_alias=True, exclude_none=True))
@@ -142,6 +158,8 @@ def run_game(
             if isinstance(decision, GameDone):
                 return _status(view, decision, done, spec.rounds), timings
             assert isinstance(decision, RunPhase)
+            if lease.lost is not None:  # another writer took the game over: stop, commit nothing
+                raise LeaseHeld(lease.lost)
             label = f"round {decision.round} {decision.phase:<16}"
             outcome = _run_child(
                 phase_command(game_file, decision.phase, decision.round, nproc_per_node),
@@ -152,6 +170,8 @@ def run_game(
             timings[(decision.round, decision.phase)] = outcome.seconds
             if not outcome.ok:
                 failed = f"round {decision.round} {decision.phase} failed: {outcome.message}"
+                if outcome.code == EXIT_BAD_INPUT:
+                    raise BadInput(failed, _status(view, decision, done, spec.rounds, failed))
                 return _status(view, decision, done, spec.rounds, failed), timings
             console.print(f"[green]✓[/] {label} {outcome.seconds:6.1f} s")
 
@@ -199,7 +219,7 @@ def run_file(
     except InvalidGameFile as exc:
         for line in exc.errors:
             console.print(line, markup=False, highlight=False)
-        return 1
+        return EXIT_BAD_INPUT
     if store_uri is not None:
         try:
             storage = game.spec.storage.model_validate(
@@ -207,7 +227,7 @@ def run_file(
             )
         except ValueError as exc:
             console.print(f"--store: {exc}", markup=False)
-            return 1
+            return EXIT_BAD_INPUT
         game = game.model_copy(update={"spec": game.spec.model_copy(update={"storage": storage})})
     console.print(
         f"Playing {game.metadata.name} ({game.spec.game.kind}, {game.spec.rounds} rounds) "
@@ -217,12 +237,18 @@ def run_file(
     if uneven:
         for line in uneven:
             console.print(f"{path}: {line}", markup=False, highlight=False)
-        return 1
+        return EXIT_BAD_INPUT
+    code = 0
     try:
         status, _ = run_game(game, console, verbose, nproc_per_node)
+    except BadInput as exc:  # a rerun cannot fix it: the game file or its data must change
+        status, code = exc.status, EXIT_BAD_INPUT
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: committed phases are kept; run again to continue")
         return 130
+    except LeaseHeld as exc:
+        console.print(f"[red]refused[/]: {escape(str(exc))}", highlight=False)
+        return 1
     except StoreError as exc:
         console.print(f"[red]store error[/]: {exc}", highlight=False)
         return 1
@@ -234,4 +260,4 @@ def run_file(
         console.print(f"latest policy checkpoint: {status.latest_checkpoint}", highlight=False)
     if output == "json":
         print(status.model_dump_json(by_alias=True, exclude_none=True, indent=2))
-    return 0 if status.phase == "Succeeded" else 1
+    return code or (0 if status.phase == "Succeeded" else 1)

@@ -168,6 +168,30 @@ class S3Store(ArtifactStore):
         with self._errors("get", key):
             return self._client.get_object(Bucket=self.bucket, Key=full)["Body"].read()
 
+    def swap(self, key: str, data: bytes, expected: bytes | None) -> bool:
+        # S3's conditional writes: If-None-Match "*" creates only; If-Match writes only over
+        # the version (ETag) whose content was compared. 412 means another writer came first.
+        full = self._full(key)
+        condition: dict[str, Any] = {"IfNoneMatch": "*"}
+        if expected is not None:
+            try:
+                with self._errors("get", key):
+                    current = self._client.get_object(Bucket=self.bucket, Key=full)
+                    body = current["Body"].read()
+            except ArtifactNotFound:
+                return False
+            if body != expected:
+                return False
+            condition = {"IfMatch": current["ETag"]}
+        try:
+            with self._errors("put", key):
+                self._client.put_object(Bucket=self.bucket, Key=full, Body=data, **condition)
+        except StoreError as exc:
+            if "PreconditionFailed" in str(exc) or "ConditionalRequestConflict" in str(exc):
+                return False
+            raise
+        return True
+
     def exists(self, key: str) -> bool:
         full = self._full(key)
         try:

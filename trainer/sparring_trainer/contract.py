@@ -320,11 +320,13 @@ def make_context(doc: GameDocument, round: int, phase: str, scratch: Path | None
     store = open_store(doc.spec.storage)
     here = ranks()
     scratch_dir = scratch or Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir())
-    name = f"sparring-{doc.metadata.name}-r{round:04d}-{phase}"
-    if here.parallel:  # ranks on one node download and save side by side, never into each other
+    name = f"sparring-{doc.metadata.namespace}-{doc.metadata.name}-r{round:04d}-{phase}"
+    if here.parallel:
         name += f"-rank{here.rank}"
-    scratch_dir = Path(scratch_dir) / name
-    scratch_dir.mkdir(parents=True, exist_ok=True)
+    # Unique per process: two phase processes (ranks on one node, games of the same name in
+    # two stores) never download into, or clean up, each other's folder.
+    Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+    scratch_dir = Path(tempfile.mkdtemp(prefix=name + "-", dir=scratch_dir))
     return PhaseContext(doc, round, phase, store, scratch_dir, default_cache_dir(), here)
 
 

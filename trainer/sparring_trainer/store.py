@@ -121,6 +121,11 @@ class ArtifactStore(abc.ABC):
         """Read a whole object; ArtifactNotFound if it does not exist."""
 
     @abc.abstractmethod
+    def swap(self, key: str, data: bytes, expected: bytes | None) -> bool:
+        """Compare-and-swap: write `data` only if the object is still `expected` (None: only
+        if it does not exist), atomically against every other writer; False if it was not."""
+
+    @abc.abstractmethod
     def exists(self, key: str) -> bool:
         """Whether the object exists."""
 
@@ -248,6 +253,25 @@ class FileStore(ArtifactStore):
         path = self._path(key)
         with self._errors(key, reading=True):
             return path.read_bytes()
+
+    def swap(self, key: str, data: bytes, expected: bytes | None) -> bool:
+        import fcntl
+
+        path = self._path(key)
+        with self._errors(key):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # An advisory lock on the folder: every swap of its objects, from any process on
+            # this machine, compares and writes under it.
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX)
+                current = path.read_bytes() if path.is_file() else None
+                if current != expected:
+                    return False
+                self.put_bytes(key, data)
+                return True
+            finally:
+                os.close(folder)  # releases the lock
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

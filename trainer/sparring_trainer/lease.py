@@ -1,0 +1,154 @@
+"""One writer per game: a lease in the store, beside the game's rounds.
+
+``{store}/{namespace}/{game}/_LEASE`` holds who plays the game, since when, and until when:
+the holder renews it while it plays (a heartbeat) and deletes it when it stops. Another writer
+that finds a live lease refuses at once and names the holder and when the lease expires; a
+lease that was not renewed in time (its holder was killed) is taken over. Every change is a
+compare-and-swap (`ArtifactStore.swap`), so of two writers racing for the same lease exactly
+one gets it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from types import TracebackType
+
+from sparring_trainer.store import ArtifactNotFound, ArtifactStore, StoreError, check_key
+
+LEASE = "_LEASE"
+DEFAULT_SECONDS = 60.0
+
+
+class LeaseHeld(StoreError):
+    """Another live writer plays this game on this store."""
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    holder: str
+    acquired_at: float
+    renewed_at: float
+    seconds: float  # valid this long after each renewal
+
+    @property
+    def expires_at(self) -> float:
+        return self.renewed_at + self.seconds
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+
+def this_process(what: str) -> str:
+    """A holder name that says who to look for: the command, the machine and the process."""
+    return f"{what} on {socket.gethostname()} (pid {os.getpid()})"
+
+
+def _clock_text(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class GameLease:
+    """The lease of one game; a context manager that acquires it, renews it from a background
+    thread every third of its duration, and releases it on exit."""
+
+    def __init__(
+        self,
+        store: ArtifactStore,
+        namespace: str,
+        game: str,
+        holder: str,
+        seconds: float = DEFAULT_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store, self.holder, self.seconds, self.clock = store, holder, seconds, clock
+        self.key = check_key(f"{namespace}/{game}/{LEASE}")
+        self.game = f"{namespace}/{game}"
+        self._mine: bytes | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost: str | None = None  # why the heartbeat stopped holding the lease
+
+    def _read(self) -> tuple[bytes, LeaseRecord] | None:
+        try:
+            raw = self.store.get_bytes(self.key)
+        except ArtifactNotFound:
+            return None
+        try:
+            return raw, LeaseRecord(**json.loads(raw))
+        except (ValueError, TypeError):  # unreadable: treat as expired, so it can be replaced
+            return raw, LeaseRecord("an unreadable lease", 0.0, 0.0, 0.0)
+
+    def acquire(self) -> None:
+        now = self.clock()
+        mine = LeaseRecord(self.holder, now, now, self.seconds).encode()
+        current = self._read()
+        if current is not None:
+            record = current[1]
+            if record.expires_at > now:
+                raise LeaseHeld(
+                    f"game {self.game} on {self.store.uri} is being played by {record.holder} "
+                    f"since {_clock_text(record.acquired_at)}; its lease expires at "
+                    f"{_clock_text(record.expires_at)} unless renewed. Wait for it to finish, "
+                    "or play under another game name or store"
+                )
+        if not self.store.swap(self.key, mine, None if current is None else current[0]):
+            holder = (self._read() or (b"", LeaseRecord("another writer", 0, 0, 0)))[1].holder
+            raise LeaseHeld(
+                f"game {self.game} on {self.store.uri}: {holder} took the lease at the same "
+                "moment; it plays the game"
+            )
+        self._mine = mine
+
+    def renew(self) -> None:
+        """Extends the lease; LeaseHeld if it is no longer ours (expired and taken over)."""
+        if self._mine is None:
+            raise StoreError("renew before acquire")
+        record = LeaseRecord(**json.loads(self._mine))
+        renewed = LeaseRecord(record.holder, record.acquired_at, self.clock(), self.seconds)
+        if not self.store.swap(self.key, renewed.encode(), self._mine):
+            current = self._read()
+            holder = current[1].holder if current else "nobody (it was deleted)"
+            raise LeaseHeld(f"lost the lease of game {self.game}: it is now held by {holder}")
+        self._mine = renewed.encode()
+
+    def release(self) -> None:
+        """Removes the lease if it is still ours (a compare-and-swap to an expired record, so
+        that a writer who took it over meanwhile keeps it)."""
+        if self._mine is None:
+            return
+        expired = LeaseRecord(self.holder, 0.0, 0.0, 0.0).encode()
+        self.store.swap(self.key, expired, self._mine)
+        self._mine = None
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                self.renew()
+            except StoreError as exc:  # a store blip: try again next beat, until it expires
+                if isinstance(exc, LeaseHeld):
+                    self.lost = str(exc)
+                    return
+
+    def __enter__(self) -> GameLease:
+        self.acquire()
+        self._thread = threading.Thread(target=self._heartbeat, name="lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.release()
