@@ -73,6 +73,15 @@ def run_cmd(
             "gloo on CPU). Training batch sizes must be multiples of N.",
         ),
     ] = 1,
+    fork: Annotated[
+        str | None,
+        typer.Option(
+            "--fork",
+            metavar="NEW_NAME",
+            help="Play this (changed) spec as a new game NEW_NAME in the same store, starting "
+            "from copies of the committed phases the change leaves valid.",
+        ),
+    ] = None,
 ) -> None:
     """Play a game locally, each phase as the same command a phase Job runs; resumable.
 
@@ -84,7 +93,7 @@ def run_cmd(
     if output not in ("table", "json"):
         typer.echo(f"--output: expected 'table' or 'json', got {output!r}", err=True)
         raise typer.Exit(2)
-    raise typer.Exit(run_file(file, store, output, verbose, nproc_per_node))
+    raise typer.Exit(run_file(file, store, output, verbose, nproc_per_node, fork))
 
 
 @app.command("export")

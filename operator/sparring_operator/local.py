@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from sparring_operator.api import AdversarialGame, AdversarialGameStatus
 from sparring_operator.jobs import phase_args
 from sparring_operator.machine import EarlyStop, GameDone, RunPhase, completed_rounds, next_step
 from sparring_operator.observed import StoreView, observe_store
+from sparring_operator.respec import SpecChanged, compare, copy_valid, fork, refusal
 from sparring_operator.status import Outcome, game_status
 
 _PROGRESS_LINE = re.compile(
@@ -130,9 +132,11 @@ def run_game(
     console: Console,
     verbose: bool = False,
     nproc_per_node: int = 1,
+    before_play: Callable[[], None] | None = None,
 ) -> tuple[AdversarialGameStatus, dict[tuple[int, str], float]]:
     """Plays every uncommitted phase in order, each as `nproc_per_node` data-parallel ranks;
-    returns the final status and phase timings."""
+    returns the final status and phase timings. `before_play` runs first, under the game's
+    lease (a fork copies its phases there)."""
     spec, meta = game.spec, game.metadata
     kind = spec.game.kind
     store = open_store(spec.storage)
@@ -146,6 +150,8 @@ def run_game(
     # at once instead of running the same phases and deleting each other's outputs.
     lease = GameLease(store, meta.namespace, meta.name, this_process("sparring run"))
     with lease, tempfile.TemporaryDirectory(prefix="sparring-game-") as tmp:
+        if before_play is not None:
+            before_play()
         # The child reads exactly what a pod would mount: the resource as JSON.
         game_file = Path(tmp) / "game.json"
         game_file.write_text(game.model_dump_json(by_alias=True, exclude_none=True))
@@ -206,8 +212,31 @@ def _uneven_batches(game: AdversarialGame, nproc: int) -> list[str]:
     ]
 
 
+def _respec(
+    path: Path, game: AdversarialGame, fork_name: str | None, console: Console
+) -> tuple[AdversarialGame, Callable[[], None] | None]:
+    """The game to play and what to do first: the game itself when no committed phase would
+    report results of an older spec; its fork (`--fork`) starting from the phases that are
+    still valid; SpecChanged otherwise."""
+    store = open_store(game.spec.storage)
+    comparison = compare(store, game)
+    if fork_name is None:
+        if comparison.stale:
+            raise SpecChanged(refusal(str(path), game, comparison))
+        return game, None
+    forked = fork(store, game, fork_name)
+    reused = ", ".join(f"round {r} {p}" for r, p in comparison.valid) or "none"
+    console.print(f"Forking {game.metadata.name} as {fork_name}; phases reused: {reused}")
+    return forked, lambda: copy_valid(store, game, comparison.valid, fork_name)
+
+
 def run_file(
-    path: Path, store_uri: str | None, output: str, verbose: bool, nproc_per_node: int = 1
+    path: Path,
+    store_uri: str | None,
+    output: str,
+    verbose: bool,
+    nproc_per_node: int = 1,
+    fork_name: str | None = None,
 ) -> int:
     """`sparring run`: validate, play, report. Returns the exit code."""
     from sparring_operator.validate import InvalidGameFile, load_game
@@ -240,7 +269,11 @@ def run_file(
         return EXIT_BAD_INPUT
     code = 0
     try:
-        status, _ = run_game(game, console, verbose, nproc_per_node)
+        played, before = _respec(path, game, fork_name, console)
+        status, _ = run_game(played, console, verbose, nproc_per_node, before)
+    except SpecChanged as exc:
+        console.print(escape(str(exc)), highlight=False)
+        return EXIT_BAD_INPUT
     except BadInput as exc:  # a rerun cannot fix it: the game file or its data must change
         status, code = exc.status, EXIT_BAD_INPUT
     except KeyboardInterrupt:

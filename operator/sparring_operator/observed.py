@@ -11,6 +11,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from sparring_trainer.config import PREPARE_PHASE
 from sparring_trainer.store import ArtifactStore, is_committed, phase_prefix
@@ -60,6 +61,8 @@ class StoreView:
     metrics: dict[Marker, dict[str, float]] = field(default_factory=dict)
     uris: dict[Marker, str] = field(default_factory=dict)
     committed_at: dict[Marker, str] = field(default_factory=dict)
+    # The spec.game each committed phase was played with (None: its manifest predates it).
+    games: dict[Marker, dict[str, Any] | None] = field(default_factory=dict)
     # The first committed phase whose metrics were refused, and why: nothing after it counts.
     bad_output: tuple[Marker, str] | None = None
 
@@ -73,7 +76,8 @@ class StoreView:
         return rounds
 
 
-CommittedPhase = tuple[str, str, dict[str, float]]  # (uri, committed_at, metrics)
+# (uri, committed_at, metrics, the spec.game it was played with)
+CommittedPhase = tuple[str, str, dict[str, float], dict[str, Any] | None]
 
 
 def observe_store(
@@ -105,9 +109,11 @@ def observe_store(
             except BadOutput as exc:
                 view.bad_output = (marker, str(exc))
                 break
-            hit = (store.uri_for(prefix), str(manifest.get("committed_at", "")), metrics)
+            played = manifest.get("game") if isinstance(manifest.get("game"), dict) else None
+            hit = (store.uri_for(prefix), str(manifest.get("committed_at", "")), metrics, played)
             if cache is not None:
                 cache[key] = hit
         view.committed.add(marker)
-        view.uris[marker], view.committed_at[marker], view.metrics[marker] = hit
+        view.uris[marker], view.committed_at[marker], view.metrics[marker], played = hit
+        view.games[marker] = played
     return view

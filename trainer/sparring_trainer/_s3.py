@@ -168,6 +168,12 @@ class S3Store(ArtifactStore):
         with self._errors("get", key):
             return self._client.get_object(Bucket=self.bucket, Key=full)["Body"].read()
 
+    def copy(self, src: str, dst: str) -> None:
+        source: Any = {"Bucket": self.bucket, "Key": self._full(src)}
+        with self._errors("copy", src):
+            # The managed copy: server-side, in parts above 5 GB (one CopyObject cannot).
+            self._client.copy(source, self.bucket, self._full(dst))
+
     def swap(self, key: str, data: bytes, expected: bytes | None) -> bool:
         # S3's conditional writes: If-None-Match "*" creates only; If-Match writes only over
         # the version (ETag) whose content was compared. 412 means another writer came first.

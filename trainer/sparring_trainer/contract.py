@@ -25,6 +25,7 @@ import yaml
 from sparring_trainer.adapters import BASE_LINK, BASE_REF, is_adapter, read_base_ref
 from sparring_trainer.config import PREPARE_PHASE, GameDocument
 from sparring_trainer.distributed import Ranks, ranks
+from sparring_trainer.identity import game_record
 from sparring_trainer.store import (
     SUCCESS,
     ArtifactStore,
@@ -337,5 +338,6 @@ def already_committed(ctx: PhaseContext) -> bool:
 def finish(ctx: PhaseContext, metrics: dict[str, float]) -> str:
     """Writes metrics.json, then commits with _SUCCESS last, then the termination message."""
     ctx.write_json("metrics.json", metrics)
-    commit(ctx.store, ctx.out)
+    # The spec it was played with: a changed game is compared with it before reusing this phase.
+    commit(ctx.store, ctx.out, record={"game": game_record(ctx.doc.spec.game)})
     return summary_for(ctx, metrics, noop=False)

@@ -121,6 +121,10 @@ class ArtifactStore(abc.ABC):
         """Read a whole object; ArtifactNotFound if it does not exist."""
 
     @abc.abstractmethod
+    def copy(self, src: str, dst: str) -> None:
+        """Copy one object to another key of this store (server-side where the store can)."""
+
+    @abc.abstractmethod
     def swap(self, key: str, data: bytes, expected: bytes | None) -> bool:
         """Compare-and-swap: write `data` only if the object is still `expected` (None: only
         if it does not exist), atomically against every other writer; False if it was not."""
@@ -254,6 +258,11 @@ class FileStore(ArtifactStore):
         with self._errors(key, reading=True):
             return path.read_bytes()
 
+    def copy(self, src: str, dst: str) -> None:
+        source, target = self._path(src), self._path(dst)
+        with self._errors(src, reading=True), self._atomic(target) as tmp:
+            shutil.copyfile(source, tmp)
+
     def swap(self, key: str, data: bytes, expected: bytes | None) -> bool:
         import fcntl
 
@@ -371,13 +380,19 @@ def phase_prefix(namespace: str, game: str, round: int, phase: str) -> str:
     return f"{game_prefix(namespace, game)}round-{round:04d}/{_check_name('phase', phase)}/"
 
 
-def commit(store: ArtifactStore, prefix: str, files: Iterable[str] | None = None) -> None:
+def commit(
+    store: ArtifactStore,
+    prefix: str,
+    files: Iterable[str] | None = None,
+    record: dict[str, Any] | None = None,
+) -> None:
     """Mark the outputs under `prefix` complete by writing ``prefix + "_SUCCESS"`` last.
 
     Its content is JSON ``{"files": {relative key: {"size": int, "sha256": hex}},
     "committed_at": ISO-8601 UTC}`` covering every object under `prefix`, or only `files` when
     given (keys relative to `prefix`, or full keys starting with it, e.g. what `upload_tree`
-    returned). Committing nothing is refused: it is almost always a wrong prefix.
+    returned). Committing nothing is refused: it is almost always a wrong prefix. `record`
+    adds keys to the manifest (a phase records the spec it was played with).
     """
     prefix = _as_dir(prefix)
     if files is None:
@@ -396,8 +411,21 @@ def commit(store: ArtifactStore, prefix: str, files: Iterable[str] | None = None
     for key in sorted(set(keys)):
         size, sha = store._digest(key, trust_metadata=True)
         entries[key[len(prefix) :]] = {"size": size, "sha256": sha}
-    manifest = {"files": entries, "committed_at": datetime.now(timezone.utc).isoformat()}
+    manifest = {**(record or {}), "files": entries}
+    manifest["committed_at"] = datetime.now(timezone.utc).isoformat()
     store.put_bytes(prefix + SUCCESS, json.dumps(manifest, indent=1, sort_keys=True).encode())
+
+
+def copy_committed(store: ArtifactStore, src: str, dst: str) -> None:
+    """Copy a committed phase's outputs from prefix `src` to `dst`, its `_SUCCESS` last, so
+    that the copy is committed only once it is whole. Its manifest names keys relative to the
+    prefix, so it holds for the copy unchanged."""
+    src, dst = _as_dir(src), _as_dir(dst)
+    require_committed(store, src)
+    keys = [k for k in store.list(src) if k != src + SUCCESS]
+    for key in keys:
+        store.copy(key, dst + key[len(src) :])
+    store.copy(src + SUCCESS, dst + SUCCESS)
 
 
 def is_committed(store: ArtifactStore, prefix: str) -> bool:

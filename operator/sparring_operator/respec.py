@@ -1,0 +1,115 @@
+"""A game whose spec changed after phases were committed: refuse it, or fork it.
+
+`sparring run` compares the spec with the one each committed phase recorded
+(`sparring_trainer.identity`). If a change would make committed phases report results of the
+old spec, it refuses, naming the changed fields and the ways forward; `--fork NEW_NAME` plays the
+changed spec as a new game that starts from copies of the committed phases the change leaves
+valid.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sparring_trainer.identity import Marker, changed_fields, first_stale, game_record, order
+from sparring_trainer.store import ArtifactStore, copy_committed, is_committed, phase_prefix
+
+from sparring_operator.api import AdversarialGame
+from sparring_operator.machine import phase_sequence
+from sparring_operator.observed import observe_store
+
+
+class SpecChanged(ValueError):
+    """Committed phases were played with a spec that differs where they depend on it."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    changed: list[str]  # spec.game fields that differ from what some committed phase recorded
+    stale: list[Marker]  # committed phases those changes invalidate, in play order
+    valid: list[Marker]  # committed phases before the first stale one: reusable as they are
+    old: dict[str, object]  # the recorded spec.game of the first stale phase
+
+
+def compare(store: ArtifactStore, game: AdversarialGame) -> Comparison:
+    spec, meta, kind = game.spec, game.metadata, game.spec.game.kind
+    view = observe_store(store, meta.namespace, meta.name, kind, spec.rounds)
+    now = game_record(spec.game)
+    changed: set[str] = set()
+    stale: list[Marker] = []
+    old: dict[str, object] = {}
+    for marker in phase_sequence(kind, spec.rounds):
+        recorded = view.games.get(marker)
+        if marker not in view.committed or recorded is None:
+            continue
+        fields = changed_fields(recorded, now)
+        first = first_stale(kind, fields)
+        if first is not None and order(kind, first) <= order(kind, marker):
+            stale.append(marker)
+            changed.update(fields)
+            old = old or dict(recorded)
+    cut = order(kind, stale[0]) if stale else None
+    valid = [m for m in sorted(view.committed, key=lambda m: order(kind, m))
+             if cut is None or order(kind, m) < cut]  # fmt: skip
+    return Comparison(sorted(changed), stale, valid, old)
+
+
+def _value(record: dict[str, object], field: str) -> str:
+    node: object = record
+    for part in field.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return "(unset)"
+        node = node[part]
+    return json.dumps(node)[:60]
+
+
+def refusal(path: str, game: AdversarialGame, comparison: Comparison) -> str:
+    """The message that names what changed, what it invalidates, and the ways forward."""
+    now = game_record(game.spec.game)
+    shown = comparison.changed[:8]
+    fields = "; ".join(
+        f"spec.game.{f}: {_value(comparison.old, f)} -> {_value(now, f)}" for f in shown
+    )
+    more = f" (and {len(comparison.changed) - len(shown)} more)" if comparison.changed[8:] else ""
+    first_round, first_phase = comparison.stale[0]
+    meta = game.metadata
+    return (
+        f"{path}: game {meta.namespace}/{meta.name} in {game.spec.storage.uri} was played with a "
+        f"different spec. Changed: {fields}{more}. Its committed phases from round "
+        f"{first_round} {first_phase} on would report results of the old spec. Either give "
+        "the game a new metadata.name or another store, or play the changed spec as a new game "
+        f"that starts from the {len(comparison.valid)} committed phase(s) the change leaves "
+        f"valid: sparring run {path} --fork NEW_NAME"
+    )
+
+
+def fork(store: ArtifactStore, game: AdversarialGame, new_name: str) -> AdversarialGame:
+    """The game renamed `new_name` (validated as a game name); SpecChanged if that game has
+    phases committed already."""
+    meta = game.metadata.model_copy(update={"name": new_name})
+    try:
+        forked = AdversarialGame.model_validate(
+            game.model_copy(update={"metadata": meta}).model_dump(by_alias=True)
+        )
+    except ValueError as exc:
+        raise SpecChanged(f"--fork {new_name}: {' '.join(str(exc).split())[:300]}") from None
+    if is_committed(store, phase_prefix(meta.namespace, new_name, 0, "prepare")):
+        raise SpecChanged(
+            f"--fork {new_name}: game {meta.namespace}/{new_name} already has committed phases "
+            f"in {game.spec.storage.uri}; choose another name"
+        )
+    return forked
+
+
+def copy_valid(
+    store: ArtifactStore, source: AdversarialGame, valid: list[Marker], new_name: str
+) -> None:
+    """Copies `valid` phases of `source` to the game `new_name` in the same store."""
+    ns = source.metadata.namespace
+    for marker in valid:
+        copy_committed(
+            store,
+            phase_prefix(ns, source.metadata.name, *marker),
+            phase_prefix(ns, new_name, *marker),
+        )

@@ -1,0 +1,103 @@
+"""A changed game never reports old results (issue "Results you can trust", item 4): each
+committed phase records the spec it was played with; `sparring run` refuses a spec whose
+changes invalidate committed phases, naming the fields, and `--fork` replays it as a new game
+from exactly the phases the change leaves valid."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sparring_trainer.identity import changed_fields, first_reader, first_stale
+
+ROOT = Path(__file__).resolve().parents[1]
+PHASES = ["sample", "update-adversary", "score", "update-policy", "evaluate"]
+
+
+def test_changed_fields_are_dotted_paths() -> None:
+    old = {"policy": {"update": {"learningRate": 1e-4, "beta": 0.1}}, "seed": 0}
+    new = {"policy": {"update": {"learningRate": 2e-4, "beta": 0.1}}, "seed": 0, "apl": None}
+    assert changed_fields(old, new) == ["apl", "policy.update.learningRate"]
+    assert changed_fields(old, old) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "first"),
+    [
+        ("apo", "policy.update.learningRate", (1, "update-policy")),
+        ("apo", "adversary.update.apoCoeff", (1, "update-adversary")),
+        ("apo", "adversary.update.maxLength", (0, "prepare")),  # prepare scores with it
+        ("apo", "sampling.temperature", (1, "sample")),
+        ("apo", "sampling.batchSize", (0, "prepare")),  # prepare's greedy answers use it
+        ("apo", "data.humanPairs", (0, "prepare")),
+        ("apo", "seed", (0, "prepare")),
+        ("apl", "policy.update.maxLength", (0, "prepare")),  # harm in prepare's evaluation
+        ("apl", "policy.update.beta", (1, "update-policy")),
+        ("apl", "sampling.temperature", (0, "prepare")),
+    ],
+)
+def test_each_field_is_first_read_where_the_phases_read_it(
+    kind: str, field: str, first: tuple[int, str]
+) -> None:
+    assert first_reader(kind, field) == first
+
+
+def test_the_earliest_reader_of_several_changes_wins() -> None:
+    assert first_stale("apo", ["policy.update.beta", "sampling.topP"]) == (1, "sample")
+    assert first_stale("apo", []) is None
+
+
+# ---- end to end ------------------------------------------------------------------------------
+def _sparring(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "sparring_operator", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _manifest(store: Path, game: str, rnd: int, phase: str) -> dict[str, Any]:
+    path = store / "default" / game / f"round-{rnd:04d}" / phase / "_SUCCESS"
+    return dict(json.loads(path.read_text()))
+
+
+def test_a_changed_learning_rate_is_refused_and_forked(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    doc = yaml.safe_load((ROOT / "examples" / "apo-tiny.yaml").read_text())
+    doc["spec"]["storage"] = {"uri": f"file://{store}"}
+    doc["spec"]["rounds"] = 1
+    game = tmp_path / "game.yaml"
+    game.write_text(yaml.safe_dump(doc))
+    first = _sparring("run", str(game), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    markers = [(0, "prepare")] + [(1, p) for p in PHASES]
+    before = {m: _manifest(store, "apo-tiny", *m) for m in markers}
+    assert before[(1, "evaluate")]["game"]["policy"]["update"]["learningRate"] == 1e-4
+
+    doc["spec"]["game"]["policy"]["update"]["learningRate"] = 2e-4
+    game.write_text(yaml.safe_dump(doc))
+    refused = _sparring("run", str(game), cwd=tmp_path)
+    message = " ".join(refused.stderr.split())
+    assert refused.returncode == 3, refused.stderr[-3000:]
+    assert "spec.game.policy.update.learningRate: 0.0001 -> 0.0002" in message, message
+    assert "from round 1 update-policy on" in message and "--fork NEW_NAME" in message
+    assert {m: _manifest(store, "apo-tiny", *m) for m in markers} == before  # nothing touched
+
+    forked = _sparring("run", str(game), "--fork", "apo-tiny-lr2", cwd=tmp_path)
+    assert forked.returncode == 0, forked.stderr[-3000:]
+    after = {m: _manifest(store, "apo-tiny-lr2", *m) for m in markers}
+    reused = [(0, "prepare"), (1, "sample"), (1, "update-adversary"), (1, "score")]
+    for m in markers:
+        if m in reused:  # copied as committed, byte for byte
+            assert after[m] == before[m], m
+        else:  # played again, with the new spec
+            assert after[m]["committed_at"] != before[m]["committed_at"], m
+            assert after[m]["game"]["policy"]["update"]["learningRate"] == 2e-4, m
+    # The original game keeps its results; the fork is a game of its own that resumes as any.
+    assert {m: _manifest(store, "apo-tiny", *m) for m in markers} == before
+    again = _sparring("run", str(game), "--fork", "apo-tiny-lr2", cwd=tmp_path)
+    assert again.returncode == 3 and "already has committed phases" in again.stderr
