@@ -251,6 +251,32 @@ def test_recreated_game_with_another_spec_fails_instead_of_mixing_artifacts() ->
     assert {c.reason for c in d.status.conditions if c.type == "Failed"} == {"SpecConflict"}
 
 
+def test_unfinished_game_recreated_with_a_changed_field_fails_naming_it() -> None:
+    """Phases committed under lr 1e-4; the game comes back with 2e-4: the change invalidates
+    round 1's update-policy, so the operator refuses it, naming the field, old and new values."""
+    from sparring_trainer.identity import game_record
+
+    played = game()
+    changed = game(game={"policy": {"model": "tiny-random", "update": {"learningRate": 2e-4}},
+                         "adversary": {"model": "tiny-random"}})  # fmt: skip
+    markers = phase_sequence("apo", 1)[:5]  # through update-policy: evaluate still to run
+    v = view(*markers)
+    for m in markers:
+        v.games[m] = game_record(played.spec.game)
+    assert run(played, [], v).status.phase != "Failed"  # the same spec plays on
+    d = run(changed, [], v)
+    assert d.status.phase == "Failed" and not creates(d)
+    failed = [c for c in d.status.conditions if c.type == "Failed"]
+    assert {c.reason for c in failed} == {"SpecConflict"}
+    assert "spec.game.policy.update.learningRate: 5e-05 -> 0.0002" in failed[0].message
+    assert "from round 1 update-policy on" in failed[0].message
+    # A change read only by phases not yet committed is no conflict: sampling is read from
+    # round 1's sample on, which committed, but here nothing past prepare committed.
+    early = view((0, "prepare"))
+    early.games[(0, "prepare")] = game_record(played.spec.game)
+    assert run(changed, [], early).status.phase != "Failed"
+
+
 def test_game_deadline_fails_and_stops_the_job() -> None:
     d = run(
         game(activeDeadlineSeconds=60),

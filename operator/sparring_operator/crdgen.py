@@ -259,6 +259,13 @@ def root_schema() -> Schema:
                 "message": "metadata.name must be a DNS label (lowercase letters, digits and "
                 "'-'): it becomes part of Job names and label values",
             },
+            {  # a transition rule on the root, the only place that sees both spec and status
+                "rule": "!has(oldSelf.status) || !has(oldSelf.status.phase) || "
+                "oldSelf.status.phase == 'Pending' || self.spec.game == oldSelf.spec.game",
+                "message": "spec.game is immutable once the game has started: its committed "
+                "phases were computed from it. Create a game with a new metadata.name for the "
+                "changed spec (spec.rounds may still grow, spec.suspend may change)",
+            },
         ],
     }
 

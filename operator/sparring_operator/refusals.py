@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from sparring_operator.actions import Action, Decision, RecordEvent
 from sparring_operator.api import AdversarialGame, AdversarialGameStatus
 from sparring_operator.observed import StoreView
+from sparring_operator.respec import changes, compare_view
 from sparring_operator.status import Outcome, game_status
 
 
@@ -72,6 +73,17 @@ def refusal(
         return "SpecConflict", (
             "the store holds a finished game of this name with a different spec.game/storage; "
             "use a new game name (or remove its store prefix) to play a different game"
+        )
+    comparison = compare_view(view, game)
+    if comparison.stale:
+        # Committed phases played with another spec.game (a game re-created with a change):
+        # continuing would publish their old results as this spec's.
+        first_round, first_phase = comparison.stale[0]
+        return "SpecConflict", (
+            f"the store holds phases of this game played with a different spec.game "
+            f"({changes(game, comparison)}); from round {first_round} {first_phase} on they "
+            "would report the old spec's results. Use a new game name (or another store) to "
+            "play the changed spec, or restore the old values"
         )
     if view.bad_output is not None:
         # Output the operator cannot publish (NaN, a non-number, hundreds of keys): retrying the

@@ -17,7 +17,7 @@ from sparring_trainer.store import ArtifactStore, copy_committed, is_committed, 
 
 from sparring_operator.api import AdversarialGame
 from sparring_operator.machine import phase_sequence
-from sparring_operator.observed import observe_store
+from sparring_operator.observed import StoreView, observe_store
 
 
 class SpecChanged(ValueError):
@@ -33,8 +33,14 @@ class Comparison:
 
 
 def compare(store: ArtifactStore, game: AdversarialGame) -> Comparison:
-    spec, meta, kind = game.spec, game.metadata, game.spec.game.kind
-    view = observe_store(store, meta.namespace, meta.name, kind, spec.rounds)
+    spec, meta = game.spec, game.metadata
+    return compare_view(observe_store(store, meta.namespace, meta.name, spec.game.kind,
+                                      spec.rounds), game)  # fmt: skip
+
+
+def compare_view(view: StoreView, game: AdversarialGame) -> Comparison:
+    """What the store's committed phases (as observed) say about `game`'s spec."""
+    spec, kind = game.spec, game.spec.game.kind
     now = game_record(spec.game)
     changed: set[str] = set()
     stale: list[Marker] = []
@@ -64,19 +70,25 @@ def _value(record: dict[str, object], field: str) -> str:
     return json.dumps(node)[:60]
 
 
-def refusal(path: str, game: AdversarialGame, comparison: Comparison) -> str:
-    """The message that names what changed, what it invalidates, and the ways forward."""
+def changes(game: AdversarialGame, comparison: Comparison) -> str:
+    """The changed fields, old -> new (the first eight)."""
     now = game_record(game.spec.game)
     shown = comparison.changed[:8]
     fields = "; ".join(
         f"spec.game.{f}: {_value(comparison.old, f)} -> {_value(now, f)}" for f in shown
     )
     more = f" (and {len(comparison.changed) - len(shown)} more)" if comparison.changed[8:] else ""
+    return fields + more
+
+
+def refusal(path: str, game: AdversarialGame, comparison: Comparison) -> str:
+    """The message that names what changed, what it invalidates, and the ways forward."""
+    fields = changes(game, comparison)
     first_round, first_phase = comparison.stale[0]
     meta = game.metadata
     return (
         f"{path}: game {meta.namespace}/{meta.name} in {game.spec.storage.uri} was played with a "
-        f"different spec. Changed: {fields}{more}. Its committed phases from round "
+        f"different spec. Changed: {fields}. Its committed phases from round "
         f"{first_round} {first_phase} on would report results of the old spec. Either give "
         "the game a new metadata.name or another store, or play the changed spec as a new game "
         f"that starts from the {len(comparison.valid)} committed phase(s) the change leaves "

@@ -91,6 +91,20 @@ def test_the_crd_rules_reject_what_they_promise(kube: Any) -> None:
         GROUP, VERSION, kube.namespace, PLURAL, "cel-rules", {"spec": {"rounds": rounds + 1}}
     )
 
+    # spec.game may change while the game is Pending, and not once it has started.
+    lr = {"game": {"policy": {"update": {"learningRate": 0.0003}}}}
+    _custom(kube).patch_namespaced_custom_object(
+        GROUP, VERSION, kube.namespace, PLURAL, "cel-rules", {"spec": lr}
+    )
+    _custom(kube).patch_namespaced_custom_object_status(
+        GROUP, VERSION, kube.namespace, PLURAL, "cel-rules", {"status": {"phase": "Running"}}
+    )
+    lr["game"]["policy"]["update"]["learningRate"] = 0.0004
+    assert "spec.game is immutable once the game has started" in _reason(patch(lr))
+    _custom(kube).patch_namespaced_custom_object(  # rounds may still grow
+        GROUP, VERSION, kube.namespace, PLURAL, "cel-rules", {"spec": {"rounds": rounds + 2}}
+    )
+
     too_long = copy.deepcopy(GOOD)
     too_long["metadata"] = {"name": "a" * 37}
     with pytest.raises(ApiException) as refused:
