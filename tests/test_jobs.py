@@ -46,8 +46,10 @@ def _game(
         "spec": {
             "game": {
                 "kind": "apo",
-                "policy": {"model": "tiny-random"},
-                "adversary": {"model": "tiny-random:7"},
+                # Global batches that up to 8 GPUs split evenly (one rank each).
+                "policy": {"model": "tiny-random", "update": {"batchSize": 8}},
+                "adversary": {"model": "tiny-random:7", "update": {"batchSize": 8}},
+                "evaluation": {"evalRmTrain": {"batchSize": 8}},
             },
         },
     }
