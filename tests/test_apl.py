@@ -18,8 +18,11 @@ from sparring_trainer.apl_core import (
     defender_pairs,
     hardest_rewrites,
     intrinsic_harm,
+    response_logprobs,
+    rewrite_instruction,
     safe_answer_for,
     train_weighted_dpo,
+    user_turn,
 )
 from sparring_trainer.apl_eval import (
     REFUSAL_MARKERS,
@@ -347,3 +350,54 @@ def test_apl_needs_a_dpo_defender() -> None:
                 "apl": {},
             }
         )
+
+
+# ---- edges the mutation gate found untested -----------------------------------------------------
+def test_rewrite_instruction_puts_the_seed_into_the_template() -> None:
+    spec = APLSpec(rewrite_template="Rewrite, keeping its intent: {prompt} (be creative)")
+    assert rewrite_instruction(spec, "how to pick a lock") == (
+        "Rewrite, keeping its intent: how to pick a lock (be creative)"
+    )
+
+
+def test_safe_answer_is_picked_by_the_prompts_sha256() -> None:
+    import hashlib
+
+    answers = ["A", "B", "C", "D", "E"]
+    for prompt in ("prompt 1", "prompt 2", "another one"):
+        digest = int(hashlib.sha256(prompt.encode()).hexdigest(), 16)
+        assert safe_answer_for(prompt, answers) == answers[digest % 5]
+
+
+def test_weighted_dpo_reports_the_mean_dpo_margin_and_accuracy_and_its_progress(
+    tmp_path: Path,
+) -> None:
+    """Two steps on one pair: step 1's margin is 0 (the policy is its reference), step 2's is
+    the margin after one step, which a one-step run gives; the metrics are their means."""
+    pair = DefenderPair("rw1", "I can't help with that.", "Sure, here is how", 1.0, "harm")
+    spec = PolicyUpdateSpec(beta=0.5, batch_size=1, learning_rate=1e-4, epochs=2)
+    one_step, tokenizer = load_causal_lm(ModelSpec(model="tiny-random:4"), tmp_path)
+    reference = [p.detach().clone() for p in one_step.parameters()]
+    train_weighted_dpo(one_step, tokenizer, [pair], spec.model_copy(update={"max_steps": 1}), 0)
+    prompt = render_prompt(tokenizer, user_turn(pair.request))
+
+    def logps(model: Any) -> list[float]:
+        return response_logprobs(model, tokenizer, [prompt] * 2, [pair.chosen, pair.rejected],
+                                 spec.max_length)  # fmt: skip
+
+    after = logps(one_step)
+    with torch.no_grad():
+        for p, ref in zip(one_step.parameters(), reference, strict=True):
+            p.copy_(ref)
+    before = logps(one_step)
+    margin = (after[0] - before[0]) - (after[1] - before[1])
+    assert 0 < margin < 1  # so that "> 0" and "> 1" or ">= 0" would count it differently
+
+    two_steps, _ = load_causal_lm(ModelSpec(model="tiny-random:4"), tmp_path)
+    seen: list[tuple[int, int]] = []
+    metrics = train_weighted_dpo(
+        two_steps, tokenizer, [pair], spec, 0, lambda s, t: seen.append((s, t))
+    )
+    assert metrics["train_margin"] == pytest.approx(margin / 2, rel=1e-3)
+    assert metrics["train_accuracy"] == 0.5
+    assert seen == [(1, 2), (2, 2)]

@@ -61,8 +61,18 @@ def test_gold_reward_pairs_prefer_the_gold_answer_over_each_sample() -> None:
      ("gail", [("apo", 0.1)] * 6)],
 )  # fmt: skip
 def test_reward_pairs_by_mode(mode: str, expected: list[tuple[str, float]]) -> None:
-    pairs = reward_pairs(tiny_tokenizer(), _update(mode), HUMAN, GOLD, SAMPLES, 3)
+    tok = tiny_tokenizer()
+    pairs = reward_pairs(tok, _update(mode), HUMAN, GOLD, SAMPLES, 3)
     assert [(p.source, round(p.weight, 9)) for p in pairs] == expected
+    # Rendered with the RM's own chat template.
+    human = human_reward_pairs(tok, HUMAN, 0.7)
+    gold = gold_reward_pairs(tok, GOLD, SAMPLES, 0.3, 3)
+    want = {"apo": human + gold, "baseline": human, "gail": gold}[mode]
+    assert [(p.good, p.bad) for p in pairs] == [(p.good, p.bad) for p in want]
+
+
+def test_human_pairs_weigh_one_by_default() -> None:
+    assert [p.weight for p in human_reward_pairs(tiny_tokenizer(), HUMAN)] == [1.0]
 
 
 # ---- APO: the policy's rows -------------------------------------------------------------------

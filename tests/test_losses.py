@@ -14,6 +14,7 @@ from sparring_trainer.losses import (
     expected_calibration_error,
     preference_accuracy,
     rrhf_loss,
+    weighted_dpo_loss,
     weighted_rank_loss,
     win_rate,
 )
@@ -121,3 +122,57 @@ def test_ece_of_a_perfectly_calibrated_set_is_zero() -> None:
 
 def test_win_rate() -> None:
     assert win_rate([1.0, 2.0, 0.0], [0.5, 2.0, 1.0]) == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+# ---- edges the mutation gate found untested -----------------------------------------------------
+def test_losses_name_the_shapes_that_do_not_match() -> None:
+    two, three = torch.zeros(2), torch.zeros(3)
+    with pytest.raises(AssertionError, match=r"^shape mismatch: good \(2,\), bad \(3,\), "
+                       r"weights \(2,\)$"):  # fmt: skip
+        weighted_rank_loss(two, three, two)
+    square = torch.zeros(2, 2)
+    with pytest.raises(AssertionError, match=r"^expected \(k,\) tensors, got \(2, 2\) and "
+                       r"\(2, 2\)$"):  # fmt: skip
+        rrhf_loss(square, square, torch.tensor(0.0))
+    with pytest.raises(AssertionError, match=r"^shape mismatch: policy \(2,\)/\(3,\), "
+                       r"ref \(2,\)/\(2,\), weights \(3,\)$"):  # fmt: skip
+        weighted_dpo_loss(two, three, two, two, 0.1, three)
+
+
+def test_rrhf_adds_the_best_answers_nll_with_weight_one_by_default() -> None:
+    p, r = torch.tensor([-1.0, -2.0]), torch.tensor([0.0, 1.0])  # hinge: max(0, -1 + 2) = 1
+    assert rrhf_loss(p, r, torch.tensor(3.0)).item() == pytest.approx(1.0 + 3.0)
+
+
+def test_best_vs_worst_edges() -> None:
+    groups = [
+        ScoredGroup("one", ("alone",), (1.0,)),  # one sample: no pair, and the scan goes on
+        ScoredGroup("two", ("lo", "hi"), (0.0, 0.25)),  # two samples, a margin below 1
+        ScoredGroup("tie", ("first", "second", "low"), (2.0, 2.0, 0.0)),  # first best wins
+    ]
+    pairs = best_vs_worst(groups)
+    assert [(p.query_id, p.chosen, p.rejected) for p in pairs] == [
+        ("two", "hi", "lo"),
+        ("tie", "first", "low"),
+    ]
+
+
+def test_ece_defaults_to_ten_bins_and_uses_the_reward_difference() -> None:
+    """Confidences 0.71 (right) and 0.79 (wrong) share the bin (0.7, 0.8] of ten bins (gap
+    |0.5 - 0.75|); eleven bins would part them (7/11 < 0.71 <= 8/11 < 0.79)."""
+    logit = lambda q: math.log(q / (1 - q))  # noqa: E731
+    diffs = torch.tensor([logit(0.71), -logit(0.79)], dtype=torch.float64)
+    rejected = torch.tensor([0.3, 1.1], dtype=torch.float64)  # only the differences count
+    assert expected_calibration_error(diffs + rejected, rejected) == pytest.approx(0.25)
+
+
+def test_preference_accuracy_counts_a_margin_of_one_as_a_win() -> None:
+    assert preference_accuracy(torch.tensor([1.0]), torch.tensor([0.0])) == 1.0
+
+
+def test_win_rate_counts_ties_half_and_refuses_unpaired_rewards() -> None:
+    assert win_rate([1.0, 0.5, 0.0, 0.0], [0.5] * 4) == pytest.approx((1 + 0.5 + 0 + 0) / 4)
+    with pytest.raises(ValueError, match=r"^win rate of no queries$"):
+        win_rate([], [])
+    with pytest.raises(ValueError):
+        win_rate([1.0, 2.0], [1.0])

@@ -43,3 +43,24 @@ def test_early_stop_on_a_round_metric() -> None:
 
 def test_apl_order_scores_before_updates() -> None:
     assert phase_sequence("apl", 1)[1:3] == [(1, "sample"), (1, "score")]
+
+
+def test_early_stop_reads_only_completed_rounds() -> None:
+    """Round 0 (prepare) and the unfinished round 2 carry the metric above the threshold: only
+    a completed round counts, and a completed round without metrics does not stop the game."""
+    committed = set(phase_sequence("apo", 1)) | {(2, "sample")}
+    rule = EarlyStop("score_sample_reward_mean", 0.5, "above")
+    high = {"score_sample_reward_mean": 0.9}
+    metrics = {0: high, 1: {"score_sample_reward_mean": 0.1}, 2: high}
+    assert next_step("apo", 5, committed, metrics, rule) == RunPhase(2, "update-adversary")
+    assert next_step("apo", 5, committed, {2: high}, rule) == RunPhase(2, "update-adversary")
+    stop = next_step("apo", 5, committed, {1: {"score_sample_reward_mean": 0.7}}, rule)
+    assert stop == GameDone(1, "EarlyStopped", "round 1: score_sample_reward_mean=0.7 is above 0.5")
+
+
+def test_early_stop_thresholds_are_strict_and_directional() -> None:
+    above, below = EarlyStop("m", 0.5, "above"), EarlyStop("m", 0.5, "below")
+    assert not above.triggered({"m": 0.5}) and above.triggered({"m": 0.51})
+    assert not below.triggered({"m": 0.5}) and below.triggered({"m": 0.49})
+    assert not below.triggered({"m": 0.9})
+    assert not above.triggered({"other": 0.9}) and not below.triggered({})

@@ -25,6 +25,25 @@ def test_changed_fields_are_dotted_paths() -> None:
     new = {"policy": {"update": {"learningRate": 2e-4, "beta": 0.1}}, "seed": 0, "apl": None}
     assert changed_fields(old, new) == ["apl", "policy.update.learningRate"]
     assert changed_fields(old, old) == []
+    # A field that is gone differs from one that is null.
+    assert changed_fields({"apl": None}, {}) == ["apl"] == changed_fields({}, {"apl": None})
+
+
+def test_a_recorded_spec_read_back_from_json_is_unchanged() -> None:
+    """What a phase records goes through JSON (tuples become lists): the comparison must not
+    see a change where there is none."""
+    import json
+
+    from sparring_trainer.config import GameConfig
+    from sparring_trainer.identity import game_record
+
+    game = GameConfig.model_validate({
+        "policy": {"model": "tiny-random", "update": {"lora": {"targetModules": ["q_proj"]}}},
+        "adversary": {"model": "tiny-random"},
+    })  # fmt: skip
+    stored = json.loads(json.dumps(game_record(game)))
+    assert changed_fields(stored, game_record(game)) == []
+    assert game_record(game)["policy"]["update"]["lora"]["targetModules"] == ["q_proj"]
 
 
 @pytest.mark.parametrize(

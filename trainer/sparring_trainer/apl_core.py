@@ -218,7 +218,7 @@ def train_weighted_dpo(
         logp, _ = sequence_logprobs(net, enc)  # (2n,): chosen then rejected
 
         def column(values: Sequence[float]) -> torch.Tensor:
-            return torch.tensor([values[i] for i in batch], device=logp.device)
+            return logp.new_tensor([values[i] for i in batch])
 
         ref_c, ref_r = column(ref_chosen), column(ref_rejected)
         weights = column([p.weight for p in pairs])

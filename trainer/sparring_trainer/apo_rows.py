@@ -74,9 +74,10 @@ def reward_pairs(
     samples_per_query: int,
 ) -> list[WeightedPair]:
     """The reward model's rows for one round, by `update.mode` (apo, baseline or gail)."""
-    pairs: list[WeightedPair] = []
-    if update.mode != "gail":  # D_P keeps the RM anchored to human preferences
-        pairs += human_reward_pairs(tokenizer, human, update.human_weight)
+    # D_P keeps the RM anchored to human preferences (gail drops it).
+    pairs = (
+        [] if update.mode == "gail" else human_reward_pairs(tokenizer, human, update.human_weight)
+    )
     if update.mode != "baseline":  # D_APO: gold answer preferred over each policy sample
         pairs += gold_reward_pairs(
             tokenizer, gold_queries, samples, update.apo_coeff, samples_per_query

@@ -46,8 +46,9 @@ def game_record(game: GameConfig) -> dict[str, Any]:
 
 
 def flatten(value: Any, path: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values (a changed list is one change)."""
-    if isinstance(value, Mapping) and value:
+    """{"a": {"b": 1}, "c": {}} -> {"a.b": 1, "c": {}}; lists stay values (a changed list is
+    one change); the whole of an empty mapping is nothing."""
+    if isinstance(value, Mapping) and (value or not path):
         out: dict[str, Any] = {}
         for key, item in value.items():
             out |= flatten(item, f"{path}.{key}" if path else str(key))
@@ -66,7 +67,7 @@ _MISSING = object()
 
 def first_reader(kind: str, field: str) -> Marker:
     """The first phase, in play order, whose result depends on `field`."""
-    table = _FIRST_READ.get(kind, {})
+    table = _FIRST_READ[kind]
     best = ""
     for prefix in table:
         if (field == prefix or field.startswith(prefix + ".")) and len(prefix) > len(best):
@@ -88,21 +89,3 @@ def first_stale(kind: str, changed: Sequence[str]) -> Marker | None:
     if not changed:
         return None
     return min((first_reader(kind, f) for f in changed), key=lambda m: order(kind, m))
-
-
-def stale_phases(
-    kind: str, recorded: Mapping[Marker, Mapping[str, Any] | None], game: Mapping[str, Any]
-) -> tuple[list[Marker], list[str]]:
-    """Committed phases (of `recorded`: marker -> the spec.game it was played with, None when
-    the manifest predates the record) that `game` invalidates, and the changed fields."""
-    stale: list[Marker] = []
-    fields: set[str] = set()
-    for marker, old in recorded.items():
-        if old is None:
-            continue
-        changed = changed_fields(old, game)
-        first = first_stale(kind, changed)
-        if first is not None and order(kind, first) <= order(kind, marker):
-            stale.append(marker)
-            fields.update(changed)
-    return sorted(stale, key=lambda m: order(kind, m)), sorted(fields)

@@ -124,9 +124,10 @@ def best_vs_worst(groups: Sequence[ScoredGroup]) -> list[PreferencePairOut]:
             continue
         best = max(range(len(group.rewards)), key=lambda i: (group.rewards[i], -i))
         worst = min(range(len(group.rewards)), key=lambda i: (group.rewards[i], i))
-        margin = group.rewards[best] - group.rewards[worst]
-        if margin <= 0 or group.responses[best] == group.responses[worst]:
+        # best == worst exactly when every reward ties (both are then the first sample).
+        if best == worst or group.responses[best] == group.responses[worst]:
             continue
+        margin = group.rewards[best] - group.rewards[worst]
         pairs.append(
             PreferencePairOut(group.query_id, group.responses[best], group.responses[worst], margin)
         )
@@ -166,8 +167,9 @@ def expected_calibration_error(
     p = torch.sigmoid(reward_chosen - reward_rejected).double()  # (n,)
     confidence = torch.maximum(p, 1 - p)
     correct = (p >= 0.5).double()
-    # Bin edges (0, 1/b], (1/b, 2/b], ...; a confidence of exactly 1.0 falls in the last bin.
-    index = torch.clamp(torch.ceil(confidence * bins).long() - 1, 0, bins - 1)
+    # Bin edges (0, 1/b], (1/b, 2/b], ... (1 - 1/b, 1]: a confidence in [1/2, 1] lands in
+    # bins ceil(b/2) - 1 .. b - 1, so no index falls outside.
+    index = torch.ceil(confidence * bins).long() - 1
     n = p.numel()
     ece = 0.0
     for b in range(bins):
@@ -180,8 +182,10 @@ def expected_calibration_error(
 
 
 def win_rate(new_rewards: Sequence[float], old_rewards: Sequence[float]) -> float:
-    """Share of queries where the new answer out-scores the old one (ties count half)."""
-    assert len(new_rewards) == len(old_rewards) and new_rewards, "need paired, non-empty rewards"
+    """Share of queries where the new answer out-scores the old one (ties count half). The
+    rewards are paired by query: lists of different lengths are a ValueError."""
+    if not new_rewards:
+        raise ValueError("win rate of no queries")
     wins = sum(
         1.0 if n > o else 0.5 if n == o else 0.0
         for n, o in zip(new_rewards, old_rewards, strict=True)

@@ -482,6 +482,8 @@ def _has_template(tokenizer: Any) -> bool:
 
 def render_prompt(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:
     """The text the model continues: its chat template, or an HH transcript ending "Assistant:"."""
+    if tokenizer is None:  # the HH fallback is for tokenizers without a template, not for none
+        raise TypeError("render_prompt needs the model's tokenizer")
     if _has_template(tokenizer):
         text = tokenizer.apply_chat_template(
             [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
