@@ -28,6 +28,7 @@ from typing import Any
 import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from sparring_trainer.lease import DEFAULT_SECONDS
 
 from sparring_operator import metrics
 from sparring_operator.api import GROUP, PLURAL, VERSION
@@ -75,6 +76,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
             phase_service_account=os.environ.get("SPARRING_PHASE_SERVICE_ACCOUNT") or None,
             allow_file_store=os.environ.get("SPARRING_ALLOW_FILE_STORE") == "1",
         ),
+        # Every pass renews a game's lease; a game has one at least every resync, so the lease
+        # must outlast a few resyncs.
+        lease_seconds=max(DEFAULT_SECONDS, 3 * RESYNC_SECONDS),
     )
     memo.locks = {}
     memo.queued = set()  # games with a pass waiting for their lock

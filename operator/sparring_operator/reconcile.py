@@ -14,8 +14,10 @@ The decisions live in `core.decide`; this module only does I/O, through the offi
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +27,7 @@ import kopf
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
+from sparring_trainer.lease import DEFAULT_SECONDS, GameLease, LeaseHeld
 from sparring_trainer.store import ArtifactStore, StoreError, game_prefix, open_store, phase_prefix
 
 from sparring_operator import metrics
@@ -57,6 +60,11 @@ log = logging.getLogger("sparring.reconcile")
 COMPLETE = "_COMPLETE"
 
 
+# The operator's name on the leases it holds: the same across restarts, so that a restarted
+# operator takes back its own leases at once instead of waiting for them to expire.
+OPERATOR_HOLDER = os.environ.get("SPARRING_OPERATOR_ID") or "the sparring operator"
+
+
 class SecretUnavailable(StoreError):
     """The game's storage Secret is missing, unreadable or lacks a key: the store cannot be
     opened until someone fixes it, so the game is Stalled (not Failed) meanwhile."""
@@ -76,6 +84,10 @@ class Reconciler:
     # The (uid, generation) each game's ConfigMap was last written for.
     _configmaps: dict[GameKey, tuple[Any, Any]] = field(default_factory=dict)
     games: GameCache = field(init=False)
+    # Each active game's lease in its store (one writer per game): `sparring run` refuses a
+    # game the operator plays, and the operator a game that `sparring run` plays.
+    leases: dict[GameKey, GameLease] = field(default_factory=dict)
+    lease_seconds: float = DEFAULT_SECONDS
 
     def __post_init__(self) -> None:
         self.jobs = JobWatch(self.api)
@@ -88,6 +100,7 @@ class Reconciler:
             | set(self._configmaps)
             | self.games.tracked()
             | self.jobs.tracked()
+            | set(self.leases)
         )
 
     def forget(self, namespace: str, name: str) -> None:
@@ -96,6 +109,22 @@ class Reconciler:
         self._configmaps.pop((namespace, name), None)
         self.games.forget(namespace, name)
         self.jobs.forget(namespace, name)
+        self._release(namespace, name)
+
+    def _hold(self, store: ArtifactStore, game: AdversarialGame) -> None:
+        """Holds the game's lease while it plays; LeaseHeld if another writer plays it."""
+        key = (game.metadata.namespace, game.metadata.name)
+        lease = self.leases.get(key)
+        if lease is None or lease.store.uri != store.uri:
+            lease = GameLease(store, *key, OPERATOR_HOLDER, self.lease_seconds)
+            self.leases[key] = lease
+        lease.hold()
+
+    def _release(self, namespace: str, name: str) -> None:
+        lease = self.leases.pop((namespace, name), None)
+        if lease is not None:
+            with contextlib.suppress(StoreError):  # it expires on its own
+                lease.release()
 
     # The generated client's type stubs want its model classes; we send plain dicts (which it
     # accepts) and read attributes, so the handles are typed loosely on purpose.
@@ -180,10 +209,17 @@ class Reconciler:
                 store, namespace, name, game.spec.game.kind, game.spec.rounds, cache
             )
             complete = _read_complete(store, namespace, name)
+            if old.phase not in ("Succeeded", "Failed"):
+                self._hold(store, game)
         except StoreError as exc:
-            # The store is down (or its Secret is missing): say so in status, let kopf retry.
+            # The store is down (or its Secret is missing, or another writer holds the game):
+            # say so in status, let kopf retry.
             reason = (
-                "SecretUnavailable" if isinstance(exc, SecretUnavailable) else "StoreUnavailable"
+                "SecretUnavailable"
+                if isinstance(exc, SecretUnavailable)
+                else "LeaseHeld"
+                if isinstance(exc, LeaseHeld)
+                else "StoreUnavailable"
             )
             self.write_status(
                 namespace, name, stored, stalled_status(old, reason, str(exc), now, generation)
@@ -191,6 +227,8 @@ class Reconciler:
             raise kopf.TemporaryError(f"{reason}: {exc}", delay=10) from exc
         created = epoch(meta.get("creationTimestamp")) or now
         decision = decide(game, generation, old, jobs, view, complete, created, now)
+        if decision.status.phase in ("Succeeded", "Failed"):
+            self._release(namespace, name)
         for action in decision.actions:
             self.act(body, game, action, store)
         job = decision.status.active_job

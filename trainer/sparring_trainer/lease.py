@@ -91,7 +91,8 @@ class GameLease:
         current = self._read()
         if current is not None:
             record = current[1]
-            if record.expires_at > now:
+            # A live lease under our own name is ours from before (a restarted operator).
+            if record.expires_at > now and record.holder != self.holder:
                 raise LeaseHeld(
                     f"game {self.game} on {self.store.uri} is being played by {record.holder} "
                     f"since {_clock_text(record.acquired_at)}; its lease expires at "
@@ -105,6 +106,20 @@ class GameLease:
                 "moment; it plays the game"
             )
         self._mine = mine
+
+    def hold(self) -> None:
+        """Takes the lease, or renews it once a third of it has passed: cheap enough to call
+        on every pass of a loop that runs more often than the lease lasts."""
+        if self._mine is None:
+            self.acquire()
+            return
+        renewed_at = LeaseRecord(**json.loads(self._mine)).renewed_at
+        if self.clock() - renewed_at >= self.seconds / 3:
+            try:
+                self.renew()
+            except LeaseHeld:  # it expired and was taken, or deleted: take it back if free
+                self._mine = None
+                self.acquire()
 
     def renew(self) -> None:
         """Extends the lease; LeaseHeld if it is no longer ours (expired and taken over)."""
