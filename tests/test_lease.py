@@ -5,6 +5,7 @@ two `sparring run` of one game on one store."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from sparring_trainer.config import StorageSpec
-from sparring_trainer.lease import GameLease, LeaseHeld
+from sparring_trainer.lease import GameLease, LeaseHeld, LeaseRecord
 from sparring_trainer.store import (
     ArtifactStore,
     open_store,
@@ -126,3 +127,25 @@ def test_two_runs_of_one_game_on_one_store(tmp_path: Path) -> None:
     phases = ["prepare", "sample", "update-adversary", "score", "update-policy", "evaluate"]
     for rnd, phase in [(0, "prepare")] + [(1, p) for p in phases[1:]]:
         require_committed(store, phase_prefix("default", "apo-tiny", rnd, phase), verify=True)
+
+
+def test_a_lease_of_a_dead_process_on_this_machine_is_taken_over_at_once(
+    store: ArtifactStore,
+) -> None:
+    """A `sparring run` killed mid-game leaves its lease live for a minute; a rerun on the
+    same machine sees that the holder is gone and continues at once. A live holder still
+    refuses, as does one on another machine."""
+    clock = Clock()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    record = LeaseRecord("sparring run on here (pid gone)", clock.now, clock.now, 60,
+                         socket.gethostname(), int(dead.stdout))  # fmt: skip
+    assert store.swap("team/game/_LEASE", record.encode(), None)
+    GameLease(store, "team", "game", "the rerun", clock=clock, local_process=True).acquire()
+
+    alive = LeaseRecord("live run", clock.now, clock.now, 60, socket.gethostname(), os.getppid())
+    elsewhere = LeaseRecord("remote run", clock.now, clock.now, 60, "another-host", 1)
+    for other, game in ((alive, "g2"), (elsewhere, "g3")):
+        assert store.swap(f"team/{game}/_LEASE", other.encode(), None)
+        with pytest.raises(LeaseHeld, match=other.holder):
+            GameLease(store, "team", game, "the rerun", clock=clock, local_process=True).acquire()

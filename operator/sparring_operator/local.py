@@ -148,7 +148,9 @@ def run_game(
     timings: dict[tuple[int, str], float] = {}
     # One writer per game and store: a second `sparring run` (or another machine's) refuses
     # at once instead of running the same phases and deleting each other's outputs.
-    lease = GameLease(store, meta.namespace, meta.name, this_process("sparring run"))
+    lease = GameLease(
+        store, meta.namespace, meta.name, this_process("sparring run"), local_process=True
+    )
     with lease, tempfile.TemporaryDirectory(prefix="sparring-game-") as tmp:
         if before_play is not None:
             before_play()

@@ -3,7 +3,8 @@
 ``{store}/{namespace}/{game}/_LEASE`` holds who plays the game, since when, and until when:
 the holder renews it while it plays (a heartbeat) and deletes it when it stops. Another writer
 that finds a live lease refuses at once and names the holder and when the lease expires; a
-lease that was not renewed in time (its holder was killed) is taken over. Every change is a
+lease that was not renewed in time (its holder was killed) is taken over, at once when the
+holder was a process on this machine that no longer exists. Every change is a
 compare-and-swap (`ArtifactStore.swap`), so of two writers racing for the same lease exactly
 one gets it.
 """
@@ -36,6 +37,21 @@ class LeaseRecord:
     acquired_at: float
     renewed_at: float
     seconds: float  # valid this long after each renewal
+    # The holding process, when it is one process on one machine (`sparring run`): a writer
+    # on the same machine can see that it has died and need not wait for the lease to expire.
+    host: str = ""
+    pid: int = 0
+
+    def holder_died(self) -> bool:
+        if not self.pid or self.host != socket.gethostname() or self.pid == os.getpid():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, under another user
+            return False
+        return False
 
     @property
     def expires_at(self) -> float:
@@ -66,8 +82,10 @@ class GameLease:
         holder: str,
         seconds: float = DEFAULT_SECONDS,
         clock: Callable[[], float] = time.time,
+        local_process: bool = False,
     ) -> None:
         self.store, self.holder, self.seconds, self.clock = store, holder, seconds, clock
+        self.process = (socket.gethostname(), os.getpid()) if local_process else ("", 0)
         self.key = check_key(f"{namespace}/{game}/{LEASE}")
         self.game = f"{namespace}/{game}"
         self._mine: bytes | None = None
@@ -87,12 +105,13 @@ class GameLease:
 
     def acquire(self) -> None:
         now = self.clock()
-        mine = LeaseRecord(self.holder, now, now, self.seconds).encode()
+        mine = LeaseRecord(self.holder, now, now, self.seconds, *self.process).encode()
         current = self._read()
         if current is not None:
             record = current[1]
             # A live lease under our own name is ours from before (a restarted operator).
-            if record.expires_at > now and record.holder != self.holder:
+            live = record.expires_at > now and not record.holder_died()
+            if live and record.holder != self.holder:
                 raise LeaseHeld(
                     f"game {self.game} on {self.store.uri} is being played by {record.holder} "
                     f"since {_clock_text(record.acquired_at)}; its lease expires at "
@@ -126,7 +145,9 @@ class GameLease:
         if self._mine is None:
             raise StoreError("renew before acquire")
         record = LeaseRecord(**json.loads(self._mine))
-        renewed = LeaseRecord(record.holder, record.acquired_at, self.clock(), self.seconds)
+        renewed = LeaseRecord(
+            record.holder, record.acquired_at, self.clock(), self.seconds, *self.process
+        )
         if not self.store.swap(self.key, renewed.encode(), self._mine):
             current = self._read()
             holder = current[1].holder if current else "nobody (it was deleted)"
