@@ -33,6 +33,7 @@ from sparring_trainer.lease import DEFAULT_SECONDS
 from sparring_operator import metrics
 from sparring_operator.api import GROUP, PLURAL, VERSION
 from sparring_operator.jobs import LABEL_GAME, OperatorSettings
+from sparring_operator.leases import GameLeases
 from sparring_operator.reconcile import Reconciler
 
 RESYNC_SECONDS = float(os.environ.get("SPARRING_RESYNC_SECONDS", "30"))
@@ -78,7 +79,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         ),
         # Every pass renews a game's lease; a game has one at least every resync, so the lease
         # must outlast a few resyncs.
-        lease_seconds=max(DEFAULT_SECONDS, 3 * RESYNC_SECONDS),
+        leases=GameLeases(max(DEFAULT_SECONDS, 3 * RESYNC_SECONDS)),
     )
     memo.locks = {}
     memo.queued = set()  # games with a pass waiting for their lock

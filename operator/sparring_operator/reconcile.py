@@ -14,20 +14,18 @@ The decisions live in `core.decide`; this module only does I/O, through the offi
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, assert_never, cast
+from typing import Any, NoReturn, assert_never, cast
 
 import kopf
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
-from sparring_trainer.lease import DEFAULT_SECONDS, GameLease, LeaseHeld
+from sparring_trainer.lease import LeaseHeld
 from sparring_trainer.store import ArtifactStore, StoreError, game_prefix, open_store, phase_prefix
 
 from sparring_operator import metrics
@@ -50,6 +48,7 @@ from sparring_operator.jobwatch import (
     JobWatch,
     controller_uid,
 )
+from sparring_operator.leases import GameLeases
 from sparring_operator.observed import CommittedPhase, observe_store
 from sparring_operator.refusals import refused, spec_errors
 from sparring_operator.status import epoch, stalled_status, with_progress
@@ -58,11 +57,6 @@ from sparring_operator.watchcache import GameCache
 
 log = logging.getLogger("sparring.reconcile")
 COMPLETE = "_COMPLETE"
-
-
-# The operator's name on the leases it holds: the same across restarts, so that a restarted
-# operator takes back its own leases at once instead of waiting for them to expire.
-OPERATOR_HOLDER = os.environ.get("SPARRING_OPERATOR_ID") or "the sparring operator"
 
 
 class SecretUnavailable(StoreError):
@@ -86,8 +80,7 @@ class Reconciler:
     games: GameCache = field(init=False)
     # Each active game's lease in its store (one writer per game): `sparring run` refuses a
     # game the operator plays, and the operator a game that `sparring run` plays.
-    leases: dict[GameKey, GameLease] = field(default_factory=dict)
-    lease_seconds: float = DEFAULT_SECONDS
+    leases: GameLeases = field(default_factory=GameLeases)
 
     def __post_init__(self) -> None:
         self.jobs = JobWatch(self.api)
@@ -100,7 +93,7 @@ class Reconciler:
             | set(self._configmaps)
             | self.games.tracked()
             | self.jobs.tracked()
-            | set(self.leases)
+            | self.leases.tracked()
         )
 
     def forget(self, namespace: str, name: str) -> None:
@@ -109,22 +102,7 @@ class Reconciler:
         self._configmaps.pop((namespace, name), None)
         self.games.forget(namespace, name)
         self.jobs.forget(namespace, name)
-        self._release(namespace, name)
-
-    def _hold(self, store: ArtifactStore, game: AdversarialGame) -> None:
-        """Holds the game's lease while it plays; LeaseHeld if another writer plays it."""
-        key = (game.metadata.namespace, game.metadata.name)
-        lease = self.leases.get(key)
-        if lease is None or lease.store.uri != store.uri:
-            lease = GameLease(store, *key, OPERATOR_HOLDER, self.lease_seconds)
-            self.leases[key] = lease
-        lease.hold()
-
-    def _release(self, namespace: str, name: str) -> None:
-        lease = self.leases.pop((namespace, name), None)
-        if lease is not None:
-            with contextlib.suppress(StoreError):  # it expires on its own
-                lease.release()
+        self.leases.release(namespace, name)
 
     # The generated client's type stubs want its model classes; we send plain dicts (which it
     # accepts) and read attributes, so the handles are typed loosely on purpose.
@@ -210,25 +188,18 @@ class Reconciler:
             )
             complete = _read_complete(store, namespace, name)
             if old.phase not in ("Succeeded", "Failed"):
-                self._hold(store, game)
+                self.leases.hold(store, game)
         except StoreError as exc:
-            # The store is down (or its Secret is missing, or another writer holds the game):
-            # say so in status, let kopf retry.
-            reason = (
-                "SecretUnavailable"
-                if isinstance(exc, SecretUnavailable)
-                else "LeaseHeld"
-                if isinstance(exc, LeaseHeld)
-                else "StoreUnavailable"
-            )
-            self.write_status(
-                namespace, name, stored, stalled_status(old, reason, str(exc), now, generation)
-            )
-            raise kopf.TemporaryError(f"{reason}: {exc}", delay=10) from exc
+            self._stall(namespace, name, stored, old, exc, now, generation)
         created = epoch(meta.get("creationTimestamp")) or now
         decision = decide(game, generation, old, jobs, view, complete, created, now)
         if decision.status.phase in ("Succeeded", "Failed"):
-            self._release(namespace, name)
+            self.leases.release(namespace, name)
+        elif any(isinstance(a, CreateJob) for a in decision.actions):
+            try:  # e.g. a finished game whose rounds grew: the lease before its first new Job
+                self.leases.hold(store, game)
+            except StoreError as exc:
+                self._stall(namespace, name, stored, old, exc, now, generation)
         for action in decision.actions:
             self.act(body, game, action, store)
         job = decision.status.active_job
@@ -238,6 +209,30 @@ class Reconciler:
         self.write_status(namespace, name, stored, decision.status)
         self.export(namespace, name, decision.status)
         return decision
+
+    def _stall(
+        self,
+        namespace: str,
+        name: str,
+        stored: dict[str, Any],
+        old: AdversarialGameStatus,
+        exc: StoreError,
+        now: float,
+        generation: int | None,
+    ) -> NoReturn:
+        """The store is down, its Secret missing, or another writer holds the game: say so in
+        status, and let kopf retry."""
+        reason = (
+            "SecretUnavailable"
+            if isinstance(exc, SecretUnavailable)
+            else "LeaseHeld"
+            if isinstance(exc, LeaseHeld)
+            else "StoreUnavailable"
+        )
+        self.write_status(
+            namespace, name, stored, stalled_status(old, reason, str(exc), now, generation)
+        )
+        raise kopf.TemporaryError(f"{reason}: {exc}", delay=10) from exc
 
     def _refuse(self, body: dict[str, Any], decision: Decision) -> Decision:
         """A game that cannot be played: its events and status, and nothing else."""
