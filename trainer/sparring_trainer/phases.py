@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sparring_trainer.config import ALL_PHASES, PREPARE_PHASE, GameDocument
 from sparring_trainer.contract import (
+    PhaseContext,
     already_committed,
     finish,
     make_context,
@@ -40,6 +41,15 @@ def run_phase(
     if phase != PREPARE_PHASE and phase not in game.phases:
         raise PhaseError(f"a {game.kind} game has no phase {phase!r}")
     ctx = make_context(doc, round, phase, scratch)
+    try:  # the scratch folder is this process's own: it goes, whatever happens
+        return _run(ctx, doc, phase, round)
+    finally:
+        shutil.rmtree(ctx.scratch, ignore_errors=True)
+
+
+def _run(
+    ctx: PhaseContext, doc: GameDocument, phase: str, round: int
+) -> tuple[dict[str, float], bool]:
     here = ctx.ranks
     if already_committed(ctx):
         metrics = ctx.read_metrics(round, phase)
@@ -54,24 +64,21 @@ def run_phase(
         # committed as its own).
         ctx.store.delete_prefix(ctx.out)
     here.barrier()  # no rank writes into the prefix before it is clean
-    if game.kind == "apl":
+    if doc.spec.game.kind == "apl":
         from sparring_trainer.apl import PHASES
     else:
         from sparring_trainer.apo import PHASES
 
     started = time.monotonic()
-    try:
-        metrics = PHASES[phase](ctx)
-        metrics["compute_seconds"] = time.monotonic() - started
-        metrics["store_read_bytes"] = float(ctx.bytes_read)
-        metrics["store_written_bytes"] = float(ctx.bytes_written)
-        # Every rank gets here only when its own part succeeded; a rank that failed exits, and
-        # torchrun stops the others while they wait here, so nothing is committed.
-        here.barrier()
-        if here.main:
-            write_termination_log(finish(ctx, metrics))
-    finally:
-        shutil.rmtree(ctx.scratch, ignore_errors=True)
+    metrics = PHASES[phase](ctx)
+    metrics["compute_seconds"] = time.monotonic() - started
+    metrics["store_read_bytes"] = float(ctx.bytes_read)
+    metrics["store_written_bytes"] = float(ctx.bytes_written)
+    # Every rank gets here only when its own part succeeded; a rank that failed exits, and
+    # torchrun stops the others while they wait here, so nothing is committed.
+    here.barrier()
+    if here.main:
+        write_termination_log(finish(ctx, metrics))
     return metrics, False
 
 
