@@ -21,24 +21,36 @@ GameKey = tuple[str, str]
 
 
 class GameLeases:
+    """The leases this operator holds, as the records it wrote: never the `GameLease` objects,
+    which keep their store, and so an S3 client of about 12 MB, alive between passes."""
+
     def __init__(self, seconds: float = DEFAULT_SECONDS) -> None:
         self.seconds = seconds
-        self._held: dict[GameKey, GameLease] = {}
+        self._held: dict[GameKey, bytes] = {}
 
     def tracked(self) -> set[GameKey]:
         return set(self._held)
 
+    def _lease(self, store: ArtifactStore, key: GameKey) -> GameLease:
+        return GameLease(store, *key, OPERATOR_HOLDER, self.seconds, held=self._held.get(key))
+
     def hold(self, store: ArtifactStore, game: AdversarialGame) -> None:
         """Holds the game's lease; LeaseHeld (a StoreError) if another writer plays it."""
         key = (game.metadata.namespace, game.metadata.name)
-        lease = self._held.get(key)
-        if lease is None or lease.store.uri != store.uri:
-            lease = GameLease(store, *key, OPERATOR_HOLDER, self.seconds)
-            self._held[key] = lease
-        lease.hold()
+        lease = self._lease(store, key)
+        try:
+            lease.hold()
+        finally:
+            if lease.record is None:
+                self._held.pop(key, None)
+            else:
+                self._held[key] = lease.record
 
-    def release(self, namespace: str, name: str) -> None:
-        lease = self._held.pop((namespace, name), None)
-        if lease is not None:
-            with contextlib.suppress(StoreError):  # unreleased, it expires on its own
-                lease.release()
+    def release(self, namespace: str, name: str, store: ArtifactStore | None = None) -> None:
+        """Lets the lease go: in the store when `store` is given (the game ended); otherwise
+        (the game was deleted) it is only forgotten here, and expires by itself."""
+        key = (namespace, name)
+        if key in self._held and store is not None:
+            with contextlib.suppress(StoreError):
+                self._lease(store, key).release()
+        self._held.pop(key, None)

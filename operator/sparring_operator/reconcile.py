@@ -194,7 +194,7 @@ class Reconciler:
         created = epoch(meta.get("creationTimestamp")) or now
         decision = decide(game, generation, old, jobs, view, complete, created, now)
         if decision.status.phase in ("Succeeded", "Failed"):
-            self.leases.release(namespace, name)
+            self.leases.release(namespace, name, store)
         elif any(isinstance(a, CreateJob) for a in decision.actions):
             try:  # e.g. a finished game whose rounds grew: the lease before its first new Job
                 self.leases.hold(store, game)

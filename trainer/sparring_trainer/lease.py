@@ -83,15 +83,23 @@ class GameLease:
         seconds: float = DEFAULT_SECONDS,
         clock: Callable[[], float] = time.time,
         local_process: bool = False,
+        held: bytes | None = None,
     ) -> None:
+        """`held`: the record this holder wrote last (`record`), for a holder that keeps it
+        between uses instead of keeping this object (and its store's client) alive."""
         self.store, self.holder, self.seconds, self.clock = store, holder, seconds, clock
         self.process = (socket.gethostname(), os.getpid()) if local_process else ("", 0)
+        self._mine = held
         self.key = check_key(f"{namespace}/{game}/{LEASE}")
         self.game = f"{namespace}/{game}"
-        self._mine: bytes | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost: str | None = None  # why the heartbeat stopped holding the lease
+
+    @property
+    def record(self) -> bytes | None:
+        """The lease as this holder last wrote it (None: not held)."""
+        return self._mine
 
     def _read(self) -> tuple[bytes, LeaseRecord] | None:
         try:
