@@ -122,17 +122,22 @@ def _rewards(
     return out
 
 
-def _test_answers(
-    ctx: PhaseContext, policy: Checkpoint, eval_rm: Checkpoint
-) -> tuple[list[dict[str, Any]], list[float]]:
-    """Greedy answers to the held-out queries and their rewards under the fixed RM."""
+def _greedy_answers(ctx: PhaseContext, policy: Checkpoint) -> tuple[list[Query], list[str]]:
+    """The held-out queries and the policy's greedy answer to each; the policy is freed."""
     queries = splits(ctx).test_queries
     decoding = Decoding(n=1, max_new_tokens=ctx.game.evaluation.max_new_tokens, greedy=True)
-    answers = _sample_answers(ctx, policy, queries, decoding)
-    policy.loaded = None  # free it before the RM loads
-    rewards = [r[0] for r in _rewards(ctx, eval_rm, queries, answers)]
+    answers = [a[0] for a in _sample_answers(ctx, policy, queries, decoding)]
+    policy.loaded = None  # free it before an RM loads
+    return queries, answers
+
+
+def _scored_answers(
+    ctx: PhaseContext, eval_rm: Checkpoint, queries: list[Query], answers: list[str]
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """The answers' rewards under the fixed RM, written to answers.jsonl."""
+    rewards = [r[0] for r in _rewards(ctx, eval_rm, queries, [[a] for a in answers])]
     rows = [
-        {"id": q.id, "answer": a[0], "reward": r}
+        {"id": q.id, "answer": a, "reward": r}
         for q, a, r in zip(queries, answers, rewards, strict=True)
     ]
     ctx.write_jsonl("answers.jsonl", rows)
@@ -165,12 +170,16 @@ def _rm_accuracy(ctx: PhaseContext, rm: Checkpoint, prefix: str) -> dict[str, fl
 
 # ---- phases ----------------------------------------------------------------------------------
 def prepare(ctx: PhaseContext) -> dict[str, float]:
-    """Models stay in memory after they are saved: under torchrun only rank 0 writes them."""
+    """Models stay in memory after they are saved (under torchrun only rank 0 writes them),
+    one at a time: the policy goes before the reward models load."""
     game, storage = ctx.game, ctx.doc.spec.storage
     data = splits(ctx)  # fail early on bad data, before any model work
     policy = load_causal_lm(game.policy, ctx.cache_dir, storage)
     save_checkpoint(*policy, base_policy := ctx.new_dir("base-policy"))
     ctx.upload_dir(base_policy, "base-policy")
+    # The round-0 baseline's answers now, so that the policy is gone before the RMs load.
+    queries, answers = _greedy_answers(ctx, Checkpoint(base_policy, loaded=policy))
+    del policy
     rm, rm_tok = load_reward_model(game.adversary, ctx.cache_dir, storage)
     save_checkpoint(rm, rm_tok, base_rm := ctx.new_dir("base-rm"))
     ctx.upload_dir(base_rm, "base-rm")
@@ -198,7 +207,7 @@ def prepare(ctx: PhaseContext) -> dict[str, float]:
     ctx.upload_dir(eval_rm_dir, "eval-rm")
     eval_rm = Checkpoint(eval_rm_dir, "reward", (rm, rm_tok))
     metrics |= _rm_accuracy(ctx, eval_rm, "eval_rm")
-    _, rewards = _test_answers(ctx, Checkpoint(base_policy, loaded=policy), eval_rm)
+    _, rewards = _scored_answers(ctx, eval_rm, queries, answers)
     metrics["reward_mean"] = statistics.fmean(rewards)
     return metrics
 
@@ -321,7 +330,7 @@ def evaluate(ctx: PhaseContext) -> dict[str, float]:
     metrics = _rm_accuracy(ctx, rm, "rm")
     rm.loaded = None
     policy = Checkpoint(ctx.fetch_dir(ctx.round, "update-policy", "policy"))
-    rows, rewards = _test_answers(ctx, policy, eval_rm)
+    rows, rewards = _scored_answers(ctx, eval_rm, *_greedy_answers(ctx, policy))
     previous = (
         ctx.read_jsonl(0, PREPARE_PHASE, "answers.jsonl")
         if ctx.round == 1
