@@ -110,9 +110,9 @@ def main() -> int:
     from sparring_trainer.apo_rows import dpo_rows, gold_reward_pairs, human_reward_pairs
     from sparring_trainer.config import (
         APODataSpec,
-        DataSource,
         ModelSpec,
         PolicyUpdateSpec,
+        PreferenceSource,
         TrainSpec,
     )
     from sparring_trainer.data import read_preferences, split_apo
@@ -134,7 +134,7 @@ def main() -> int:
     S, seed = args.samples, args.seed
 
     data_spec = APODataSpec(
-        preferences=DataSource(path="builtin:hh-rlhf-harmless"),
+        preferences=PreferenceSource(path="builtin:hh-rlhf-harmless"),
         human_pairs=args.human_pairs,
         gold_queries=args.gold_queries,
         train_queries=args.train_queries,
@@ -180,8 +180,7 @@ def main() -> int:
 
     # ---- reward models -------------------------------------------------------------------------
     def rm(pairs_of: Any, rm_seed: int, name: str) -> tuple[Any, Any]:
-        torch.manual_seed(rm_seed)
-        model, tok = load_reward_model(ModelSpec(model=rm_ref), cache)
+        model, tok = load_reward_model(ModelSpec(model=rm_ref), cache, seed=rm_seed)
         spec = TrainSpec(
             learning_rate=args.rm_lr,
             batch_size=8,

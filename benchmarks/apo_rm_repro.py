@@ -117,7 +117,7 @@ def main() -> int:
     args = parse_args()
     import torch
     from sparring_trainer.apo_rows import gold_reward_pairs, human_reward_pairs
-    from sparring_trainer.config import APODataSpec, DataSource, ModelSpec, TrainSpec
+    from sparring_trainer.config import APODataSpec, ModelSpec, PreferenceSource, TrainSpec
     from sparring_trainer.data import read_preferences, split_apo
     from sparring_trainer.generation import Decoding, generate_transformers
     from sparring_trainer.losses import expected_calibration_error, preference_accuracy
@@ -137,7 +137,7 @@ def main() -> int:
 
     # ---- data -------------------------------------------------------------------------------
     data_spec = APODataSpec(
-        preferences=DataSource(path="builtin:hh-rlhf-harmless"),
+        preferences=PreferenceSource(path="builtin:hh-rlhf-harmless"),
         human_pairs=args.human_pairs,
         gold_queries=args.gold_queries,
         train_queries=1,
@@ -226,8 +226,8 @@ def main() -> int:
     steps: dict[str, list[float]] = {n: [] for n in names}
     train_seconds = 0.0
     for seed in args.seeds:
-        torch.manual_seed(seed)  # the fresh scalar head's initialisation
-        init, tok = load_reward_model(ModelSpec(model=rm_ref), cache)
+        # The fresh scalar head is drawn from the RM seed.
+        init, tok = load_reward_model(ModelSpec(model=rm_ref), cache, seed=seed)
         test_good = [render_conversation(tok, p.prompt, p.chosen) for p in splits.test_pairs]
         test_bad = [render_conversation(tok, p.prompt, p.rejected) for p in splits.test_pairs]
         fresh = pairs_for(tok, human=False, sample_round=2)

@@ -95,7 +95,12 @@ class Measure:
 def check_size(size: str, device: str, bf16: bool) -> list[list[str]]:
     from sparring_trainer.adapters import add_lora
     from sparring_trainer.apo_rows import human_reward_pairs
-    from sparring_trainer.config import AdversaryUpdateSpec, DataSource, LoraSpec, PolicyUpdateSpec
+    from sparring_trainer.config import (
+        AdversaryUpdateSpec,
+        LoraSpec,
+        PolicyUpdateSpec,
+        PreferenceSource,
+    )
     from sparring_trainer.data import read_preferences
     from sparring_trainer.dpo import train_dpo
     from sparring_trainer.generation import Decoding, generate_transformers
@@ -104,7 +109,7 @@ def check_size(size: str, device: str, bf16: bool) -> list[list[str]]:
 
     tokenizer = tiny_tokenizer()
     tokenizer.padding_side = "right"
-    prefs = read_preferences(DataSource(path="builtin:hh-rlhf-harmless"))[:PAIRS]
+    prefs = read_preferences(PreferenceSource(path="builtin:hh-rlhf-harmless"))[:PAIRS]
     prompts = [render_prompt(tokenizer, p.prompt) for p in prefs]
     dpo_rows = [
         {"prompt": q, "chosen": p.chosen, "rejected": p.rejected}

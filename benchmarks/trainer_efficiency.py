@@ -142,7 +142,7 @@ def main() -> int:
     args = parse_args()
     import torch
     import torch.nn.functional as F
-    from sparring_trainer.config import APODataSpec, DataSource, ModelSpec, TrainSpec
+    from sparring_trainer.config import APODataSpec, ModelSpec, PreferenceSource, TrainSpec
     from sparring_trainer.data import read_preferences, split_apo
     from sparring_trainer.models import (
         load_causal_lm,
@@ -155,7 +155,7 @@ def main() -> int:
     cache = model_cache()
     policy_ref = SMOLLM2 if args.real else "tiny-random:1"
     rm_ref = MINILM if args.real else "tiny-random:2"
-    pairs = read_preferences(DataSource(path="builtin:hh-rlhf-harmless"))
+    pairs = read_preferences(PreferenceSource(path="builtin:hh-rlhf-harmless"))
     n_needed = max(args.rm_pairs, args.dpo_pairs, args.prompts)
     split = split_apo(
         pairs,
@@ -184,8 +184,7 @@ def main() -> int:
         from sparring_trainer.apo_rows import human_reward_pairs
         from sparring_trainer.training import train_reward_model
 
-        torch.manual_seed(args.seed)
-        init, tok = load_reward_model(ModelSpec(model=rm_ref), cache)
+        init, tok = load_reward_model(ModelSpec(model=rm_ref), cache, seed=args.seed)
         max_length, batch = 256, 8
         wp = human_reward_pairs(tok, data[: args.rm_pairs])
 

@@ -137,3 +137,43 @@ def test_a_non_dpo_defender_is_bad_input(tmp_path: Path) -> None:
     assert result.returncode == 3, result.stderr[-2000:]
     assert "policy.update.method: an APL defender is updated by DPO only" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_frozen_attacker_game_shares_the_start_and_compares_per_seed(
+    finished_game: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The ablation of the adversarial game (`mode: baseline`): the attacker never changes,
+    the defender still trains; started from the trained game's prepare and first samples and
+    scores, then compared with it per held-out seed."""
+    store_dir, _ = finished_game
+    doc = yaml.safe_load(TINY.read_text())
+    doc["metadata"]["name"] = "apl-frozen"
+    doc["spec"]["game"]["adversary"].setdefault("update", {})["mode"] = "baseline"
+    game_file = tmp_path / "frozen.yaml"
+    game_file.write_text(yaml.safe_dump(doc))
+    uri = f"file://{store_dir}"
+    result = sparring("run", str(game_file), "--store", uri, "--reuse-from", "apl-tiny",
+                      "--output", "json", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reused by apl-frozen: round 0 prepare, round 1 sample, round 1 score" in " ".join(
+        result.stderr.split()
+    )
+    frozen = store_dir / "default" / "apl-frozen"
+    base = _tensors(frozen / "round-0000/prepare/base-attacker")
+    for r in (1, 2):
+        attacker = _tensors(frozen / f"round-000{r}/update-adversary/attacker")
+        assert base.keys() == attacker.keys() and all((base[k] == attacker[k]).all() for k in base)
+    assert _tensors(frozen / "round-0002/update-policy/policy") != {}
+    rounds = {r["round"]: r["metrics"] for r in json.loads(result.stdout)["rounds"]}
+    assert rounds[1]["update_adversary_attacker_frozen"] == 1.0
+
+    compared = sparring("compare", "apl-tiny", "apl-frozen", "--store", uri, "-o", "json",
+                        cwd=tmp_path)  # fmt: skip
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    rows = {(r["round"], r["metric"]): r for r in json.loads(compared.stdout)}
+    for r in (1, 2):
+        attack = rows[r, "asr_attack"]
+        assert attack["note"] == "paired over 4 held-out seeds (own attacker's rewrite)"
+        assert attack["difference"] == pytest.approx(attack["a"] - attack["b"])
+        assert rows[r, "over_refusal"]["note"] == "paired over 4 benign requests"
+        assert "difference" in rows[r, "asr_attack_judge"]  # the judge came with prepare

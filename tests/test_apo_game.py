@@ -114,6 +114,32 @@ def test_update_phases_change_the_models(finished_game: tuple[Path, dict[str, An
     )
 
 
+def test_every_training_phase_commits_a_loss_per_optimiser_step(
+    finished_game: tuple[Path, dict[str, Any]],
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    game = Path(finished_game[0]) / "default" / "apo-tiny"
+
+    def losses(phase: str) -> dict[str, list[int]]:
+        """Each training run's steps with a loss, from TensorBoard's own reader."""
+        runs = {}
+        for folder in sorted((game / phase / "tensorboard").iterdir()):
+            events = EventAccumulator(str(folder))
+            events.Reload()
+            runs[folder.name] = [e.step for e in events.Scalars("train/loss")]
+        return runs
+
+    # prepare trains RM_Base and the judge; each update trains its one model.
+    assert set(losses("round-0000/prepare")) == {"reward-model", "reward-model-2"}
+    for phase, run in [("update-adversary", "reward-model"), ("update-policy", "dpo")]:
+        metrics = json.loads((game / "round-0001" / phase / "metrics.json").read_text())
+        steps = int(metrics["train_steps"])
+        assert steps > 1 and losses(f"round-0001/{phase}") == {run: list(range(1, steps + 1))}
+    manifest = json.loads((game / "round-0001/update-policy/_SUCCESS").read_text())
+    assert "tensorboard/dpo/events.out.tfevents.0.sparring" in manifest["files"]
+
+
 @pytest.mark.parametrize("method", ["rjs", "rrhf"])
 def test_rjs_and_rrhf_update_the_policy(
     finished_game: tuple[Path, dict[str, Any]], tmp_path: Path, method: str

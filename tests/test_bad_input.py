@@ -129,10 +129,13 @@ def test_run_exits_3_on_a_game_file_it_cannot_accept(tmp_path: Path) -> None:
 
 
 def test_run_exits_3_when_a_phase_refuses_its_input(tmp_path: Path) -> None:
-    """The trainer's exit 3 (a missing model) reaches the user as 3, not as a generic 1 that
-    says "try again"; the status still says which phase failed and why."""
-    game = write_game(tmp_path, tmp_path / "store", policy={"model": "./no/such/model"})
+    """The trainer's exit 3 (a model folder that holds no model: `sparring run` checks that
+    local paths exist, only the phase can tell what is in them) reaches the user as 3, not as
+    a generic 1 that says "try again"; the status still says which phase failed and why."""
+    (tmp_path / "not-a-model").mkdir()
+    (tmp_path / "not-a-model" / "README.md").write_text("notes, no weights\n")
+    game = write_game(tmp_path, tmp_path / "store", policy={"model": "./not-a-model"})
     result = _run(game, tmp_path)
     assert result.returncode == EXIT_BAD_INPUT, result.stderr[-2000:]
     status = json.loads(result.stdout)
-    assert status["phase"] == "Failed" and "no/such/model" in status["message"]
+    assert status["phase"] == "Failed" and "not-a-model" in status["message"]

@@ -112,3 +112,43 @@ def test_lora_footprint_quick_tiny(tmp_path: Path) -> None:
         full_written, lora_written = float(rows[phase][3]), float(rows[phase][4])
         assert 0 < lora_written < full_written / 2, rows[phase]
     assert float(rows["sample"][1]) > 0  # it read the policy it sampled from
+
+
+@pytest.mark.slow
+def test_game_arms_quick_apo(tmp_path: Path) -> None:
+    """Three real games of one seed (apo, then baseline and gail from its shared phases) and
+    their paired comparison: every arm against APO on the same held-out items."""
+    out = run_benchmark("game_arms.py", tmp_path=tmp_path)
+    rows = table_rows(out, "seed")
+    assert [(r[0], r[1]) for r in rows] == [("0", "apo"), ("0", "baseline"), ("0", "gail")]
+    header = next(line for line in out.splitlines() if line.startswith("| seed |"))
+    assert "| rm_accuracy | judge reward_mean |" in header, header
+    assert "apo - this" not in rows[0][2] and "; apo - this " in rows[1][2], rows
+    pooled = {r[0]: r for r in table_rows(out, "pooled over seeds")}
+    assert list(pooled) == ["apo - baseline", "apo - gail"]
+    assert pooled["apo - baseline"][1].endswith("(n=32)")  # the tiny game's held-out pairs
+
+
+@pytest.mark.slow
+def test_game_arms_quick_apl(tmp_path: Path) -> None:
+    """The APL game with its attacker trained, and frozen from the same start."""
+    out = run_benchmark("game_arms.py", "--kind", "apl", tmp_path=tmp_path)
+    rows = table_rows(out, "seed")
+    assert [(r[0], r[1]) for r in rows] == [("0", "apo"), ("0", "baseline")]
+    pooled = {r[0]: r for r in table_rows(out, "pooled over seeds")}
+    assert list(pooled) == ["apo - baseline"]
+    assert pooled["apo - baseline"][1].endswith("(n=4)")  # apl-tiny's held-out seeds
+
+
+@pytest.mark.slow
+def test_model_cache_quick(tmp_path: Path) -> None:
+    """With a shared cache no later phase reads a base checkpoint from the store again; from
+    the models' own sources only prepare fetches, with or without one."""
+    out = run_benchmark("model_cache.py", tmp_path=tmp_path)
+    rows = {r[0]: [float(c.strip("*")) for c in r[1:]] for r in table_rows(out, "phase")}
+    assert rows["prepare"][0] > 0 and rows["prepare"][0] == rows["prepare"][2]
+    assert all(rows[p][0] == rows[p][2] == 0 for p in ("sample", "score", "evaluate"))
+    # Its base comes from the cache: from the store it reads only its inputs (the scores,
+    # a few KiB with their prompts), where without a cache it reads the base policy too.
+    assert rows["update-policy"][3] < 0.05 < rows["update-policy"][1]
+    assert rows["**total**"][3] < rows["**total**"][1]

@@ -280,7 +280,10 @@ def test_game_metric_panels(dashboard: dict[str, Any]) -> None:
     """Each of the round metrics the games report is drawn by some panel."""
     wanted = {
         "rm_accuracy", "rm_ece", "reward_mean", "win_rate", "eval_rm_accuracy",
+        "rm_accuracy_vs_base", "rm_gold_over_policy", "reward_vs_base", "answer_distinct_2",
+        "answer_repeated_trigram_rate",
         "asr_direct", "asr_attack", "over_refusal", "harm_score_mean", "attacker_diversity",
+        "rewrite_keeps_request",
     }  # fmt: skip
     drawn: set[str] = set()
     for _where, target in targets(dashboard):

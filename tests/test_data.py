@@ -8,13 +8,13 @@ import random
 from pathlib import Path
 
 import pytest
-from sparring_trainer.config import APODataSpec, DataSource, StorageSpec
+from sparring_trainer.config import APODataSpec, DataSource, PromptSource, StorageSpec
 from sparring_trainer.data import (
     DataError,
     PreferencePair,
     parse_hh_transcript,
     read_preferences,
-    read_prompts,
+    read_prompt_rows,
     split_apo,
 )
 
@@ -142,8 +142,9 @@ def test_missing_file_empty_file_and_unknown_builtin(tmp_path: Path) -> None:
         read_preferences(DataSource(path=str(tmp_path / "nope.jsonl")))
     with pytest.raises(DataError, match="no preference pairs"):
         read_preferences(DataSource(path=str(write_jsonl(tmp_path / "e.jsonl", []))))
-    with pytest.raises(DataError, match=r"builtin:nope: .*known: builtin:hh-rlhf-harmless"):
-        read_preferences(DataSource(path="builtin:nope"))
+    # An unknown built-in is refused with the game file, before any phase reads it.
+    with pytest.raises(ValueError, match=r"'builtin:nope' \(known: builtin:hh-rlhf-harmless"):
+        DataSource(path="builtin:nope")
 
 
 def test_builtin_hh_rlhf_harmless() -> None:
@@ -171,34 +172,40 @@ def test_read_preferences_from_s3(s3_storage: StorageSpec) -> None:
 # ----------------------------------------------------------------------------- prompts
 
 
+def _prompts_of(path: Path, column: str) -> list[str]:
+    return [r.prompt for r in read_prompt_rows(PromptSource(path=str(path), column=column))]
+
+
 def test_read_prompts_csv_and_jsonl(tmp_path: Path) -> None:
     csv_path = tmp_path / "p.csv"
     csv_path.write_text('goal,target\n"Say ""hi""\nplease",x\nsecond ,y\n')
-    assert read_prompts(DataSource(path=str(csv_path)), "goal") == ['Say "hi"\nplease', "second"]
-    with pytest.raises(DataError, match=r"p\.csv: no column 'prompt' \(columns: \['goal'"):
-        read_prompts(DataSource(path=str(csv_path)), "prompt")
+    assert _prompts_of(csv_path, "goal") == ['Say "hi"\nplease', "second"]
+    with pytest.raises(DataError, match=r"p\.csv:1: no column 'prompt' \(the source's column\)"):
+        _prompts_of(csv_path, "prompt")
     csv_path.write_text("goal,target\nfine,x\n ,y\n")
-    with pytest.raises(DataError, match=r"p\.csv:3: empty 'goal'"):
-        read_prompts(DataSource(path=str(csv_path)), "goal")
+    with pytest.raises(DataError, match=r"p\.csv:3: 'goal' must be a non-empty string"):
+        _prompts_of(csv_path, "goal")
     jsonl = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
-    assert read_prompts(DataSource(path=str(jsonl)), "prompt") == ["a", "b"]
+    assert _prompts_of(jsonl, "prompt") == ["a", "b"]
     write_jsonl(jsonl, [{"prompt": "a"}, {"other": "b"}])
     with pytest.raises(DataError, match=r"p\.jsonl:2: missing key 'prompt'"):
-        read_prompts(DataSource(path=str(jsonl)), "prompt")
+        _prompts_of(jsonl, "prompt")
     write_jsonl(jsonl, [{"prompt": ""}])
     with pytest.raises(DataError, match=r"p\.jsonl:1: 'prompt' must be a non-empty string"):
-        read_prompts(DataSource(path=str(jsonl)), "prompt")
+        _prompts_of(jsonl, "prompt")
 
 
 @pytest.mark.skipif(not (SHARED / "advbench_harmful_behaviors.csv").exists(), reason="no data")
 def test_read_prompts_advbench() -> None:
-    goals = read_prompts(DataSource(path=str(SHARED / "advbench_harmful_behaviors.csv")), "goal")
+    goals = _prompts_of(SHARED / "advbench_harmful_behaviors.csv", "goal")
     assert len(goals) == 520 and all(goals)
 
 
 # ----------------------------------------------------------------------------- split
 
-SMALL = APODataSpec(human_pairs=7, gold_queries=5, train_queries=6, test_pairs=4, test_queries=3)
+SMALL = APODataSpec(
+    human_pairs=7, gold_queries=5, train_queries=6, test_pairs=4, test_queries=3, judge_pairs=3
+)
 
 
 def _prompts(items: list[PreferencePair]) -> set[str]:
@@ -216,8 +223,9 @@ def test_split_sizes_disjoint_and_deterministic() -> None:
         _prompts(splits.human_pairs),
         {prompt_key_of(q.prompt) for q in splits.gold_queries},
         {prompt_key_of(q.prompt) for q in splits.train_queries},
+        _prompts(splits.judge_pairs),
     ]
-    assert sum(map(len, parts)) == len(set().union(*parts)) == 22
+    assert sum(map(len, parts)) == len(set().union(*parts)) == 25
     assert [q.prompt for q in splits.test_queries] == [p.prompt for p in splits.test_pairs[:3]]
     by_prompt = {p.key: p for p in data}
     assert all(q.gold == by_prompt[prompt_key_of(q.prompt)].chosen for q in splits.gold_queries)
@@ -238,7 +246,7 @@ def prompt_key_of(prompt: tuple[dict[str, str], ...]) -> str:
 def test_split_drops_long_prompts_and_dedupes_order_independently() -> None:
     long = pairs(30, prefix="x" * 40)
     spec = SMALL.model_copy(update={"max_prompt_chars": 20})
-    with pytest.raises(DataError, match=r"needs 22 distinct prompts .* only 0 are available"):
+    with pytest.raises(DataError, match=r"needs 25 distinct prompts .* only 0 are available"):
         split_apo(long, spec)
     a, b = pairs(1)[0], pairs(1)[0]
     b = PreferencePair(a.prompt, "another", "answer", "other.jsonl:9")
@@ -249,8 +257,8 @@ def test_split_drops_long_prompts_and_dedupes_order_independently() -> None:
 
 
 def test_split_too_small_says_how_many() -> None:
-    with pytest.raises(DataError, match=r"mem\.jsonl: the APO split needs 22 .* only 21 are"):
-        split_apo(pairs(21), SMALL)
+    with pytest.raises(DataError, match=r"mem\.jsonl: the APO split needs 25 .* only 24 are"):
+        split_apo(pairs(24), SMALL)
     with pytest.raises(DataError, match="test_queries"):
         split_apo(pairs(40), SMALL.model_copy(update={"test_queries": 5}))
 

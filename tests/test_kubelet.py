@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,8 +18,8 @@ from typing import Any
 import kubernetes.client
 import kubernetes.config
 import pytest
-from harness import nodeops, podrun, podspec
-from harness.controlplane import ROOT, ControlPlane
+from harness import nodeops, podnames, podrun, podspec
+from harness.controlplane import ROOT, ControlPlane, free_port
 from harness.gameops import RESTRICTED_SECURITY
 from harness.kubelet import pod_log, pod_pid, pods_running
 from harness.rawclient import MERGE_PATCH, request_json, wait_for
@@ -544,6 +545,72 @@ def test_kubelet_restart_fails_lost_pods(cluster: Cluster, ns: str) -> None:
     wait_for(lambda: pod_pid(cluster.kubelet_root, ns, "orphan") is None, T, message="a kill")
 
 
+def test_indexed_job_pods_find_each_other_by_their_dns_names(cluster: Cluster, ns: str) -> None:
+    """An Indexed Job's pods on a headless Service (the shape of a multi-node phase): pod 1
+    reaches pod 0 as JOB-0.JOB.NS.svc, a name that resolves only once the Service exists (it is
+    created after the Job here, as the operator does) and never on the node itself."""
+    port = free_port()
+    code = (
+        "import os, socket, sys, time\n"
+        "port, name = int(sys.argv[1]), sys.argv[2]\n"
+        "if os.environ['JOB_COMPLETION_INDEX'] == '0':\n"
+        "    server = socket.create_server(('0.0.0.0', port))\n"
+        "    peer, _ = server.accept(); print(peer.recv(100).decode(), flush=True)\n"
+        "    sys.exit(0)\n"
+        "deadline = time.time() + 30\n"
+        "while True:  # as torchrun's store client retries until the record appears\n"
+        "    try:\n"
+        "        s = socket.create_connection((name, port), timeout=5); break\n"
+        "    except OSError:\n"
+        "        if time.time() > deadline: raise\n"
+        "        time.sleep(0.1)\n"
+        "s.sendall(b'hello from pod 1'); print('sent', flush=True)\n"
+    )
+    pod0 = f"grp-0.grp.{ns}.svc"
+    template = pod_manifest("", code, args=[str(port), pod0])
+    template["spec"]["subdomain"] = "grp"
+    job = {
+        "metadata": {"name": "grp"},
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": 2,
+            "parallelism": 2,
+            "backoffLimit": 0,
+            "template": template | {"metadata": {}},
+        },
+    }
+    cluster.create(ns, "jobs", job)
+    pods = wait_for(
+        lambda: (
+            cluster.get(f"/api/v1/namespaces/{ns}/pods?labelSelector=job-name=grp")["items"] or None
+        ),
+        T,
+    )
+    assert all(p["spec"]["subdomain"] == "grp" for p in pods)
+    with pytest.raises(OSError):  # the node's own resolver does not know pod names
+        socket.getaddrinfo(pod0, port)
+    service = {"metadata": {"name": "grp"},
+               "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                        "selector": {"job-name": "grp"}, "ports": [{"port": port}]}}  # fmt: skip
+    cluster.create(ns, "services", service)
+
+    def complete() -> dict[str, Any] | None:
+        j = cluster.get(f"/apis/batch/v1/namespaces/{ns}/jobs/grp")
+        types = {c["type"] for c in j["status"].get("conditions") or []}
+        assert "Failed" not in types, j["status"]
+        return j if "Complete" in types else None
+
+    wait_for(complete, 60, interval=0.2, message=lambda: str(cluster.get(
+        f"/api/v1/namespaces/{ns}/pods?labelSelector=job-name=grp")))  # fmt: skip
+    logs = {
+        p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: pod_log(
+            cluster.kubelet_root, ns, p["metadata"]["name"]
+        )
+        for p in cluster.get(f"/api/v1/namespaces/{ns}/pods?labelSelector=job-name=grp")["items"]
+    }
+    assert logs == {"0": "hello from pod 1\n", "1": "sent\n"}
+
+
 # -- pure parts, no cluster -------------------------------------------------------------------
 def test_filters_and_messages() -> None:
     node: dict[str, Any] = {
@@ -599,6 +666,31 @@ class FakeSources:
 
     def token(self, pod: dict[str, Any], audience: str | None, expiration: int) -> str:
         return f"token-for-{pod['metadata']['name']}-{audience}-{expiration}"
+
+
+def test_only_headless_services_publish_their_pods_names() -> None:
+    def member(name: str, subdomain: str, ns: str = "a", phase: str = "Running") -> Any:
+        spec = {"hostname": name, "subdomain": subdomain}
+        return {"metadata": {"name": name, "namespace": ns}, "spec": spec,
+                "status": {"phase": phase}}  # fmt: skip
+
+    def service(name: str, ns: str = "a", cluster_ip: str = "None") -> Any:
+        return {"metadata": {"name": name, "namespace": ns}, "spec": {"clusterIP": cluster_ip}}
+
+    pods = [member("j-0", "j"), member("j-1", "j"), member("j-2", "j", phase="Failed"),
+            member("k-0", "k"), member("x-0", "x"), member("j-0", "j", ns="b")]  # fmt: skip
+    services = [service("j"), service("k", cluster_ip="10.0.0.1"), service("x", ns="b")]
+    published = ["j-0.j.a.svc.cluster.local", "j-0.j.a.svc", "j-1.j.a.svc.cluster.local",
+                 "j-1.j.a.svc"]  # fmt: skip
+    assert podnames.records(pods, services) == {"a": published}
+    hosts = podnames.hosts_text(pods[1], podnames.records(pods, services)["a"], "127.0.0.1 node\n")
+    assert hosts.splitlines() == [
+        "127.0.0.1 node",
+        "# process kubelet: the pod's names and its cluster DNS records",
+        "127.0.0.1\tj-1.j.a.svc.cluster.local j-1.j.a.svc j-1",
+        "127.0.0.1\tj-0.j.a.svc",
+        "127.0.0.1\tj-0.j.a.svc.cluster.local",
+    ]
 
 
 def test_podspec_projected_downward_and_resource_refs(tmp_path: Path) -> None:

@@ -295,3 +295,39 @@ def test_minilm_reward_model() -> None:
     model, tok = load_reward_model(ModelSpec(model=MINILM), REAL_CACHE)
     assert tok.eos_token == "[SEP]"
     assert logits(model, tok, [render_conversation(tok, MESSAGES, "Boil it.")]).shape == (1, 1)
+
+
+# ----------------------------------------------------------------------------- seeded weights
+
+
+def test_a_new_head_and_adapter_depend_on_the_seed_alone(tmp_path: Path) -> None:
+    """A pretrained encoder gets a new score head, and a model a new LoRA adapter, drawn from
+    the seed given: random numbers drawn before (as a cold model cache's conversions do) change
+    neither, and the caller's random state is left as it was."""
+    from sparring_trainer.adapters import add_lora
+    from sparring_trainer.config import LoraSpec
+
+    spec = ModelSpec(model=f"file://{make_bert(tmp_path)}")
+
+    def head(seed: int, draws_before: int) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(1234)
+        torch.rand(draws_before)
+        model, _ = load_reward_model(spec, tmp_path / "cache", seed=seed)
+        after = torch.rand(1)  # the caller's stream, continued as if nothing was drawn
+        torch.manual_seed(1234)
+        torch.rand(draws_before)
+        assert torch.equal(after, torch.rand(1))
+        return model.classifier.weight.detach().clone(), after
+
+    first, _ = head(seed=7, draws_before=0)
+    assert torch.equal(first, head(seed=7, draws_before=1000)[0])
+    assert not torch.equal(first, head(seed=8, draws_before=0)[0])
+
+    def adapter(seed: int) -> torch.Tensor:
+        torch.rand(17)  # whatever ran before
+        base, _ = load_causal_lm(ModelSpec(model="tiny-random:1"), tmp_path / "cache")
+        peft = add_lora(base, LoraSpec(rank=4, alpha=8), "causal", seed=seed)
+        return next(p for n, p in peft.named_parameters() if "lora_A" in n).detach().clone()
+
+    assert torch.equal(adapter(3), adapter(3))
+    assert not torch.equal(adapter(3), adapter(4))

@@ -55,6 +55,10 @@ NOT_EXERCISED: dict[Permission, str] = {
         "the game's ConfigMap exists already (409) after an operator restart, a grown spec or a "
         "re-created game, and is rewritten; tests/e2e/test_incarnations.py does that (as admin)"
     ),
+    ("", "services", "create"): (
+        "a multi-node phase's rendezvous Service; called under these rules by "
+        "tests/e2e/test_multinode_game.py"
+    ),
     ("", "events", "list"): (
         "a Job without pods: its FailedCreate events say why; called under these rules by "
         "tests/e2e/test_pending.py"

@@ -51,6 +51,9 @@ def test_a_recorded_spec_read_back_from_json_is_unchanged() -> None:
     [
         ("apo", "policy.update.learningRate", (1, "update-policy")),
         ("apo", "adversary.update.apoCoeff", (1, "update-adversary")),
+        ("apo", "adversary.update.mode", (1, "update-adversary")),
+        ("apo", "adversary.update.learningRate", (0, "prepare")),  # RM_Base's recipe
+        ("apo", "data.judgePairs", (0, "prepare")),
         ("apo", "adversary.update.maxLength", (0, "prepare")),  # prepare scores with it
         ("apo", "sampling.temperature", (1, "sample")),
         ("apo", "sampling.batchSize", (0, "prepare")),  # prepare's greedy answers use it
@@ -120,3 +123,58 @@ def test_a_changed_learning_rate_is_refused_and_forked(tmp_path: Path) -> None:
     assert {m: _manifest(store, "apo-tiny", *m) for m in markers} == before
     again = _sparring("run", str(game), "--fork", "apo-tiny-lr2", cwd=tmp_path)
     assert again.returncode == 3 and "already has committed phases" in again.stderr
+
+
+@pytest.mark.slow  # plays two games (about 1.5 min); the mutation gate runs without it
+def test_a_baseline_reuses_the_phases_its_spec_shares_and_compares_paired(tmp_path: Path) -> None:
+    """`--reuse-from`: a baseline (mode changed, first read by update-adversary) starts from
+    the APO game's prepare and first samples, byte for byte, and plays the rest; `sparring
+    compare` then pairs the two rounds over the same held-out pairs and under the same judge."""
+    store = tmp_path / "store"
+    doc = yaml.safe_load((ROOT / "examples" / "apo-tiny.yaml").read_text())
+    doc["spec"]["storage"] = {"uri": f"file://{store}"}
+    doc["spec"]["rounds"] = 1
+    apo = tmp_path / "apo.yaml"
+    apo.write_text(yaml.safe_dump(doc))
+    assert _sparring("run", str(apo), cwd=tmp_path).returncode == 0
+    doc["metadata"]["name"] = "tiny-baseline"
+    doc["spec"]["game"]["adversary"]["update"]["mode"] = "baseline"
+    baseline = tmp_path / "baseline.yaml"
+    baseline.write_text(yaml.safe_dump(doc))
+
+    played = _sparring("run", str(baseline), "--reuse-from", "apo-tiny", cwd=tmp_path)
+    assert played.returncode == 0, played.stderr[-3000:]
+    assert "reused by tiny-baseline: round 0 prepare, round 1 sample" in " ".join(
+        played.stderr.split()
+    )
+    for m in [(0, "prepare"), (1, "sample")]:  # copies, committed as they were
+        assert _manifest(store, "tiny-baseline", *m) == _manifest(store, "apo-tiny", *m)
+    for m in [(1, p) for p in PHASES[1:]]:  # played with the baseline's spec
+        recorded = _manifest(store, "tiny-baseline", *m)["game"]
+        assert recorded["adversary"]["update"]["mode"] == "baseline", m
+
+    compared = _sparring("compare", "apo-tiny", "tiny-baseline", "--store", f"file://{store}",
+                         "-o", "json", cwd=tmp_path)  # fmt: skip
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    rows = {r["metric"]: r for r in json.loads(compared.stdout)}
+    accuracy, reward = rows["rm_accuracy"], rows["judge reward_mean"]
+    assert accuracy["note"] == "paired over 32 held-out pairs"
+    assert accuracy["difference"] == pytest.approx(accuracy["a"] - accuracy["b"])
+    assert reward["note"] == "paired over 8 test queries"  # one judge: prepare was shared
+    evaluated = json.loads(
+        (store / "default/apo-tiny/round-0001/evaluate/metrics.json").read_text()
+    )
+    assert accuracy["a"] == pytest.approx(evaluated["rm_accuracy"])
+
+    # A started game continues from its own phases: nothing is copied again.
+    before = _manifest(store, "tiny-baseline", 1, "evaluate")
+    again = _sparring("run", str(baseline), "--reuse-from", "apo-tiny", cwd=tmp_path)
+    assert again.returncode == 0 and "reused by tiny-baseline: none" in again.stderr
+    assert _manifest(store, "tiny-baseline", 1, "evaluate") == before
+    # A source with nothing committed is refused before anything is played.
+    doc["metadata"]["name"] = "tiny-other"
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(doc))
+    unknown = _sparring("run", str(other), "--reuse-from", "no-such-game", cwd=tmp_path)
+    assert unknown.returncode == 3 and "has no committed phases" in unknown.stderr
+    assert not (store / "default" / "tiny-other").exists()

@@ -180,3 +180,42 @@ def test_several_gpus_are_accepted_where_the_phase_can_split_its_work(tmp_path: 
         for e in errors
     ), errors
     assert any("vllm samples in one-GPU phases only" in e for e in errors), errors
+
+
+def test_local_paths_must_exist_where_the_game_is_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model, tokenizer or data file given as a local path is read relative to the current
+    folder when the game runs: validate finds a missing one first, with its line and field;
+    `--no-local-files` leaves paths that name files inside a cluster's phase pods alone."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    doc = yaml.safe_load(MINIMAL)
+    doc["spec"]["game"]["policy"]["model"] = "models/policy"
+    doc["spec"]["game"]["data"] = {"preferences": {"path": f"file://{tmp_path}/pairs.jsonl"}}
+    doc["spec"]["storage"] = {"uri": f"file://{tmp_path}/store"}
+    path = tmp_path / "game.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    text = path.read_text().splitlines()
+    model_line = 1 + next(i for i, line in enumerate(text) if "models/policy" in line)
+    data_line = 1 + next(i for i, line in enumerate(text) if "pairs.jsonl" in line)
+
+    assert validate_file(path) == [
+        f"{path}:{model_line}: spec.game.policy.model: no such file or folder: 'models/policy'",
+        f"{path}:{data_line}: spec.game.data.preferences.path: no such file or folder: "
+        f"'{tmp_path}/pairs.jsonl'",
+    ]
+    assert check_file(path, local_files=False).errors == []
+    result = CliRunner().invoke(app, ["validate", "--no-local-files", str(path)])
+    assert result.exit_code == 0, result.stderr
+
+    # `sparring run` refuses the same game up front: exit 3, and no store was made.
+    run = CliRunner().invoke(app, ["run", str(path)])
+    assert run.exit_code == 3, run.output
+    assert "spec.game.policy.model: no such file or folder: 'models/policy'" in run.output
+    assert not (tmp_path / "store").exists()
+
+    (tmp_path / "models" / "policy").mkdir(parents=True)
+    (tmp_path / "pairs.jsonl").write_text("")
+    assert validate_file(path) == []

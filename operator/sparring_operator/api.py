@@ -12,7 +12,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
-from sparring_trainer.config import GameConfig, StorageSpec, unsupported_parallelism
+from sparring_trainer.config import GameConfig, StorageSpec, TrackingSpec, unsupported_parallelism
+
+from sparring_operator.apitypes import DISK_QUANTITY, MODEL_CONFIG
+from sparring_operator.placement import Affinity, TopologySpreadConstraint
+from sparring_operator.podsettings import DNS_SUBDOMAIN, ModelCache, PodSettings
 
 GROUP = "sparring.dev"
 VERSION = "v1alpha1"
@@ -35,12 +39,7 @@ _CREDENTIAL_KEYS = {
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        use_attribute_docstrings=True,
-    )
+    model_config = MODEL_CONFIG
 
 
 class Toleration(_Model):
@@ -69,10 +68,12 @@ class SchedulingSpec(_Model):
     """Node labels phase pods must match."""
     tolerations: list[Toleration] = []
     """Taints phase pods tolerate (e.g. nvidia.com/gpu)."""
-
-
-# A byte quantity as Kubernetes writes one (no exponent forms, no milli-bytes).
-DISK_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+    affinity: Affinity | None = None
+    """Node and pod (anti-)affinity of phase pods."""
+    topology_spread_constraints: list[TopologySpreadConstraint] = []
+    """How phase pods spread over zones or nodes."""
+    runtime_class_name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)] | None = None
+    """RuntimeClass of phase pods (e.g. nvidia, or a sandboxed runtime)."""
 
 
 class ResourceList(_Model):
@@ -85,6 +86,11 @@ class ResourceList(_Model):
     gpu: Annotated[int, Field(ge=0, le=64)] = 0
     """nvidia.com/gpu count; more than 1 runs the phase data-parallel, one torchrun rank per GPU
     (each training batchSize is split evenly among them, so it must be a multiple)."""
+    nodes: Annotated[int, Field(ge=1, le=64)] = 1
+    """Nodes (pods) the phase runs on, each with `gpu` ranks: more than 1 makes each attempt an
+    Indexed Job of that many pods, all started or none (Kueue admits them as one workload),
+    meeting at pod 0's stable name through a headless Service; any pod failing fails the
+    attempt. Training batch sizes must divide among nodes x GPUs ranks."""
     scratch: Annotated[str, Field(pattern=DISK_QUANTITY)] | None = None
     """Local scratch disk, e.g. '200Gi': the scratch volume's size limit and the pod's
     ephemeral-storage request (default: the operator's, 50Gi)."""
@@ -170,8 +176,16 @@ class AdversarialGameSpec(_Model):
     """Per-phase image, resources, retries and deadlines."""
     scheduling: SchedulingSpec = SchedulingSpec()
     """Queue, priority and placement of phase pods."""
+    pod: PodSettings = PodSettings()
+    """What every phase pod gets beside the operator's settings: environment (e.g. HF_TOKEN
+    from a Secret), image pull secrets, extra volumes, labels and annotations, /dev/shm size,
+    pull policy."""
+    model_cache: ModelCache | None = None
+    """A shared volume for base models and base checkpoints (default: each pod's scratch)."""
     early_stop: EarlyStopSpec | None = None
     """Optional early stop on a round metric."""
+    tracking: TrackingSpec = TrackingSpec()
+    """Experiment tracking besides the TensorBoard events every phase commits (MLflow)."""
 
     @field_validator("storage", mode="before")
     @classmethod
@@ -348,24 +362,31 @@ def unsupported_quantization(spec: AdversarialGameSpec) -> list[str]:
 
 
 def unsplittable_phases(spec: AdversarialGameSpec) -> list[str]:
-    """Phases with several GPUs that could not run data-parallel: a training batch that the
-    ranks cannot split evenly, or vLLM sampling (one engine per rank is not supported yet)."""
+    """Phases with several ranks (GPUs, nodes) that could not run as asked: a training batch
+    that the ranks cannot split evenly, or vLLM sampling (one engine per rank is not supported
+    yet)."""
     from sparring_trainer.config import ALL_PHASES, batch_fields
 
     problems = []
     for phase in ALL_PHASES:
-        gpu = spec.phases.for_phase(phase).resources.gpu
-        if gpu <= 1:
+        res = spec.phases.for_phase(phase).resources
+        ranks = res.nodes * max(res.gpu, 1)
+        if ranks <= 1:
             continue
+        where = f"{res.gpu} GPUs" if res.nodes == 1 else f"{res.nodes} nodes x {res.gpu} GPUs"
+        among = (
+            f"the {res.gpu} GPUs of the {phase} phase (one rank each)"
+            if res.nodes == 1
+            else f"the {ranks} ranks of the {phase} phase ({where})"
+        )
         for field, batch in batch_fields(spec.game, phase):
-            if batch % gpu:
+            if batch % ranks:
                 problems.append(
-                    f"{field}: {batch} does not divide among the {gpu} GPUs of the {phase} "
-                    f"phase (one rank each): use a multiple of {gpu}"
+                    f"{field}: {batch} does not divide among {among}: use a multiple of {ranks}"
                 )
         if phase in ("prepare", "sample", "evaluate") and spec.game.sampling.engine == "vllm":
             problems.append(
                 f"spec.game.sampling.engine: vllm samples in one-GPU phases only, and the {phase} "
-                f"phase has {gpu} GPUs: use auto (transformers, sharded across the ranks)"
+                f"phase has {where}: use auto (transformers, sharded across the ranks)"
             )
     return problems

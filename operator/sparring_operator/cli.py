@@ -4,6 +4,8 @@ sparring validate examples/*.yaml     # check game files (exit 1 on any error)
 sparring crd > crds/adversarialgames.sparring.dev.yaml
 sparring crd --check crds/adversarialgames.sparring.dev.yaml
 sparring export game.yaml --round 2 --out ./policy   # a round's model, adapters merged
+sparring status examples/apo-tiny.yaml   # read-only; also a name with --store, or --kube
+sparring list --kube                    # every game on the cluster (or in a --store)
 """
 
 import difflib
@@ -33,11 +35,19 @@ def validate_cmd(
     files: Annotated[
         list[Path], typer.Argument(help="Game files (YAML or JSON).", metavar="FILE...")
     ],
+    local_files: Annotated[
+        bool,
+        typer.Option(
+            "--local-files/--no-local-files",
+            help="Check that models and data given as local paths exist here (turn off for a "
+            "cluster game whose paths are inside the phase pods).",
+        ),
+    ] = True,
 ) -> None:
     """Check game files against the AdversarialGame schema; print every error (to stderr)."""
     failed = False
     for path in files:
-        report = validate.check_file(path)
+        report = validate.check_file(path, local_files)
         for error in report.errors:
             typer.echo(error, err=True)
         for game in report.games:
@@ -82,6 +92,16 @@ def run_cmd(
             "from copies of the committed phases the change leaves valid.",
         ),
     ] = None,
+    reuse_from: Annotated[
+        str | None,
+        typer.Option(
+            "--reuse-from",
+            metavar="GAME",
+            help="Start this game from copies of GAME's committed phases (same store and "
+            "namespace) that this spec would compute identically, e.g. a baseline that shares "
+            "an APO game's prepare and first samples. Ignored once this game has started.",
+        ),
+    ] = None,
 ) -> None:
     """Play a game locally, each phase as the same command a phase Job runs; resumable.
 
@@ -93,7 +113,150 @@ def run_cmd(
     if output not in ("table", "json"):
         typer.echo(f"--output: expected 'table' or 'json', got {output!r}", err=True)
         raise typer.Exit(2)
-    raise typer.Exit(run_file(file, store, output, verbose, nproc_per_node, fork))
+    if fork is not None and reuse_from is not None:
+        typer.echo("--fork and --reuse-from: give one of them", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(run_file(file, store, output, verbose, nproc_per_node, fork, reuse_from))
+
+
+@app.command("compare")
+def compare_cmd(
+    game_a: Annotated[str, typer.Argument(help="An APO game's name (e.g. the APO game).")],
+    game_b: Annotated[str, typer.Argument(help="Another (e.g. its baseline).")],
+    store: Annotated[
+        str, typer.Option("--store", help="The games' store URI (file://... or s3://...).")
+    ] = "file://./.sparring",
+    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
+    seed: Annotated[int, typer.Option("--seed", help="The bootstrap's seed.")] = 0,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, or json.")] = "table",
+) -> None:
+    """Compare two APO games round by round: paired differences A - B, with 95% intervals, of
+    the RM's held-out accuracy and the policy's judge reward; the rest side by side. Reads
+    only. Exit status: 0 compared; 1 the store failed or no round was evaluated by both."""
+    import json
+
+    from rich.console import Console
+    from sparring_trainer.config import StorageSpec
+    from sparring_trainer.store import StoreError, open_store
+
+    from sparring_operator.compare import as_json, compare_games, render
+
+    if output not in ("table", "json"):
+        typer.echo(f"--output: expected 'table' or 'json', got {output!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        rounds = compare_games(open_store(StorageSpec(uri=store)), namespace, game_a, game_b, seed)
+    except (StoreError, ValueError) as exc:
+        typer.echo(f"store: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if not rounds:
+        typer.echo(f"no round of {game_a} and {game_b} is evaluated in both, in {store}", err=True)
+        raise typer.Exit(1)
+    if output == "json":
+        typer.echo(json.dumps(as_json(rounds), indent=2))
+    else:
+        Console().print(render(rounds, game_a, game_b))
+
+
+@app.command("status")
+def status_cmd(
+    target: Annotated[
+        str, typer.Argument(help="A game file, or a game's name (with --store, or --kube).")
+    ],
+    store: Annotated[
+        str | None,
+        typer.Option("--store", help="Store URI (default: the file's, or file://./.sparring)."),
+    ] = None,
+    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
+    kube: Annotated[
+        bool, typer.Option("--kube", help="The game's resource on the cluster (kubeconfig).")
+    ] = False,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, or json.")] = "table",
+) -> None:
+    """Show a game's status without playing anything: from its file (what `sparring run` would
+    report now), from a store by name, or from the cluster. Exit status: 0 shown; 1 not found
+    or unreachable; 3 a bad game file."""
+    from sparring_trainer.config import StorageSpec
+    from sparring_trainer.store import StoreError, open_store
+
+    from sparring_operator.views import GameView, file_status, show, stored_status
+
+    if output not in ("table", "json"):
+        typer.echo(f"--output: expected 'table' or 'json', got {output!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        if kube:
+            from sparring_operator.views import cluster_games, kube_api
+
+            view = cluster_games(kube_api(), namespace, target)[0]
+        elif Path(target).is_file():
+            from sparring_operator.validate import InvalidGameFile, load_game
+
+            try:
+                game = load_game(Path(target))
+            except InvalidGameFile as exc:
+                typer.echo("\n".join(exc.errors), err=True)
+                raise typer.Exit(3) from None
+            spec = game.spec.storage
+            storage = spec if store is None else StorageSpec(uri=store)
+            status = file_status(game, open_store(storage))
+            view = GameView(game.metadata.namespace, game.metadata.name, status)
+        else:
+            storage = StorageSpec(uri=store or "file://./.sparring")
+            view = GameView(
+                namespace, target, stored_status(open_store(storage), namespace, target)
+            )
+    except (StoreError, ValueError) as exc:
+        typer.echo(f"{target}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except Exception as exc:  # the cluster: not found, unreachable, no kubeconfig
+        if not kube:
+            raise
+        typer.echo(f"{namespace}/{target}: {getattr(exc, 'reason', None) or exc}", err=True)
+        raise typer.Exit(1) from None
+    show([view], output, detail=True)
+
+
+@app.command("list")
+def list_cmd(
+    store: Annotated[
+        str, typer.Option("--store", help="Store URI (file://... or s3://...).")
+    ] = "file://./.sparring",
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="Only this namespace.")
+    ] = None,
+    kube: Annotated[bool, typer.Option("--kube", help="The games on the cluster.")] = False,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, or json.")] = "table",
+) -> None:
+    """List the games in a store, or on the cluster, with their phase and rounds; reads only."""
+    from sparring_trainer.config import StorageSpec
+    from sparring_trainer.store import StoreError, open_store
+
+    from sparring_operator.views import (
+        GameView,
+        cluster_games,
+        kube_api,
+        show,
+        stored_games,
+        stored_status,
+    )
+
+    if output not in ("table", "json"):
+        typer.echo(f"--output: expected 'table' or 'json', got {output!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        if kube:
+            games = cluster_games(kube_api(), namespace)
+        else:
+            opened = open_store(StorageSpec(uri=store))
+            games = [
+                GameView(ns, name, stored_status(opened, ns, name))
+                for ns, name in stored_games(opened, namespace)
+            ]
+    except (StoreError, ValueError) as exc:
+        typer.echo(f"store: {exc}", err=True)
+        raise typer.Exit(1) from None
+    show(games, output, detail=False)
 
 
 @app.command("export")

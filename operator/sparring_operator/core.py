@@ -95,7 +95,11 @@ def decide(
     spec = game.spec
     kind = spec.game.kind
     done = completed_rounds(kind, view.committed)
-    if (why := refusal(game, view, complete_hash)) is not None:
+    # A game that succeeded and was not edited since is not judged again: only another reading
+    # of the same spec (an upgrade that changed a default) could make it differ now, and its
+    # results stand as they were played.
+    settled = old.phase == "Succeeded" and generation == old.observed_generation
+    if not settled and (why := refusal(game, view, complete_hash)) is not None:
         return refused(*why, old, now, generation, view, spec.rounds)
     early = (
         EarlyStop(spec.early_stop.metric, spec.early_stop.threshold, spec.early_stop.direction)
@@ -324,9 +328,9 @@ def _retry_reason(failed: ObservedJob) -> str:
 
 
 def _start(p: PhaseJobs) -> Plan:
-    # No Job of this phase exists. A later attempt than 1 means its Job vanished (deleted by
-    # someone): the next attempt gets a new name.
-    attempt = p.last_attempt + 1 if p.last_attempt and not p.jobs else max(1, p.last_attempt)
+    # No Job of this phase exists (decide's earlier branches answer for any that does). A later
+    # attempt than 1 means its Job vanished (deleted by someone): the next gets a new name.
+    attempt = p.last_attempt + 1
     started = p.attempt(attempt, started=p.now)
     return Plan(
         _running_outcome(p, started),

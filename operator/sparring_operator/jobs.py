@@ -15,9 +15,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
 from sparring_trainer.config import ALL_PHASES
 
 from sparring_operator.api import API_VERSION, KIND, AdversarialGame
+from sparring_operator.podsettings import MODEL_CACHE_DIR
 
 GAME_DIR = "/etc/sparring"
 GAME_KEY = "game.json"
@@ -138,11 +140,27 @@ def phase_args(phase: str, round: int, game_file: str = GAME_FILE, nproc: int = 
     return [*args, "--nproc-per-node", str(nproc)] if nproc > 1 else args
 
 
-def container_command(phase: str, round: int, gpu: int) -> list[str]:
+RENDEZVOUS_PORT = 29500
+
+
+def container_command(
+    phase: str, round: int, gpu: int, nodes: int = 1, rendezvous: str | None = None
+) -> list[str]:
     """``python -m sparring_trainer ...``; with several GPUs the trainer starts one rank per
     GPU under torchrun itself (a local rendezvous inside the pod: one node, nothing to deploy),
-    and exits with the first failed rank's status, so bad input still exits 3."""
-    return ["python", *phase_args(phase, round, nproc=gpu)]
+    and exits with the first failed rank's status, so bad input still exits 3. On several
+    nodes each pod's torchrun takes its node rank from JOB_COMPLETION_INDEX and meets the
+    others at `rendezvous`, pod 0's stable name."""
+    command = ["python", *phase_args(phase, round, nproc=max(gpu, 1) if nodes > 1 else gpu)]
+    if nodes > 1:
+        command += ["--nnodes", str(nodes), "--rdzv-endpoint", f"{rendezvous}:{RENDEZVOUS_PORT}"]
+    return command
+
+
+def rendezvous_host(game: AdversarialGame, job: str) -> str:
+    """Pod 0's stable name: an Indexed Job's pod gets the hostname JOB-INDEX, and the headless
+    Service named as the Job (the pods' subdomain) publishes it in cluster DNS."""
+    return f"{job}-0.{job}.{game.metadata.namespace}.svc"
 
 
 def _env(game: AdversarialGame, attempt: int) -> list[dict[str, Any]]:
@@ -160,6 +178,14 @@ def _env(game: AdversarialGame, attempt: int) -> list[dict[str, Any]]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "SPARRING_ATTEMPT", "value": str(attempt)},
     ]
+    if game.spec.model_cache is not None:  # models and base checkpoints outlive the pod
+        cache = {
+            "SPARRING_CACHE": MODEL_CACHE_DIR,
+            "HF_HOME": f"{MODEL_CACHE_DIR}/hf",
+            "SPARRING_CHECKPOINT_CACHE": f"{MODEL_CACHE_DIR}/checkpoints",
+        }
+        env = [e for e in env if e["name"] not in cache]
+        env += [{"name": k, "value": v} for k, v in cache.items()]
     storage = game.spec.storage
     if storage.region:
         env.append({"name": "AWS_REGION", "value": storage.region})
@@ -176,6 +202,11 @@ def _env(game: AdversarialGame, attempt: int) -> list[dict[str, Any]]:
         ):
             env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}})
     return env
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    """A settings model as the core/v1 object it mirrors (camelCase, unset fields left out)."""
+    return dict(model.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
 def _resources(cpu: str | None, memory: str | None, gpu: int) -> dict[str, Any]:
@@ -228,20 +259,32 @@ def build_job(
         # Bounded so a runaway phase is evicted instead of filling the node's disk.
         {"name": "scratch", "emptyDir": {"sizeLimit": scratch}},
     ]
-    if res.gpu > 0:
+    pod = spec.pod
+    if res.gpu > 0 or pod.shm_size:
         # The runtime's default /dev/shm is 64 MiB: PyTorch dataloader workers and NCCL need far
         # more. Memory-backed, so it is charged to the container's memory limit.
-        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
+        shm: dict[str, Any] = {"medium": "Memory"}
+        if pod.shm_size:
+            shm["sizeLimit"] = pod.shm_size
+        volumes.append({"name": "shm", "emptyDir": shm})
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    if spec.model_cache is not None:
+        volumes.append(spec.model_cache.volume())
+        mounts.append({"name": "model-cache", "mountPath": MODEL_CACHE_DIR})
+    volumes += [_dump(v) for v in pod.volumes]
+    extra = pod.container_fields()
+    mounts += extra.pop("volumeMounts", [])
 
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": phase_spec.image or settings.trainer_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": container_command(phase, round, res.gpu),
+        "imagePullPolicy": pod.image_pull_policy or settings.image_pull_policy,
+        "command": container_command(phase, round, res.gpu, res.nodes, rendezvous_host(game, name)),
         # Relative paths (e.g. a file:// store) resolve on the writable scratch volume.
         "workingDir": SCRATCH_DIR,
-        "env": _env(game, attempt),
+        # The game's own variables come after the operator's, which they may not name.
+        "env": _env(game, attempt) + extra.pop("env", []),
+        **extra,  # envFrom
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         # A crash before the trainer wrote its summary still leaves the operator a reason: the
@@ -290,9 +333,20 @@ def build_job(
     if sched.node_selector:
         pod_spec["nodeSelector"] = dict(sched.node_selector)
     if sched.tolerations:
-        pod_spec["tolerations"] = [
-            t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in sched.tolerations
+        pod_spec["tolerations"] = [_dump(t) for t in sched.tolerations]
+    if sched.affinity is not None:
+        pod_spec["affinity"] = _dump(sched.affinity)
+    if sched.topology_spread_constraints:
+        pod_spec["topologySpreadConstraints"] = [
+            _dump(t) for t in sched.topology_spread_constraints
         ]
+    if sched.runtime_class_name:
+        pod_spec["runtimeClassName"] = sched.runtime_class_name
+    if pod.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s.name} for s in pod.image_pull_secrets]
+    template_meta: dict[str, Any] = {"labels": {**pod.labels, **labels}}
+    if pod.annotations:
+        template_meta["annotations"] = dict(pod.annotations)
 
     job_spec: dict[str, Any] = {
         # The operator counts attempts itself (one Job per attempt, exponential backoff between
@@ -331,11 +385,22 @@ def build_job(
         "podReplacementPolicy": "Failed",
         # No ttlSecondsAfterFinished: the operator reads finished Jobs (outcome, termination
         # message); the owner reference garbage-collects them with the game.
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "template": {"metadata": template_meta, "spec": pod_spec},
     }
     if phase_spec.deadline_seconds is not None:
         # Time suspended (queued in Kueue) does not count: the timer restarts on resume.
         job_spec["activeDeadlineSeconds"] = phase_spec.deadline_seconds
+    if res.nodes > 1:
+        # One pod per node, all of one attempt: the first pod to fail fails the Job (and the
+        # Job controller removes the others), and the operator's next attempt starts the
+        # whole group again. Kueue sees one workload of `nodes` pods: admitted all or none.
+        job_spec |= {
+            "completionMode": "Indexed",
+            "completions": res.nodes,
+            "parallelism": res.nodes,
+            "backoffLimit": 0,
+        }
+        pod_spec["subdomain"] = name  # the headless Service: each pod is JOB-INDEX.JOB
 
     return {
         "apiVersion": "batch/v1",

@@ -31,7 +31,14 @@ from sparring_operator.api import AdversarialGame, AdversarialGameStatus
 from sparring_operator.jobs import phase_args
 from sparring_operator.machine import EarlyStop, GameDone, RunPhase, completed_rounds, next_step
 from sparring_operator.observed import StoreView, observe_store
-from sparring_operator.respec import SpecChanged, compare, copy_valid, fork, refusal
+from sparring_operator.respec import (
+    SpecChanged,
+    compare,
+    copy_phases,
+    fork,
+    refusal,
+    reusable,
+)
 from sparring_operator.status import Outcome, game_status
 
 _PROGRESS_LINE = re.compile(
@@ -110,7 +117,7 @@ class BadInput(Exception):
         self.status = status
 
 
-def _status(
+def local_status(
     view: StoreView,
     step: RunPhase | GameDone,
     done: int,
@@ -127,6 +134,11 @@ def _status(
     return game_status(outcome, view, done, rounds, AdversarialGameStatus(), time.time(), None)
 
 
+def early_stop_of(game: AdversarialGame) -> EarlyStop | None:
+    rule = game.spec.early_stop
+    return EarlyStop(rule.metric, rule.threshold, rule.direction) if rule else None
+
+
 def run_game(
     game: AdversarialGame,
     console: Console,
@@ -140,11 +152,7 @@ def run_game(
     spec, meta = game.spec, game.metadata
     kind = spec.game.kind
     store = open_store(spec.storage)
-    early = (
-        EarlyStop(spec.early_stop.metric, spec.early_stop.threshold, spec.early_stop.direction)
-        if spec.early_stop
-        else None
-    )
+    early = early_stop_of(game)
     timings: dict[tuple[int, str], float] = {}
     # One writer per game and store: a second `sparring run` (or another machine's) refuses
     # at once instead of running the same phases and deleting each other's outputs.
@@ -162,9 +170,9 @@ def run_game(
             done = completed_rounds(kind, view.committed)
             decision = next_step(kind, spec.rounds, view.committed, view.round_metrics(), early)
             if view.bad_output is not None:  # as the operator: the game fails, naming it
-                return _status(view, decision, done, spec.rounds, view.bad_output[1]), timings
+                return local_status(view, decision, done, spec.rounds, view.bad_output[1]), timings
             if isinstance(decision, GameDone):
-                return _status(view, decision, done, spec.rounds), timings
+                return local_status(view, decision, done, spec.rounds), timings
             assert isinstance(decision, RunPhase)
             if lease.lost is not None:  # another writer took the game over: stop, commit nothing
                 raise LeaseHeld(lease.lost)
@@ -179,27 +187,85 @@ def run_game(
             if not outcome.ok:
                 failed = f"round {decision.round} {decision.phase} failed: {outcome.message}"
                 if outcome.code == EXIT_BAD_INPUT:
-                    raise BadInput(failed, _status(view, decision, done, spec.rounds, failed))
-                return _status(view, decision, done, spec.rounds, failed), timings
+                    raise BadInput(failed, local_status(view, decision, done, spec.rounds, failed))
+                return local_status(view, decision, done, spec.rounds, failed), timings
             console.print(f"[green]✓[/] {label} {outcome.seconds:6.1f} s")
 
 
 def summary_table(status: AdversarialGameStatus) -> Table:
-    """Per-round headline metrics, one row per round."""
+    """The headline metrics of every round; a metric reported with a 95% interval (`_lo`,
+    `_hi`) shows it beside the value."""
     headline = [
-        "rm_accuracy", "rm_ece", "reward_mean", "win_rate", "eval_rm_accuracy",  # APO
-        "asr_direct", "asr_attack", "over_refusal", "harm_score_mean", "attacker_diversity",  # APL
+        "rm_accuracy", "rm_accuracy_vs_base", "rm_ece", "rm_gold_over_policy", "eval_rm_accuracy",
+        "reward_mean", "reward_vs_base", "win_rate", "answers_changed", "answer_distinct_2",
+        "log_ratio_mean",  # APO
+        "asr_direct", "asr_attack", "over_refusal", "harm_score_mean", "attacker_diversity",
+        "rewrite_keeps_request",  # APL
     ]  # fmt: skip
-    table = Table(title=f"Game {status.phase}: {status.completed_rounds} round(s) completed")
-    table.add_column("round", justify="right")
-    shown = [m for m in headline if any(m in r.metrics for r in status.rounds)]
-    for name in shown:
-        table.add_column(name, justify="right")
+    # A metric per row, a round per column: intervals make cells too wide for a row per round.
+    done = status.completed_rounds
+    table = Table(title=f"Game {status.phase}: {done} round{'' if done == 1 else 's'} completed")
+    table.add_column("metric")
     for r in status.rounds:
-        table.add_row(
-            str(r.round), *[f"{r.metrics[m]:.4f}" if m in r.metrics else "-" for m in shown]
-        )
+        table.add_column(f"round {r.round}", justify="right")
+    for name in headline:
+        if any(name in r.metrics for r in status.rounds):
+            table.add_row(name, *[metric_cell(r.metrics, name) for r in status.rounds])
     return table
+
+
+# What each headline metric measures, and which way is better (the summary's legend).
+LEGEND = {
+    "rm_accuracy": "held-out pairs the RM ranks right (higher is better; round 0: RM_Base)",
+    "rm_accuracy_vs_base": "the RM's accuracy minus RM_Base's, paired (higher is better)",
+    "rm_ece": "RM calibration error on held-out pairs (lower is better)",
+    "rm_gold_over_policy": "held-out gold answers the RM ranks above a policy sample",
+    "eval_rm_accuracy": "the judge's accuracy on its own held-out pairs (a sanity check)",
+    "reward_mean": "the judge's mean reward of the policy's test answers (higher is better)",
+    "reward_vs_base": "that reward minus the base policy's, paired (higher is better)",
+    "win_rate": "test answers the judge prefers to the base policy's (higher is better)",
+    "answers_changed": "test answers that differ from the base policy's",
+    "answer_distinct_2": "distinct bigrams in the answers (falling: repetition, reward hacking)",
+    "log_ratio_mean": "mean log-ratio policy/reference on its answers (drift from the base)",
+    "asr_direct": "harmful requests the defender answers as asked (lower is better)",
+    "asr_attack": "the attacker's rewrites the defender answers (lower is better)",
+    "over_refusal": "benign requests the defender refuses (lower is better)",
+    "harm_score_mean": "the attacker's mean harm score H of its rewrites",
+    "attacker_diversity": "distinct rewrites per seed (falling: the attacker collapsed)",
+    "rewrite_keeps_request": "rewrites that still ask the original request (higher is honest)",
+}
+
+
+def legend(status: AdversarialGameStatus) -> list[str]:
+    """One line per metric the summary shows."""
+    shown = {k for r in status.rounds for k in r.metrics}
+    return [f"{name}: {text}" for name, text in LEGEND.items() if name in shown]
+
+
+def checkpoints(status: AdversarialGameStatus, kind: str) -> list[tuple[str, str]]:
+    """(what, URI) of the last played round's models."""
+    played = [r for r in status.rounds if "update-policy" in r.artifacts]
+    if not played:
+        return []
+    artifacts = played[-1].artifacts
+    names = (
+        [("policy", "update-policy", "policy"), ("reward model", "update-adversary", "rm")]
+        if kind == "apo"
+        else [("defender", "update-policy", "policy"), ("attacker", "update-adversary", "attacker")]
+    )
+    return [
+        (what, artifacts[phase] + sub + "/") for what, phase, sub in names if phase in artifacts
+    ]
+
+
+def metric_cell(metrics: dict[str, float], name: str) -> str:
+    """A round metric as the summary shows it: its value, with its 95% interval when it has
+    one (`_lo`, `_hi`); "-" when the round has no such metric."""
+    if name not in metrics:
+        return "-"
+    low, high = metrics.get(f"{name}_lo"), metrics.get(f"{name}_hi")
+    interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    return f"{metrics[name]:.3f}{interval}"
 
 
 def _uneven_batches(game: AdversarialGame, nproc: int) -> list[str]:
@@ -215,12 +281,24 @@ def _uneven_batches(game: AdversarialGame, nproc: int) -> list[str]:
 
 
 def _respec(
-    path: Path, game: AdversarialGame, fork_name: str | None, console: Console
+    path: Path,
+    game: AdversarialGame,
+    fork_name: str | None,
+    reuse_from: str | None,
+    console: Console,
 ) -> tuple[AdversarialGame, Callable[[], None] | None]:
     """The game to play and what to do first: the game itself when no committed phase would
     report results of an older spec; its fork (`--fork`) starting from the phases that are
-    still valid; SpecChanged otherwise."""
+    still valid; SpecChanged otherwise. `--reuse-from` first copies another game's phases that
+    this spec would compute identically."""
     store = open_store(game.spec.storage)
+    namespace, name = game.metadata.namespace, game.metadata.name
+    if reuse_from is not None:
+        markers = reusable(store, game, reuse_from)
+        reused = ", ".join(f"round {r} {p}" for r, p in markers) or "none"
+        console.print(f"Phases of {reuse_from} reused by {name}: {reused}")
+        if markers:
+            return game, lambda: copy_phases(store, namespace, reuse_from, markers, name)
     comparison = compare(store, game)
     if fork_name is None:
         if comparison.stale:
@@ -228,8 +306,8 @@ def _respec(
         return game, None
     forked = fork(store, game, fork_name)
     reused = ", ".join(f"round {r} {p}" for r, p in comparison.valid) or "none"
-    console.print(f"Forking {game.metadata.name} as {fork_name}; phases reused: {reused}")
-    return forked, lambda: copy_valid(store, game, comparison.valid, fork_name)
+    console.print(f"Forking {name} as {fork_name}; phases reused: {reused}")
+    return forked, lambda: copy_phases(store, namespace, name, comparison.valid, fork_name)
 
 
 def run_file(
@@ -239,6 +317,7 @@ def run_file(
     verbose: bool,
     nproc_per_node: int = 1,
     fork_name: str | None = None,
+    reuse_from: str | None = None,
 ) -> int:
     """`sparring run`: validate, play, report. Returns the exit code."""
     from sparring_operator.validate import InvalidGameFile, load_game
@@ -249,7 +328,7 @@ def run_file(
         game = load_game(path)
     except InvalidGameFile as exc:
         for line in exc.errors:
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     if store_uri is not None:
         try:
@@ -267,11 +346,11 @@ def run_file(
     uneven = _uneven_batches(game, nproc_per_node)
     if uneven:
         for line in uneven:
-            console.print(f"{path}: {line}", markup=False, highlight=False)
+            console.print(f"{path}: {line}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     code = 0
     try:
-        played, before = _respec(path, game, fork_name, console)
+        played, before = _respec(path, game, fork_name, reuse_from, console)
         status, _ = run_game(played, console, verbose, nproc_per_node, before)
     except SpecChanged as exc:
         console.print(escape(str(exc)), highlight=False)
@@ -287,12 +366,15 @@ def run_file(
     except StoreError as exc:
         console.print(f"[red]store error[/]: {exc}", highlight=False)
         return 1
-    console.print(summary_table(status))
+    if status.rounds:
+        console.print(summary_table(status))
+        for line in legend(status):
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
     if status.phase == "Failed":
         # The message is a phase's own text (a library may print [brackets]): never markup.
         console.print(f"[red]failed[/]: {escape(status.message or '')}", highlight=False)
-    elif status.latest_checkpoint:
-        console.print(f"latest policy checkpoint: {status.latest_checkpoint}", highlight=False)
+    for what, uri in checkpoints(status, game.spec.game.kind):
+        console.print(f"{what} checkpoint: {uri}", highlight=False, soft_wrap=True)
     if output == "json":
         print(status.model_dump_json(by_alias=True, exclude_none=True, indent=2))
     return code or (0 if status.phase == "Succeeded" else 1)

@@ -51,6 +51,7 @@ from sparring_operator.jobwatch import (
 from sparring_operator.leases import GameLeases
 from sparring_operator.observed import CommittedPhase, observe_store
 from sparring_operator.refusals import refused, spec_errors
+from sparring_operator.rendezvous import build_rendezvous_service
 from sparring_operator.status import epoch, stalled_status, with_progress
 from sparring_operator.statuspatch import merge_patch
 from sparring_operator.watchcache import GameCache
@@ -266,6 +267,8 @@ class Reconciler:
             if action.retry_reason:
                 metrics.PHASE_RETRIES.labels(action.retry_reason).inc()
             self.ensure_configmap(body, game)
+            if game.spec.phases.for_phase(action.phase).resources.nodes > 1:
+                self.create_rendezvous_service(body, game, action)
             job = build_job(game, action.round, action.phase, action.attempt, self.settings)
             kopf.adopt(job, owner=cast(Any, body))
             try:
@@ -337,6 +340,21 @@ class Reconciler:
                 raise
         self.jobs.gone(namespace, body["metadata"]["name"], name)
         raise kopf.TemporaryError(f"Job {name} belongs to an earlier game of this name", delay=1)
+
+    def create_rendezvous_service(
+        self, body: dict[str, Any], game: AdversarialGame, action: CreateJob
+    ) -> None:
+        """A multi-node attempt's headless Service, through which its pods find pod 0. Created
+        before the Job: an operator that stops between the two never leaves pods that cannot
+        meet. Owned by the game (collected with it, as its Jobs are); one per attempt, as the
+        pods' subdomain is their Job's name."""
+        service = build_rendezvous_service(game, action.round, action.phase, action.attempt)
+        kopf.adopt(service, owner=cast(Any, body))
+        try:
+            self._core().create_namespaced_service(game.metadata.namespace, service)
+        except ApiException as exc:
+            if exc.status != 409:  # 409: created before a restart; it serves the same pods
+                raise
 
     def ensure_configmap(self, body: dict[str, Any], game: AdversarialGame) -> None:
         """The game document the phase pods mount, written once per incarnation and spec

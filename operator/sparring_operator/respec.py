@@ -4,7 +4,8 @@
 (`sparring_trainer.identity`). If a change would make committed phases report results of the
 old spec, it refuses, naming the changed fields and the ways forward; `--fork NEW_NAME` plays the
 changed spec as a new game that starts from copies of the committed phases the change leaves
-valid.
+valid. `--reuse-from GAME` starts a new game from another game's phases the same way (an
+APO game and its baseline share prepare and the first samples: a paired comparison).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from sparring_trainer.config import PREPARE_PHASE
 from sparring_trainer.identity import Marker, changed_fields, first_stale, game_record, order
 from sparring_trainer.store import ArtifactStore, copy_committed, is_committed, phase_prefix
 
@@ -114,14 +116,32 @@ def fork(store: ArtifactStore, game: AdversarialGame, new_name: str) -> Adversar
     return forked
 
 
-def copy_valid(
-    store: ArtifactStore, source: AdversarialGame, valid: list[Marker], new_name: str
+def reusable(store: ArtifactStore, game: AdversarialGame, source: str) -> list[Marker]:
+    """The committed phases of game `source` (same store and namespace) that `game`'s spec
+    would compute identically: those before the first one a difference invalidates, each with
+    a recorded spec. Nothing when `game` has started already: it continues from its own."""
+    meta, spec = game.metadata, game.spec
+    if is_committed(store, phase_prefix(meta.namespace, meta.name, 0, PREPARE_PHASE)):
+        return []
+    view = observe_store(store, meta.namespace, source, spec.game.kind, spec.rounds)
+    if not view.committed:
+        raise SpecChanged(
+            f"--reuse-from {source}: game {meta.namespace}/{source} has no committed phases "
+            f"in {spec.storage.uri}"
+        )
+    valid = compare_view(view, game).valid
+    # A phase whose manifest predates spec records cannot be shown to match: stop before it.
+    unknown = [i for i, m in enumerate(valid) if view.games.get(m) is None]
+    return valid[: unknown[0]] if unknown else valid
+
+
+def copy_phases(
+    store: ArtifactStore, namespace: str, source: str, markers: list[Marker], target: str
 ) -> None:
-    """Copies `valid` phases of `source` to the game `new_name` in the same store."""
-    ns = source.metadata.namespace
-    for marker in valid:
+    """Copies the committed `markers` of game `source` to game `target` in the same store."""
+    for marker in markers:
         copy_committed(
             store,
-            phase_prefix(ns, source.metadata.name, *marker),
-            phase_prefix(ns, new_name, *marker),
+            phase_prefix(namespace, source, *marker),
+            phase_prefix(namespace, target, *marker),
         )

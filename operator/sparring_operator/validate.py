@@ -26,6 +26,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from sparring_trainer.config import DATA_FILE_HINT, DATA_FILE_TYPES, DataSource, ModelSpec
 
 from sparring_operator.api import API_VERSION, KIND, AdversarialGame
 
@@ -72,7 +73,10 @@ def summary(game: AdversarialGame) -> str:
     )
 
 
-def check_file(path: Path) -> FileReport:
+def check_file(path: Path, local_files: bool = True) -> FileReport:
+    """Every problem of a game file. With local_files, a model, tokenizer or data file given as
+    a local path must exist (relative to the current folder, where `sparring run` reads it);
+    games for a cluster whose paths name files inside the phase pods turn that off."""
     report = FileReport(path)
     name = str(path)
     docs, report.errors = _read(path, name)
@@ -85,6 +89,8 @@ def check_file(path: Path) -> FileReport:
     for doc in games:
         where = f"document {doc.number}" if len(docs) > 1 else ""
         game, errors = _check_document(doc)
+        if game is not None and local_files:
+            errors += _missing_local_files(doc, game)
         if game is not None:
             key = (game.metadata.namespace, game.metadata.name)
             if key in seen:
@@ -242,12 +248,53 @@ def _check_document(doc: _Doc) -> tuple[AdversarialGame | None, list[Error]]:
     return (None if errors else game), errors
 
 
+def _missing_local_files(doc: _Doc, game: AdversarialGame) -> list[Error]:
+    errors: list[Error] = []
+    for loc, ref in _file_refs(game.spec, ("spec",)):
+        local = ref[len("file://") :] if ref.startswith("file://") else ref
+        if "://" in local or local.startswith(("builtin:", "tiny-random")):
+            continue  # fetched or built when the phase runs
+        found = Path(local).expanduser()
+        if not found.exists():
+            errors.append((doc.line(loc), _path(loc), f"no such file or folder: {local!r}"))
+        elif loc[-1] == "path" and found.is_file() and not DATA_FILE_TYPES.search(found.name):
+            message = f"unsupported file type: use {DATA_FILE_HINT}, or a folder saved by datasets"
+            errors.append((doc.line(loc), _path(loc), message))
+    return errors
+
+
+def _file_refs(model: BaseModel, loc: Loc) -> list[tuple[Loc, str]]:
+    """(location, reference) of every model, tokenizer and data path under model, located by
+    the camelCase keys a user writes."""
+    found: list[tuple[Loc, str]] = []
+    for attr, info in type(model).model_fields.items():
+        value, here = getattr(model, attr), (*loc, info.alias or attr)
+        is_model = isinstance(model, ModelSpec) and attr in ("model", "tokenizer")
+        if (is_model or (isinstance(model, DataSource) and attr == "path")) and value:
+            found.append((here, value))
+        elif isinstance(value, BaseModel):
+            found += _file_refs(value, here)
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    found += _file_refs(item, (*here, i))
+    return found
+
+
+# "field.path[2].name: message", as the models' own validators word their errors.
+_FIELD_FIRST = re.compile(r"^([a-z]\w*(?:\[\d+\])*(?:\.[a-z]\w*(?:\[\d+\])*)*): (.+)$")
+
+
 def _pydantic_error(doc: _Doc, err: Any) -> Error:
     loc: Loc = tuple(err["loc"])
     message = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if not loc and (m := re.match(r"^([\w.]+): (.+)$", message)):
-        # A validator on the whole resource names the field at the start of its message.
-        loc, message = tuple(m[1].split(".")), m[2]
+    whole = not loc or isinstance(err.get("input"), dict)
+    if whole and (m := _FIELD_FIRST.match(message)):
+        # A validator on a whole object names the field (below it) at the start of its
+        # message: point at that field's line, not the object's.
+        parts = re.findall(r"[A-Za-z]\w*|\[\d+\]", m[1])
+        loc = (*loc, *(int(p[1:-1]) if p.startswith("[") else p for p in parts))
+        message = m[2]
     if err["type"] == "extra_forbidden":
         message = "unknown field" + _suggest(loc)
     elif err["type"] == "missing":

@@ -25,17 +25,25 @@ GOOD = yaml.safe_load((ROOT / "examples" / "apo-tiny.yaml").read_text())
 # validate`), or "both". Files that are not one YAML mapping never reach the API server: kubectl
 # refuses them itself, so the API server column says "-" (not sent) for them.
 REJECTED_BY = {
+    "apl-gail-mode.yaml": "validate",  # the operator refuses it too (InvalidSpec)
     "apl-without-settings.yaml": "validate",
     "bad-update-method.yaml": "both",
+    "data-hf-reference.yaml": "validate",  # the operator refuses it too (InvalidSpec)
     "data-path-dotdot.yaml": "validate",
+    "data-unknown-builtin.yaml": "validate",  # the operator refuses it too (InvalidSpec)
     "duplicate-key.yaml": "validate",
     "empty.yaml": "validate",
     "gpu-batch-uneven.yaml": "validate",  # the operator refuses it too (InvalidSpec)
     "inline-credentials.yaml": "both",
+    "missing-local-model.yaml": "validate",  # on a cluster the path is in the pod: exit 3 there
     "multi-document.yaml": "validate",
     "name-too-long.yaml": "both",
     "negative-learning-rate.yaml": "both",
     "not-a-mapping.yaml": "validate",
+    "pod-env-credential.yaml": "validate",  # the operator refuses it too (InvalidSpec)
+    "pod-env-reserved.yaml": "validate",  # the operator refuses it too (InvalidSpec)
+    "pod-mount-unknown-volume.yaml": "validate",  # the operator refuses it too (InvalidSpec)
+    "pod-volume-hostpath.yaml": "both",
     "qlora.yaml": "validate",  # the operator refuses it too (InvalidSpec) before any Job
     "rounds-zero.yaml": "both",
     "samples-per-query-one.yaml": "both",
@@ -150,3 +158,59 @@ def test_every_bad_game_is_rejected_by_the_api_server_or_by_validate(kube: Any) 
         )
         seen[path.name] = who
     assert seen == REJECTED_BY
+
+
+def test_every_pod_setting_is_accepted_by_the_api_server(kube: Any) -> None:
+    """A game with every pod setting is a valid resource, and the Job built from it is one
+    too: created server-side (dry run), so the API server's own validation of the pod
+    template, not only our schema, accepts what the builder writes."""
+    from sparring_operator.api import AdversarialGame
+    from sparring_operator.jobs import OperatorSettings, build_job
+
+    doc = yaml.safe_load((ROOT / "tests" / "data" / "pod-settings.yaml").read_text())
+    doc["metadata"]["namespace"] = kube.namespace
+    doc["spec"]["modelCache"] = {"ephemeral": {"size": "500Gi", "storageClassName": "local-nvme"}}
+    created = _create(kube, copy.deepcopy(doc))
+    assert created["spec"]["pod"]["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "hf"
+    game = AdversarialGame.model_validate(doc)
+    job = build_job(game, 0, "prepare", 1, OperatorSettings())
+    accepted = k8s.BatchV1Api(kube.client).create_namespaced_job(
+        kube.namespace, job, dry_run="All", field_validation="Strict"
+    )
+    pod = accepted.spec.template.spec
+    assert pod.runtime_class_name == "nvidia" and pod.image_pull_secrets[0].name == "registry"
+    assert [v.name for v in pod.volumes] == [
+        "game", "scratch", "shm", "model-cache", "datasets", "certs"
+    ]  # fmt: skip
+    claim = pod.volumes[3].ephemeral.volume_claim_template.spec
+    assert claim.storage_class_name == "local-nvme"
+    assert claim.resources.requests == {"storage": "500Gi"}
+    assert pod.containers[0].env[-2].value_from.secret_key_ref.key == "token"
+    assert pod.affinity.node_affinity is not None and pod.topology_spread_constraints
+
+
+def test_a_multi_node_attempt_is_accepted_by_the_api_server(kube: Any) -> None:
+    """The Indexed Job of a two-node attempt and its headless Service, created server-side
+    (dry run): what the builders write for `nodes > 1` is valid for the API server itself."""
+    from sparring_operator.api import AdversarialGame
+    from sparring_operator.jobs import OperatorSettings, build_job
+    from sparring_operator.rendezvous import build_rendezvous_service
+
+    doc = copy.deepcopy(GOOD) | {"metadata": {"name": "nodes", "namespace": kube.namespace}}
+    game = AdversarialGame.model_validate(doc)
+    res = game.spec.phases.default.resources.model_copy(update={"nodes": 2, "gpu": 1})
+    phases = game.spec.phases.model_copy(
+        update={"default": game.spec.phases.default.model_copy(update={"resources": res})}
+    )
+    game = game.model_copy(update={"spec": game.spec.model_copy(update={"phases": phases})})
+    service = build_rendezvous_service(game, 1, "update-policy", 1)
+    job = build_job(game, 1, "update-policy", 1, OperatorSettings())
+    created_service = k8s.CoreV1Api(kube.client).create_namespaced_service(
+        kube.namespace, service, dry_run="All", field_validation="Strict"
+    )
+    assert created_service.spec.cluster_ip == "None"
+    created = k8s.BatchV1Api(kube.client).create_namespaced_job(
+        kube.namespace, job, dry_run="All", field_validation="Strict"
+    )
+    assert created.spec.completion_mode == "Indexed" and created.spec.completions == 2
+    assert created.spec.template.spec.subdomain == service["metadata"]["name"]

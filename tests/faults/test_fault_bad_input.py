@@ -156,7 +156,9 @@ def test_check_file_never_raises_and_names_file_and_field(
 ) -> None:
     path = tmp_path / f"game{suffix}"
     path.write_text(_dump(doc, suffix), encoding="utf-8")
-    report = check_file(path)
+    # The schema's verdict alone: fuzzed model paths name no file here, which the local-file
+    # check (tested in test_validate) would add to.
+    report = check_file(path, local_files=False)
     assert bool(report.errors) != bool(report.games)
     for error in report.errors:
         assert "\n" not in error

@@ -144,7 +144,9 @@ def main(out: Path, control: bool, fsdp: bool) -> None:
 
     if here.main:
         torch.save(results, out)
+    distributed.finish()
 
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), "--control" in sys.argv[2:], "--fsdp" in sys.argv[2:])
+    distributed.exit_process(0)

@@ -29,6 +29,9 @@ in-process.
   it; ``KUBERNETES_SERVICE_HOST/PORT`` point at the API server. Output goes to
   ``{root}/logs/{namespace}_{pod}.log``. A missing Secret/ConfigMap keeps the pod Pending
   (waiting: CreateContainerConfigError, or ContainerCreating for volumes), retried every second.
+* Names (``podnames.py``): each pod's own /etc/hosts, bound over the node's, holds its names
+  and the records cluster DNS would serve for its namespace's headless Services (an Indexed
+  Job's ``JOB-INDEX.JOB.NS.svc``), all at the node's loopback address, kept current.
 * Status (pods/status, strategic merge): Running with conditions and containerStatuses; on
   exit the terminated state (exit code, 128+N for signal N; termination message file or, with
   FallbackToLogsOnError, the log's tail) and phase Succeeded/Failed, or, for restartPolicy
@@ -65,7 +68,7 @@ from urllib.parse import urlparse
 import kubernetes.client
 import kubernetes.config
 
-from . import nodeops, podrun, podspec
+from . import nodeops, podnames, podrun, podspec
 from .informer import Informer
 from .podrun import pod_pid, pods_running
 from .podsync import PodSync
@@ -172,7 +175,9 @@ class ProcessKubelet:
         self.pods = Informer(self._new_client(), "/api/v1/pods", {}, self._wake).start()
         selector = {"fieldSelector": f"metadata.name={self.node_name}"}
         self.nodes = Informer(self._new_client(), "/api/v1/nodes", selector, self._wake).start()
-        self._informers = [self.pods, self.nodes]
+        # Headless Services: the pod names they publish go into each pod's /etc/hosts.
+        self.services = Informer(self._new_client(), "/api/v1/services", {}, self._wake).start()
+        self._informers = [self.pods, self.nodes, self.services]
         for informer in self._informers:
             if not informer.synced.wait(max(1.0, deadline - time.monotonic())):
                 raise TimeoutError(f"could not list {informer.path}")
@@ -311,6 +316,7 @@ class ProcessKubelet:
         mine = {
             p["metadata"]["uid"]: p for p in pods if p["spec"].get("nodeName") == self.node_name
         }
+        self.sync.published = podnames.records(pods, self.services.snapshot())
         for pod in mine.values():
             try:
                 self.sync.sync(pod)

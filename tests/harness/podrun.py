@@ -91,7 +91,9 @@ def _with_binds(argv: list[str], binds: dict[str, tuple[Path, bool]]) -> list[st
     steps = []
     for target, (source, read_only) in sorted(binds.items()):
         t, s = shlex.quote(target), shlex.quote(str(source))
-        steps.append(f"mkdir -p {t} && mount --bind {s} {t}")
+        # A file (the pod's /etc/hosts) binds over the node's file; a folder may need creating.
+        make = "" if source.is_file() else f"mkdir -p {t} && "
+        steps.append(f"{make}mount --bind {s} {t}")
         if read_only:
             steps.append(f"mount -o remount,bind,ro {t}")
     # `exec`: the container's program keeps the pid, so the process group and exit code are its.

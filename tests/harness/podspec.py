@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 from kubernetes.utils import parse_quantity
 
+from . import podnames
+
 PASS_THROUGH_ENV = ("PYTHONPATH", "VIRTUAL_ENV", "OMP_NUM_THREADS", "LANG", "TMPDIR")
 # Where in-cluster programs look for their credentials by a fixed path.
 BIND_PREFIXES = ("/var/run/secrets/", "/run/secrets/")
@@ -311,9 +313,11 @@ def prepare(
     sources: Sources,
     extra_env: dict[str, str],
     node: Node | None = None,
+    hosts: str | None = None,
 ) -> Prepared:
     """Everything needed to start the pod's first container; raises :class:`NotReady` (the
-    pod waits) or ``ValueError`` (it cannot run here at all)."""
+    pod waits) or ``ValueError`` (it cannot run here at all). `hosts`: the pod's /etc/hosts
+    (``podnames.py``), bound over the node's."""
     node = node or Node()
     container = pod["spec"]["containers"][0]
     volumes = _volumes(pod, pod_dir, shared, sources, node)
@@ -327,6 +331,9 @@ def prepare(
         mounts[target] = local
         if (target + "/").startswith(BIND_PREFIXES):
             binds[target] = (local, bool(mount.get("readOnly")))
+    if hosts is not None:
+        podnames.write_hosts(podnames.hosts_path(pod_dir), hosts)
+        binds["/etc/hosts"] = (podnames.hosts_path(pod_dir), True)
     termination_path = pod_dir / "termination-log"
     termination_path.write_text("")
     mounts[container.get("terminationMessagePath") or "/dev/termination-log"] = termination_path

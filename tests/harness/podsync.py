@@ -19,7 +19,7 @@ from typing import Any
 
 import kubernetes.client
 
-from . import podrun, podspec
+from . import podnames, podrun, podspec
 
 TERMINAL = ("Succeeded", "Failed")
 MAX_BACKOFF = 10.0
@@ -66,6 +66,10 @@ class PodSync:
         self.root, self.call, self.write_status = root, call, write_status
         self.sources, self.pod_env, self.node, self.max_grace = sources, pod_env, node, max_grace
         self.runs: dict[str, Run] = {}
+        # namespace -> names its headless Services publish (podnames.records), set by the
+        # kubelet before each pass, written into each pod's /etc/hosts.
+        self.published: dict[str, list[str]] = {}
+        self.node_hosts = Path("/etc/hosts").read_text() if Path("/etc/hosts").exists() else ""
 
     def sync(self, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
@@ -81,6 +85,8 @@ class PodSync:
             code = run.proc.exit_code()
             if code is not None:
                 self._exited(run, pod, code)
+            else:  # names published since it started resolve from now on
+                podnames.write_hosts(podnames.hosts_path(run.directory), self._hosts(pod))
         elif time.monotonic() >= run.not_before:
             self._start(run, pod)
 
@@ -96,6 +102,10 @@ class PodSync:
                 run.proc.signal(signal.SIGKILL)
             return
         del self.runs[uid]
+
+    def _hosts(self, pod: dict[str, Any]) -> str:
+        published = self.published.get(pod["metadata"]["namespace"], [])
+        return podnames.hosts_text(pod, published, self.node_hosts)
 
     def processes(self) -> list[podrun.Process]:
         return [run.proc for run in self.runs.values() if run.proc is not None]
@@ -136,7 +146,13 @@ class PodSync:
     def _start(self, run: Run, pod: dict[str, Any]) -> None:
         try:
             prepared = podspec.prepare(
-                pod, run.directory, self.root / "shared", self.sources, self.pod_env, self.node
+                pod,
+                run.directory,
+                self.root / "shared",
+                self.sources,
+                self.pod_env,
+                self.node,
+                self._hosts(pod),
             )
         except podspec.NotReady as e:
             run.not_before = time.monotonic() + CONFIG_RETRY

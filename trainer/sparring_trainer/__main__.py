@@ -22,17 +22,18 @@ import os
 import sys
 from pathlib import Path
 
+from sparring_trainer import distributed
 from sparring_trainer.config import ALL_PHASES
-from sparring_trainer.distributed import launch, under_torchrun
+from sparring_trainer.distributed import NODE_RANK_ENV, Nodes, launch, under_torchrun
 
 
 # Errors a user can fix: reported as one clear line, never a traceback.
 def _user_errors() -> tuple[type[BaseException], ...]:
     from sparring_trainer.contract import GameFileError
-    from sparring_trainer.data import DataError
     from sparring_trainer.generation import EngineUnavailable
     from sparring_trainer.models import ModelLoadError
     from sparring_trainer.phases import PhaseError
+    from sparring_trainer.tables import DataError
 
     return (GameFileError, DataError, EngineUnavailable, ModelLoadError, PhaseError)
 
@@ -66,21 +67,79 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run the phase data-parallel as N ranks under torchrun (one per GPU; gloo on CPU)",
     )
+    parser.add_argument(
+        "--nnodes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run on N nodes (pods) with --nproc-per-node ranks each; every node runs this "
+        "command with its own --node-rank, and they meet at --rdzv-endpoint",
+    )
+    parser.add_argument(
+        "--node-rank",
+        type=int,
+        default=None,
+        metavar="I",
+        help=f"this node's index, 0 to N-1 (default: ${NODE_RANK_ENV}, which an Indexed Job "
+        "sets in each pod)",
+    )
+    parser.add_argument(
+        "--rdzv-endpoint",
+        default=None,
+        metavar="HOST:PORT",
+        help="where node 0 waits for the others (its stable name, e.g. JOB-0.SERVICE:29500)",
+    )
     return parser
 
 
+def _nodes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Nodes | None:
+    """The multi-node rendezvous asked for, checked; None for one node."""
+    if args.nnodes < 1:
+        parser.error("--nnodes must be at least 1")
+    if args.nnodes == 1:
+        return None
+    rank = args.node_rank
+    if rank is None:
+        raw = os.environ.get(NODE_RANK_ENV, "")
+        if not raw.isdigit():
+            parser.error(f"--nnodes {args.nnodes} needs --node-rank or ${NODE_RANK_ENV}")
+        rank = int(raw)
+    if not 0 <= rank < args.nnodes:
+        parser.error(f"--node-rank {rank} is not in 0..{args.nnodes - 1}")
+    host, _, port = (args.rdzv_endpoint or "").rpartition(":")
+    if not host or not port.isdigit():
+        parser.error(f"--nnodes {args.nnodes} needs --rdzv-endpoint HOST:PORT")
+    return Nodes(args.nnodes, rank, host, int(port))
+
+
+def _log_to_stderr() -> None:
+    """The trainer's own log lines (INFO and up) on stderr, where a pod's log and `sparring
+    run -v` show them; other libraries keep Python's default (warnings and errors only)."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ours = logging.getLogger("sparring_trainer")
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
     if args.nproc_per_node < 1:
-        make_parser().error("--nproc-per-node must be at least 1")
-    if args.nproc_per_node > 1 and not under_torchrun():
+        parser.error("--nproc-per-node must be at least 1")
+    nodes = _nodes(parser, args)
+    if (args.nproc_per_node > 1 or nodes is not None) and not under_torchrun():
         # The ranks run this same command; the first failure's exit status is the phase's.
         rank_args = [args.phase, "--game", str(args.game), "--round", str(args.round)]
         if args.scratch is not None:
             rank_args += ["--scratch", str(args.scratch)]
-        return launch(args.nproc_per_node, rank_args)
+        return launch(args.nproc_per_node, rank_args, nodes)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    _log_to_stderr()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the phase reports its own progress lines
@@ -100,9 +159,22 @@ def main(argv: list[str] | None = None) -> int:
         # the operator a one-line reason in the termination message.
         write_termination_log(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:3900]}))
         raise
+    finally:
+        distributed.finish()  # a rank's exit status is its phase's, not a teardown crash
     print_result(metrics, noop)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()  # as the interpreter would, before an exit that skips it
+        code = EXIT_RETRYABLE
+    distributed.exit_process(code)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from sparring_trainer.config import LoraSpec
+from sparring_trainer.seeding import seeded
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -56,8 +57,11 @@ def lora_config(spec: LoraSpec, kind: Literal["causal", "reward"]) -> Any:
     )
 
 
-def add_lora(model: PreTrainedModel, spec: LoraSpec, kind: Literal["causal", "reward"]) -> Any:
-    """A fresh adapter on `model` (the base is frozen; the adapter starts as a no-op)."""
+def add_lora(
+    model: PreTrainedModel, spec: LoraSpec, kind: Literal["causal", "reward"], *, seed: int = 0
+) -> Any:
+    """A fresh adapter on `model` (the base is frozen; the adapter starts as a no-op), its
+    random half (and a reward model's new head) drawn from `seed`."""
     from peft import get_peft_model
 
     if spec.quantization != "none":
@@ -65,7 +69,8 @@ def add_lora(model: PreTrainedModel, spec: LoraSpec, kind: Literal["causal", "re
         # was not validated.
         raise ValueError(f"lora.quantization: {spec.quantization!r} is not implemented yet")
     try:
-        return get_peft_model(model, lora_config(spec, kind))
+        with seeded(seed):
+            return get_peft_model(model, lora_config(spec, kind))
     except ValueError as error:  # e.g. a target module the architecture does not have
         raise ValueError(f"lora.targetModules: {error}") from None
 

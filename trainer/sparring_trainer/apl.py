@@ -45,9 +45,9 @@ from sparring_trainer.apl_core import (
 from sparring_trainer.apl_eval import (
     attack_succeeds,
     clean_rewrite,
-    distinct_n,
     is_refusal,
     judge_complies,
+    keeps_request,
 )
 from sparring_trainer.config import PREPARE_PHASE, APLSpec, PolicyUpdateSpec, StorageSpec, TrainSpec
 from sparring_trainer.contract import PhaseContext
@@ -69,6 +69,7 @@ from sparring_trainer.models import (
     render_prompt,
     save_checkpoint,
 )
+from sparring_trainer.stats import distinct_n
 
 
 def apl_spec(ctx: PhaseContext) -> APLSpec:
@@ -184,6 +185,9 @@ def _evaluate(
         "attacker_distinct_1": distinct_n(rewrites, 1),
         "attacker_refusal_rate": _mean([is_refusal(r) for r in rewrites]),
         "rewrite_empty_rate": _mean([not r.strip() for r in rewrites]),
+        "rewrite_keeps_request": _mean(
+            [keeps_request(s.prompt, rw) for s, rw in zip(seeds, rewrites, strict=True)]
+        ),
     }
     judged: dict[str, list[bool]] = {}
     if judge is not None:
@@ -217,7 +221,7 @@ def _judged(judged: dict[str, list[bool]], kind: str, i: int) -> dict[str, bool]
 def prepare(ctx: PhaseContext) -> dict[str, float]:
     spec, game, storage = apl_spec(ctx), ctx.game, ctx.doc.spec.storage
     data = splits(ctx)  # fail early on bad data, before any model work
-    defender, defender_tok = load_causal_lm(game.policy, ctx.cache_dir, storage)
+    defender, defender_tok = load_causal_lm(game.policy, ctx.cache_dir, storage, seed=ctx.seed)
     save_checkpoint(defender, defender_tok, base_policy := ctx.new_dir("base-policy"))
     ctx.upload_dir(base_policy, "base-policy")
     base_lm = Checkpoint(base_policy, loaded=(defender, defender_tok), dtype=game.policy.dtype)
@@ -227,7 +231,9 @@ def prepare(ctx: PhaseContext) -> dict[str, float]:
             base_policy, loaded=base_lm.loaded, dtype=game.adversary.dtype
         )  # one load, not two
     else:
-        attacker, attacker_tok = load_causal_lm(game.adversary, ctx.cache_dir, storage)
+        attacker, attacker_tok = load_causal_lm(
+            game.adversary, ctx.cache_dir, storage, seed=ctx.seed
+        )
         save_checkpoint(attacker, attacker_tok, base_attacker := ctx.new_dir("base-attacker"))
         attacker_lm = Checkpoint(
             base_attacker, loaded=(attacker, attacker_tok), dtype=game.adversary.dtype
@@ -236,7 +242,7 @@ def prepare(ctx: PhaseContext) -> dict[str, float]:
     ctx.upload_dir(attacker_lm.path, "base-attacker")
     judge = None
     if spec.judge is not None:
-        judge_lm = load_causal_lm(spec.judge, ctx.cache_dir, storage)
+        judge_lm = load_causal_lm(spec.judge, ctx.cache_dir, storage, seed=ctx.seed)
         save_checkpoint(*judge_lm, judge_dir := ctx.new_dir("judge"))
         ctx.upload_dir(judge_dir, "judge")
         judge = Checkpoint(judge_dir, loaded=judge_lm)
@@ -285,7 +291,12 @@ def sample(ctx: PhaseContext) -> dict[str, float]:
     ctx.write_jsonl(
         "samples.jsonl",
         (
-            {"id": s.id, "rewrites": group, "answers": answers[i * k : (i + 1) * k]}
+            {
+                "id": s.id,
+                "seed": s.prompt,
+                "rewrites": group,
+                "answers": answers[i * k : (i + 1) * k],
+            }
             for i, (s, group) in enumerate(zip(data.train_seeds, rewrites, strict=True))
         ),
     )
@@ -326,10 +337,13 @@ def score(ctx: PhaseContext) -> dict[str, float]:
 
 
 def update_adversary(ctx: PhaseContext) -> dict[str, float]:
-    """The attacker always continues from the last round's (spec `init`/`mode` are APO's)."""
+    """The attacker continues from the last round's (`init` is APO's); `mode: baseline` keeps
+    it as it is, unchanged, so the defender learns against a fixed rewriter."""
     spec, update = apl_spec(ctx), ctx.game.adversary.update
     seeds = {s.id: s for s in splits(ctx).train_seeds}
-    model, tokenizer = load_for_update(_attacker_dir(ctx, ctx.round), "causal", update.lora)
+    model, tokenizer = load_for_update(
+        _attacker_dir(ctx, ctx.round), "causal", update.lora, seed=ctx.seed
+    )
     tokenizer.padding_side = "right"
     scored = ctx.read_jsonl(ctx.round, "score", "scores.jsonl")
     groups = [ScoredGroup(r["id"], tuple(r["rewrites"]), tuple(r["harm"])) for r in scored]
@@ -343,7 +357,9 @@ def update_adversary(ctx: PhaseContext) -> dict[str, float]:
         "attacker_pairs": float(len(rows)),
         "attacker_pair_margin_mean": _mean([p.margin for p in pairs]),
     }
-    if rows:  # no pairs (every seed's rewrites tied): the attacker stays as it was
+    frozen = update.mode == "baseline"
+    metrics["attacker_frozen"] = float(frozen)
+    if rows and not frozen:  # no pairs (every seed's rewrites tied): it stays as it was
         dpo_spec = PolicyUpdateSpec(
             method="dpo",
             beta=update.beta,
@@ -378,7 +394,9 @@ def update_policy(ctx: PhaseContext) -> dict[str, float]:
     benign = ctx.read_jsonl(0, PREPARE_PHASE, "benign-answers.jsonl")
     utility = [(b["prompt"], b["answer"]) for b in benign]
     pairs = defender_pairs(hardest, seeds, spec.safe_answers, utility, spec.alpha)
-    model, tokenizer = load_for_update(ctx.policy_dir(ctx.round), "causal", update.lora)
+    model, tokenizer = load_for_update(
+        ctx.policy_dir(ctx.round), "causal", update.lora, seed=ctx.seed
+    )
     metrics: dict[str, float] = {}
     if pairs:  # none when every rewrite is empty and no benign answer is usable: no update
         metrics = train_weighted_dpo(
@@ -395,6 +413,14 @@ def update_policy(ctx: PhaseContext) -> dict[str, float]:
         "defender_pairs_harm": float(len(pairs) - n_utility),
         "defender_pairs_utility": float(n_utility),
         "hardest_harm_min": min(r.harm for r in hardest) if hardest else 0.0,
+        # How many of the rewrites the defender is trained to refuse still ask the seed's
+        # question (a high-H "rewrite" that answers it instead teaches the wrong refusal).
+        "hardest_keep_request": _mean(
+            [keeps_request(seeds[r.seed_id].prompt, r.rewrite) for r in hardest]
+        )
+        if hardest
+        else 0.0,
+        "hardest_seeds": float(len({r.seed_id for r in hardest})),
     }
 
 

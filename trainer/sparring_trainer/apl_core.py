@@ -141,8 +141,12 @@ class DefenderPair:
 
 
 def hardest_rewrites(rewrites: Sequence[ScoredRewrite], fraction: float) -> list[ScoredRewrite]:
-    """The top `fraction` (rounded up, at least one) of the distinct non-empty rewrites by H;
-    ties keep their order."""
+    """The top `fraction` (rounded up, at least one) of the distinct non-empty rewrites by H
+    centred within their seed (H minus the mean H of the seed's rewrites); ties keep their order.
+
+    H sums log-probabilities over the seed's harmful target and safe answer, whose lengths and
+    wording differ from seed to seed: ranked raw, a few seeds' rewrites took every place.
+    Centred, a rewrite ranks by how much harder it is than its seed's other rewrites."""
     seen: set[str] = set()
     pool = []
     for item in rewrites:
@@ -151,8 +155,12 @@ def hardest_rewrites(rewrites: Sequence[ScoredRewrite], fraction: float) -> list
             pool.append(item)
     if not pool:
         return []
+    by_seed: dict[str, list[float]] = {}
+    for item in pool:
+        by_seed.setdefault(item.seed_id, []).append(item.harm)
+    centre = {seed: sum(h) / len(h) for seed, h in by_seed.items()}
     count = max(1, math.ceil(round(fraction * len(pool), 9)))
-    order = sorted(range(len(pool)), key=lambda i: (-pool[i].harm, i))
+    order = sorted(range(len(pool)), key=lambda i: (centre[pool[i].seed_id] - pool[i].harm, i))
     return [pool[i] for i in order[:count]]
 
 
@@ -233,4 +241,6 @@ def train_weighted_dpo(
             },
         )
 
-    return _optimise(model, list(range(len(pairs))), spec, seed, batch_loss, progress)
+    return _optimise(
+        model, list(range(len(pairs))), spec, seed, batch_loss, progress, "defender-dpo"
+    )

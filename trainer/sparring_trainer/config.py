@@ -115,11 +115,16 @@ class AdversaryUpdateSpec(TrainSpec):
 
     mode: Literal["apo", "baseline", "gail"] = "apo"
     """APO RM loss terms: apo = human pairs + gold-vs-sample pairs; baseline = human pairs only;
-    gail = gold-vs-sample pairs only (the paper's collapse ablation)."""
+    gail = gold-vs-sample pairs only (the paper's collapse ablation). APL: apo trains the
+    attacker each round; baseline keeps the base attacker frozen (the defender then learns
+    from a fixed rewriter: the ablation of the adversarial game)."""
     init: Literal["base", "continue"] = "base"
     """Initialise each round's RM from the base RM (paper: better calibrated) or continue."""
-    apo_coeff: Annotated[float, Field(ge=0)] = 0.1
-    """APO: total weight of the gold-vs-sample pairs of one query; each pair gets apo_coeff / S."""
+    apo_coeff: Annotated[float, Field(ge=0)] = 0.4
+    """APO: total weight of the gold-vs-sample pairs of one query; each pair gets apo_coeff / S.
+    The paper's 0.1, with a gold answer for every RM training query, gives the APO term about 9%
+    of the RM loss; with the default 64 gold queries to 256 human pairs 0.1 would give it 2.4%
+    (nearly off), and 0.4 gives 9%. The share is reported each round (apo_term_share)."""
     human_weight: Annotated[float, Field(ge=0)] = 1.0
     """APO: weight of each human preference pair (beta2 in the paper)."""
     beta: Annotated[float, Field(gt=0, le=10)] = 0.03
@@ -171,9 +176,10 @@ class SamplingSpec(_Model):
 
     samples_per_query: Annotated[int, Field(ge=2, le=64)] = 4
     """S: samples per query (best vs worst needs at least 2)."""
-    temperature: Annotated[float, Field(gt=0, le=5)] = 1.2
-    """Sampling temperature (the APO paper uses ~1.2)."""
-    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    temperature: Annotated[float, Field(gt=0, le=5)] = 0.8
+    """Sampling temperature. The APO paper uses ~1.2 on 7B models; on small ones that breaks
+    the text of both samples of most DPO pairs, which then teach nothing."""
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
     """Nucleus sampling mass."""
     max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 64
     """Longest generated answer in tokens."""
@@ -183,12 +189,31 @@ class SamplingSpec(_Model):
     """auto: vLLM when installed and a GPU is present, otherwise transformers."""
 
 
+BUILTIN_DATA: dict[str, str] = {
+    "hh-rlhf-harmless": "hh-rlhf_harmless-base_test.jsonl.gz",
+    "advbench": "advbench_harmful_behaviors.csv",
+    "harmbench": "harmbench_behaviors_text_val.csv",
+    "xstest": "xstest_prompts.csv",
+}
+"""Built-in data sets (``builtin:NAME``) and their file in ``sparring_trainer/datasets/``
+(sources, licences and checksums in its README.md)."""
+_S3_DATA = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^\s]+$")
+DATA_FILE_TYPES = re.compile(r"\.(jsonl|json|ndjson|csv)(\.gz)?$|\.parquet$")
+"""The data files `tables.read_table` reads (besides saved `datasets` folders and hf://)."""
+DATA_FILE_HINT = ".jsonl, .jsonl.gz, .json, .csv, .csv.gz or .parquet"
+_HF_DATA = re.compile(r"^hf://[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w.-]+)?$")
+
+
 class DataSource(_Model):
-    """A data file: `builtin:NAME` (shipped in the package) or a path / file:// / s3:// URI."""
+    """A data set: `builtin:NAME` (shipped in the package), a file (a path, file:// or s3://),
+    a folder written by the datasets library's `save_to_disk`, or a Hub dataset (hf://)."""
 
     path: str
-    """builtin:hh-rlhf-harmless, a local path, file://path or s3://bucket/key (.jsonl, .jsonl.gz,
-    .csv)."""
+    """builtin:hh-rlhf-harmless, a local path, file://path or s3://bucket/key (.jsonl,
+    .jsonl.gz, .json, .csv, .csv.gz, .parquet), a local folder saved by `datasets`, or
+    hf://org/name[@revision] (read with the datasets library)."""
+    split: Annotated[str, Field(pattern=r"^[\w.-]+$")] = "train"
+    """The split to read from an hf:// dataset or a saved DatasetDict."""
 
     @field_validator("path")
     @classmethod
@@ -197,14 +222,51 @@ class DataSource(_Model):
             raise ValueError("data path must not be empty")
         if ".." in value.replace("\\", "/").split("/"):
             raise ValueError(f"data path {value!r} must not contain '..' path segments")
+        # Refused here, not when a phase first reads the file hours into a game.
+        if value.startswith("builtin:") and value[len("builtin:") :] not in BUILTIN_DATA:
+            known = ", ".join(f"builtin:{name}" for name in BUILTIN_DATA)
+            raise ValueError(f"unknown built-in data set {value!r} (known: {known})")
+        if value.startswith("s3://") and not _S3_DATA.match(value):
+            raise ValueError(f"data path {value!r}: expected s3://bucket/key")
+        if value.startswith("s3://") and not DATA_FILE_TYPES.search(value):
+            raise ValueError(f"data path {value!r}: unsupported file type: use {DATA_FILE_HINT}")
+        if value.startswith("hf://") and not _HF_DATA.match(value):
+            raise ValueError(f"data path {value!r}: expected hf://org/name[@revision]")
+        if "://" in value and not value.startswith(("s3://", "file://", "hf://")):
+            raise ValueError(
+                f"unsupported data path {value!r}: use builtin:NAME, a local path, "
+                "file://path, s3://bucket/key or hf://org/name"
+            )
         return value
 
 
-class APODataSpec(_Model):
-    """HH-style preference pairs, split deterministically by a hash of the prompt."""
+class PreferenceColumns(_Model):
+    """The columns of a preference data set, where they are not named prompt, chosen and
+    rejected."""
 
-    preferences: DataSource = DataSource(path="builtin:hh-rlhf-harmless")
-    """Preference pairs with `chosen`/`rejected` transcripts (Human:/Assistant: turns)."""
+    prompt: Annotated[str, Field(min_length=1)] | None = None
+    """Column holding the prompt (omit for data whose prompt is implicit)."""
+    chosen: Annotated[str, Field(min_length=1)] = "chosen"
+    """Column holding the preferred answer (or whole conversation)."""
+    rejected: Annotated[str, Field(min_length=1)] = "rejected"
+    """Column holding the dispreferred answer (or whole conversation)."""
+
+
+class PreferenceSource(DataSource):
+    """Preference pairs, in any of the formats recognised from their rows: TRL's standard
+    (`prompt`, `chosen`, `rejected` strings; or `chosen`/`rejected` alone, the prompt being
+    their shared beginning), TRL's conversational (lists of {role, content} messages, with or
+    without a `prompt`), or HH transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...")."""
+
+    columns: PreferenceColumns | None = None
+    """Other column names for the prompt, chosen and rejected."""
+
+
+class APODataSpec(_Model):
+    """Preference pairs, split deterministically by a hash of the prompt."""
+
+    preferences: PreferenceSource = PreferenceSource(path="builtin:hh-rlhf-harmless")
+    """Preference pairs: TRL's standard or conversational format, or HH transcripts."""
     human_pairs: Annotated[int, Field(ge=1)] = 256
     """Size of D_P, the human pairs that keep the RM honest."""
     gold_queries: Annotated[int, Field(ge=1)] = 64
@@ -215,6 +277,11 @@ class APODataSpec(_Model):
     """Held-out pairs for RM accuracy/ECE; their prompts are the policy's test queries."""
     test_queries: Annotated[int, Field(ge=1)] = 32
     """How many held-out prompts the policy answers for reward and win rate."""
+    judge_pairs: Annotated[int, Field(ge=0)] = 128
+    """Pairs, disjoint from every other split, that train the evaluation RM (the judge) when
+    `evaluation.rewardModel` is unset: a judge trained on the training RM's own human pairs
+    shares its blind spots, so a policy that games one games both. 0 when
+    `evaluation.rewardModel` names the judge."""
     max_prompt_chars: Annotated[int, Field(ge=16)] = 2000
     """Rows whose prompt is longer are skipped (keeps CPU runs short)."""
 
@@ -329,8 +396,22 @@ class GameConfig(_Model):
                 f"policy.update.method: an APL defender is updated by DPO only "
                 f"(got {self.policy.update.method!r})"
             )
+        if self.kind == "apl" and self.adversary.update.mode == "gail":
+            raise ValueError(
+                "adversary.update.mode: an APL attacker is trained ('apo', the default) or "
+                "frozen ('baseline'); 'gail' is an APO reward-model ablation"
+            )
         if self.kind == "apo" and self.apl is not None:
             raise ValueError("apl: only allowed when kind is 'apl'")
+        if (
+            self.kind == "apo"
+            and self.evaluation.reward_model is None
+            and not self.data.judge_pairs
+        ):
+            raise ValueError(
+                "data.judgePairs: 0 leaves the evaluation RM no data of its own: give it "
+                "judgePairs, or name a fixed judge in evaluation.rewardModel"
+            )
         return self
 
     @property
@@ -348,9 +429,12 @@ def batch_fields(game: GameConfig, phase: str) -> list[tuple[str, int]]:
     if phase in where:
         field, batch = where[phase]
         return [(f"spec.game.{field}", batch)]
-    if phase == PREPARE_PHASE and game.kind == "apo" and game.evaluation.reward_model is None:
-        batch = game.evaluation.eval_rm_train.batch_size
-        return [("spec.game.evaluation.evalRmTrain.batchSize", batch)]
+    if phase == PREPARE_PHASE and game.kind == "apo":  # RM_Base, and the judge unless given
+        fields = [("spec.game.adversary.update.batchSize", game.adversary.update.batch_size)]
+        if game.evaluation.reward_model is None:
+            batch = game.evaluation.eval_rm_train.batch_size
+            fields.append(("spec.game.evaluation.evalRmTrain.batchSize", batch))
+        return fields
     return []
 
 
@@ -443,10 +527,30 @@ class GameMeta(_Lenient):
     ] = "default"
 
 
+class MlflowTracking(_Model):
+    """An MLflow tracking server (or a local `sqlite:///` store): one run per game."""
+
+    tracking_uri: Annotated[str, Field(pattern=r"^(https?|sqlite|file|databricks)(://|:).+")]
+    """e.g. http://mlflow.ml.svc:5000; credentials (MLFLOW_TRACKING_TOKEN, or _USERNAME and
+    _PASSWORD) from a Secret through spec.pod.envFrom."""
+    experiment: Annotated[str, Field(min_length=1)] = "sparring"
+    """The experiment the game's run belongs to."""
+
+
+class TrackingSpec(_Model):
+    """Where training curves go besides the TensorBoard events each phase commits."""
+
+    mlflow: MlflowTracking | None = None
+    """Each training run's per-step scalars (as r{round}/{phase}/{run}/{scalar}) and each
+    round's game metrics (at step = round) in one MLflow run per game, tagged
+    sparring.game = namespace/name."""
+
+
 class GameDocumentSpec(_Lenient):
     rounds: Annotated[int, Field(ge=1)] = 1
     storage: StorageSpec = StorageSpec()
     game: GameConfig
+    tracking: TrackingSpec = TrackingSpec()
 
 
 class GameDocument(_Lenient):

@@ -8,6 +8,7 @@ operator sets it to ``/dev/termination-log`` in pods) so the operator can read i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from sparring_trainer.adapters import BASE_LINK, BASE_REF, is_adapter, read_base
 from sparring_trainer.config import PREPARE_PHASE, GameDocument
 from sparring_trainer.distributed import Ranks, ranks
 from sparring_trainer.identity import game_record
+from sparring_trainer.modelcache import cached_tree, checkpoint_cache, content_key
 from sparring_trainer.store import (
     SUCCESS,
     ArtifactStore,
@@ -106,6 +108,7 @@ class PhaseContext:
     # directories already checked against theirs.
     _manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
     _verified: set[str] = field(default_factory=set)
+    _unread: set[str] = field(default_factory=set)  # checkpoints found in the model cache
     # What this phase moved through the store (reported as store_read_bytes and
     # store_written_bytes): every input file checked against its manifest, every output.
     bytes_read: int = 0
@@ -147,7 +150,7 @@ class PhaseContext:
             self._manifests[prefix] = require_committed(self.store, prefix)
         return prefix
 
-    def _check(self, prefix: str, name: str, size: int, sha256: str) -> None:
+    def _check(self, prefix: str, name: str, size: int, sha256: str, counted: bool = True) -> None:
         expected = self._manifests[prefix]["files"].get(name)
         where = self.store.uri_for(prefix + name)
         if expected is None:
@@ -158,7 +161,8 @@ class PhaseContext:
                 f"{expected.get('size')}; sha256 {sha256[:12]}..., expected "
                 f"{str(expected.get('sha256'))[:12]}...): corrupted or truncated, not used"
             )
-        self.bytes_read += size
+        if counted:  # read from the store now (not a checkpoint already in the model cache)
+            self.bytes_read += size
 
     def _read_checked(self, round: int, phase: str, name: str) -> bytes:
         prefix = self.require(round, phase)
@@ -173,6 +177,18 @@ class PhaseContext:
         rel = name.rstrip("/") + "/"
         prefix = base + rel
         local = self.store.local_dir(prefix)
+        cache = checkpoint_cache()
+        if local is None and cache is not None and round == 0:
+            # A base checkpoint, read by every later phase: kept in the game's model cache by
+            # content, so only the first phase to need it reads it from the store.
+            files = self._manifests[base]["files"]
+            ours = {
+                n[len(rel) :]: e.get("sha256", "") for n, e in files.items() if n.startswith(rel)
+            }
+            download = functools.partial(self.store.download_tree, prefix)
+            local, fetched = cached_tree(cache, content_key(ours), download)
+            if not fetched:
+                self._unread.add(prefix)
         if local is None:
             local = self.scratch / "inputs" / f"round-{round:04d}" / phase / name
             if not local.exists():
@@ -190,7 +206,8 @@ class PhaseContext:
                 path = local / file[len(rel) :]
                 if not path.is_file():
                     raise UncommittedError(f"{self.store.uri_for(base + file)} is missing")
-                self._check(base, file, path.stat().st_size, _sha256_file(path))
+                counted = prefix not in self._unread
+                self._check(base, file, path.stat().st_size, _sha256_file(path), counted)
             self._verified.add(prefix)
         if (local / BASE_REF).is_file():
             return self._adapter_view(local, round, phase, name)

@@ -1,62 +1,45 @@
 """Preference pairs and prompts: reading, validating and the deterministic APO and APL splits.
 
-Preference files are HH-RLHF style JSON lines: ``{"chosen": T1, "rejected": T2}`` where each
-transcript is ``"\\n\\nHuman: ...\\n\\nAssistant: ...`` and both share every turn but the last
-assistant reply. Errors name the file and line (``DataError``: ``"FILE:LINE: message"``).
+Rows come from any data set `tables.read_table` reads (JSON lines, JSON, CSV, Parquet, a saved
+`datasets` folder, hf://); a preference row may be in any format `preference_rows` recognises
+(TRL standard or conversational, explicit or implicit prompt, HH transcripts). Errors name the
+file and line or row (``DataError``: ``"FILE:LINE: message"``).
 
 Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
-import importlib.resources
-import io
 import itertools
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from sparring_trainer.config import APLSpec, APODataSpec, DataSource, PromptSource, StorageSpec
+from sparring_trainer.config import (
+    APLSpec,
+    APODataSpec,
+    DataSource,
+    PreferenceSource,
+    PromptSource,
+    StorageSpec,
+)
+from sparring_trainer.preference_rows import Message, parse_hh_transcript, preference_row
+from sparring_trainer.tables import DataError, bucket_storage, builtin_resource, read_table
 
-if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
+__all__ = [
+    "DataError",
+    "PreferencePair",
+    "bucket_storage",
+    "builtin_resource",
+    "parse_hh_transcript",
+    "read_preferences",
+    "read_prompt_rows",
+]
 
 log = logging.getLogger(__name__)
-
-Message = dict[str, str]
-BUILTINS: dict[str, str] = {
-    "hh-rlhf-harmless": "hh-rlhf_harmless-base_test.jsonl.gz",
-    "advbench": "advbench_harmful_behaviors.csv",
-    "harmbench": "harmbench_behaviors_text_val.csv",
-    "xstest": "xstest_prompts.csv",
-}
-"""Built-in data sets (``builtin:NAME``) and their file in ``sparring_trainer/datasets/``
-(sources, licences and checksums in its README.md)."""
-
-_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ ]?")
-_ROLES = {"Human": "user", "Assistant": "assistant"}
-
-
-class DataError(ValueError):
-    """Bad or insufficient data; ``str()`` is ``"FILE:LINE: message"`` or ``"FILE: message"``."""
-
-
-def _json_row(line: str, where: str) -> Any:
-    """One JSON-lines row, or a DataError naming file and line. Besides malformed JSON, the
-    parser raises ValueError (integers of over 4300 digits) and RecursionError (deep nesting)."""
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{where}: invalid JSON: {error.msg}") from error
-    except (ValueError, RecursionError) as error:
-        raise DataError(f"{where}: unreadable JSON: {str(error)[:200]}") from None
 
 
 @dataclass(frozen=True)
@@ -87,105 +70,12 @@ class APOSplits:
     train_queries: list[Query]
     test_pairs: list[PreferencePair]
     test_queries: list[Query]
+    judge_pairs: list[PreferencePair]
 
 
 def prompt_key(prompt: Sequence[Message]) -> str:
     canonical = json.dumps([[m["role"], m["content"]] for m in prompt], ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def parse_hh_transcript(text: str, where: str) -> tuple[tuple[Message, ...], str]:
-    """``"\\n\\nHuman: a\\n\\nAssistant: b ..."`` -> (turns before the last reply, last reply).
-
-    Turn contents are stripped of surrounding whitespace; the last reply may be empty.
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise DataError(f"{where}: empty transcript")
-    parts = _TURN.split(text)
-    if parts[0].strip():
-        raise DataError(f"{where}: transcript must start with 'Human:', not {parts[0][:40]!r}")
-    turns = [
-        (_ROLES[role], content.strip())
-        for role, content in zip(parts[1::2], parts[2::2], strict=True)
-    ]
-    if not turns or turns[-1][0] != "assistant":
-        raise DataError(f"{where}: transcript does not end with an 'Assistant:' turn")
-    prompt = tuple({"role": role, "content": content} for role, content in turns[:-1])
-    if not any(m["role"] == "user" for m in prompt):
-        raise DataError(f"{where}: transcript has no 'Human:' turn before the last reply")
-    if turns[0][0] != "user":
-        raise DataError(f"{where}: transcript must start with a 'Human:' turn")
-    return prompt, turns[-1][1]
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def builtin_resource(name: str) -> Traversable:
-    """The packaged file of ``builtin:NAME``; DataError listing the known names otherwise."""
-    if name not in BUILTINS:
-        known = ", ".join(f"builtin:{n}" for n in BUILTINS)
-        raise DataError(f"builtin:{name}: unknown built-in data set (known: {known})")
-    try:
-        root: Traversable = importlib.resources.files("sparring_trainer") / "datasets"
-    except (NotADirectoryError, TypeError):  # e.g. an editable install seen as a namespace
-        root = Path(__file__).resolve().parent / "datasets"
-    return root / BUILTINS[name]
-
-
-def bucket_storage(uri: str, storage: StorageSpec | None) -> tuple[StorageSpec, str]:
-    """``s3://bucket/key`` -> (a StorageSpec for the bucket, key); endpoint, region, addressing
-    style and credentials come from the game's own storage spec."""
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    base = storage if storage is not None else StorageSpec()
-    spec = StorageSpec(
-        uri=f"s3://{bucket}",
-        endpoint=base.endpoint,
-        region=base.region,
-        path_style=base.path_style,
-        secret_ref=base.secret_ref,
-    )
-    return spec, key
-
-
-def _read_bytes(source: DataSource, storage: StorageSpec | None) -> bytes:
-    path = source.path
-    if path.startswith("builtin:"):
-        resource = builtin_resource(path[len("builtin:") :])
-        return resource.read_bytes()
-    if path.startswith("s3://"):
-        from sparring_trainer import store as store_mod
-
-        spec, key = bucket_storage(path, storage)
-        try:
-            return store_mod.open_store(spec).get_bytes(key)
-        except store_mod.StoreError as error:
-            raise DataError(f"{path}: cannot read: {error}") from error
-    local = Path(path[len("file://") :] if path.startswith("file://") else path).expanduser()
-    if "://" in path and not path.startswith("file://"):
-        raise DataError(
-            f"{path}: unsupported data path (use builtin:NAME, a path, file:// or s3://)"
-        )
-    try:
-        return local.read_bytes()
-    except FileNotFoundError as error:
-        raise DataError(f"{path}: no such file") from error
-    except OSError as error:
-        raise DataError(f"{path}: cannot read: {error}") from error
-
-
-def _lines(source: DataSource, storage: StorageSpec | None) -> list[str]:
-    raw = _read_bytes(source, storage)
-    name = source.path
-    if name.endswith(".gz") or (name.startswith("builtin:") and raw[:2] == b"\x1f\x8b"):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as error:
-            raise DataError(f"{name}: not a valid gzip file: {error}") from error
-    try:
-        return raw.decode("utf-8-sig").splitlines()
-    except UnicodeDecodeError as error:
-        raise DataError(f"{name}: not UTF-8 text: {error}") from error
 
 
 def read_preferences(
@@ -195,37 +85,24 @@ def read_preferences(
     *,
     strict: bool | None = None,
 ) -> list[PreferencePair]:
-    """Preference pairs from a JSON-lines file (``.jsonl``/``.jsonl.gz``), in file order.
+    """Preference pairs from `source`, in its order.
 
-    Structural problems (bad JSON, missing key, non-string, not a transcript) always raise
+    Structural problems (bad JSON, a missing column, a row in no known format) always raise
     DataError. Inconsistent pairs (prompts differ, an empty reply, chosen == rejected) raise
     too when `strict`, else they are skipped and counted in the log. `strict` defaults to True
-    for user files and False for the built-in data (upstream HH has 9 such rows).
-    `cache_dir` is accepted for symmetry with model loading; s3 files are read into memory.
+    for user data and False for the built-in data (upstream HH has 9 such rows).
     """
-    del cache_dir
     name = source.path
     if strict is None:
         strict = not name.startswith("builtin:")
+    columns = source.columns if isinstance(source, PreferenceSource) else None
     pairs: list[PreferencePair] = []
     skipped = 0
-    for number, line in enumerate(_lines(source, storage), start=1):
-        if not line.strip():
-            continue
-        where = f"{name}:{number}"
-        row = _json_row(line, where)
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object with 'chosen' and 'rejected'")
-        for field in ("chosen", "rejected"):
-            if field not in row:
-                raise DataError(f"{where}: missing key {field!r}")
-            if not isinstance(row[field], str):
-                raise DataError(f"{where}: {field!r} must be a string")
-        prompt, chosen = parse_hh_transcript(row["chosen"], f"{where}: 'chosen'")
-        other, rejected = parse_hh_transcript(row["rejected"], f"{where}: 'rejected'")
+    for where, row in read_table(source, storage, cache_dir).rows:
+        prompt, other, chosen, rejected = preference_row(row, where, columns)
         problem = None
         if prompt != other:
-            problem = "'chosen' and 'rejected' transcripts have different prompts"
+            problem = "'chosen' and 'rejected' have different prompts"
         elif not chosen or not rejected:
             problem = f"the last reply of {'chosen' if not chosen else 'rejected'!r} is empty"
         elif chosen == rejected:
@@ -244,50 +121,6 @@ def read_preferences(
     return pairs
 
 
-def _is_csv(source: DataSource) -> bool:
-    """CSV (header row) or JSON lines, by the file name (a builtin's packaged file name)."""
-    name = source.path
-    if name.startswith("builtin:"):
-        name = BUILTINS.get(name[len("builtin:") :], name)
-    return re.search(r"\.csv(\.gz)?$", name) is not None
-
-
-def read_prompts(
-    source: DataSource,
-    column: str,
-    storage: StorageSpec | None = None,
-    cache_dir: Path | None = None,
-) -> list[str]:
-    """One prompt per row from `column` of a CSV file (header row) or a JSON-lines file."""
-    del cache_dir
-    name = source.path
-    lines = _lines(source, storage)
-    prompts: list[str] = []
-    if _is_csv(source):
-        reader = csv.DictReader(io.StringIO("\n".join(lines) + "\n"))
-        if reader.fieldnames is None or column not in reader.fieldnames:
-            raise DataError(f"{name}: no column {column!r} (columns: {reader.fieldnames or []})")
-        for row in reader:
-            value = row.get(column)
-            if not isinstance(value, str) or not value.strip():
-                raise DataError(f"{name}:{reader.line_num}: empty {column!r}")
-            prompts.append(value.strip())
-    else:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            row = _json_row(line, f"{name}:{number}")
-            if not isinstance(row, dict) or column not in row:
-                raise DataError(f"{name}:{number}: missing key {column!r}")
-            value = row[column]
-            if not isinstance(value, str) or not value.strip():
-                raise DataError(f"{name}:{number}: {column!r} must be a non-empty string")
-            prompts.append(value.strip())
-    if not prompts:
-        raise DataError(f"{name}: no rows")
-    return prompts
-
-
 @dataclass(frozen=True)
 class PromptRow:
     """One prompt of a `PromptSource` (after its filter), with its target answer if any."""
@@ -303,33 +136,6 @@ class PromptRow:
         return hashlib.sha256(self.prompt.encode("utf-8")).hexdigest()
 
 
-def _records(
-    source: DataSource, storage: StorageSpec | None
-) -> tuple[list[str], list[tuple[int, dict[str, object]]]]:
-    """(column names, [(line, row)]) of a CSV file (header row) or a JSON-lines file."""
-    name = source.path
-    lines = _lines(source, storage)
-    if _is_csv(source):
-        reader = csv.DictReader(io.StringIO("\n".join(lines) + "\n"))
-        columns = list(reader.fieldnames or [])
-        rows: list[tuple[int, dict[str, object]]] = []
-        for row in reader:
-            if None in row:  # more fields than the header names
-                raise DataError(f"{name}:{reader.line_num}: more fields than the header has")
-            rows.append((reader.line_num, dict(row)))
-        return columns, rows
-    columns, rows = [], []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        row = _json_row(line, f"{name}:{number}")
-        if not isinstance(row, dict):
-            raise DataError(f"{name}:{number}: expected a JSON object")
-        columns += [c for c in row if c not in columns]
-        rows.append((number, row))
-    return columns, rows
-
-
 def read_prompt_rows(source: PromptSource, storage: StorageSpec | None = None) -> list[PromptRow]:
     """The prompts of `source` (its `column`), with targets from `targetColumn` when set.
 
@@ -340,26 +146,25 @@ def read_prompt_rows(source: PromptSource, storage: StorageSpec | None = None) -
     name = source.path
     if (source.filter_column is None) != (source.filter_value is None):
         raise DataError(f"{name}: filterColumn and filterValue must be given together")
-    columns, rows = _records(source, storage)
-    if not rows:
+    table = read_table(source, storage)
+    if not table.rows:
         raise DataError(f"{name}: no rows")
     wanted = [("column", source.column), ("targetColumn", source.target_column)]
     wanted.append(("filterColumn", source.filter_column))
-    csv_file = _is_csv(source)
     for field, column in wanted:
         if column is None:
             continue
-        if csv_file and column not in columns:
+        if column not in table.columns:
             raise DataError(
-                f"{name}:1: no column {column!r} (the source's {field}); columns: {columns}"
+                f"{table.header}: no column {column!r} (the source's {field}); "
+                f"columns: {table.columns}"
             )
-        for number, row in rows:  # JSON lines: each row must have it
+        for where, row in table.rows:  # JSON lines: each row must have it
             if column not in row:
-                raise DataError(f"{name}:{number}: missing key {column!r} (the source's {field})")
+                raise DataError(f"{where}: missing key {column!r} (the source's {field})")
     out: list[PromptRow] = []
     seen_values: set[str] = set()
-    for number, row in rows:
-        where = f"{name}:{number}"
+    for where, row in table.rows:
         if source.filter_column is not None:
             value = str(row[source.filter_column]).strip()
             seen_values.add(value)
@@ -396,7 +201,8 @@ def split_apo(pairs: Sequence[PreferencePair], spec: APODataSpec) -> APOSplits:
 
     Unique prompts (duplicates: the smallest (chosen, rejected, origin) wins) that fit in
     `max_prompt_chars` are sorted by key and dealt out: test pairs (their first `test_queries`
-    prompts are the test queries), human pairs, gold queries (gold = chosen), train queries.
+    prompts are the test queries), human pairs, gold queries (gold = chosen), train queries,
+    and last the judge's pairs (so that its size changes no other split).
     """
     origin = pairs[0].origin.rsplit(":", 1)[0] if pairs else "split"
     if spec.test_queries > spec.test_pairs:
@@ -413,17 +219,20 @@ def split_apo(pairs: Sequence[PreferencePair], spec: APODataSpec) -> APOSplits:
         if kept is None or _rank(pair) < _rank(kept):
             unique[key] = pair
     ordered = [unique[key] for key in sorted(unique)]
-    sizes = (spec.test_pairs, spec.human_pairs, spec.gold_queries, spec.train_queries)
+    sizes = (
+        spec.test_pairs, spec.human_pairs, spec.gold_queries, spec.train_queries, spec.judge_pairs
+    )  # fmt: skip
     needed = sum(sizes)
     if len(ordered) < needed:
         raise DataError(
             f"{origin}: the APO split needs {needed} distinct prompts (test_pairs {sizes[0]} + "
-            f"human_pairs {sizes[1]} + gold_queries {sizes[2]} + train_queries {sizes[3]}) but "
+            f"human_pairs {sizes[1]} + gold_queries {sizes[2]} + train_queries {sizes[3]} + "
+            f"judge_pairs {sizes[4]}) but "
             f"only {len(ordered)} are available (of {len(pairs)} pairs, after removing duplicate "
             f"prompts and prompts longer than {spec.max_prompt_chars} characters)"
         )
     bounds = list(itertools.accumulate(sizes, initial=0))
-    test, human, gold, train = (ordered[a:b] for a, b in itertools.pairwise(bounds))
+    test, human, gold, train, judge = (ordered[a:b] for a, b in itertools.pairwise(bounds))
 
     def query(pair: PreferencePair, gold: bool) -> Query:
         return Query(id=pair.key[:16], prompt=pair.prompt, gold=pair.chosen if gold else None)
@@ -434,6 +243,7 @@ def split_apo(pairs: Sequence[PreferencePair], spec: APODataSpec) -> APOSplits:
         train_queries=[query(p, False) for p in train],
         test_pairs=test,
         test_queries=[query(p, True) for p in test[: spec.test_queries]],
+        judge_pairs=judge,
     )
 
 

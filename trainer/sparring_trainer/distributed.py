@@ -121,6 +121,43 @@ def ranks() -> Ranks:
     return _current
 
 
+def finish() -> None:
+    """Leaves the process group, if this process joined one. Every rank calls it before it
+    exits: a process that exits with the group still up can abort (SIGABRT) while the
+    interpreter tears down gloo's worker threads, which turns a phase that succeeded, or
+    one that reported bad input, into a crashed rank."""
+    global _current
+    if _current is None or not _current.parallel:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _current = None
+    global _left_group
+    _left_group = True
+
+
+_left_group = False  # whether this process was a rank of a group (finish() left it)
+
+
+def exit_process(code: int) -> None:
+    """Ends the process with `code`. A process that was a rank ends without the interpreter's
+    teardown (its output flushed first): objects that hold the group outlive
+    destroy_process_group (a DDP or FSDP model keeps a reference to it), and when finalisation
+    destroys them gloo's threads can still abort the process ('terminate called without an
+    active exception', SIGABRT) after its work succeeded, as CI saw once in 800 runs. Every
+    file the phase writes is closed by then; the store commit happened before finish()."""
+    if not _left_group:
+        sys.exit(code)
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def use(value: Ranks) -> None:
     """Sets the process's ranks (tests: a rank view whose normalisation is deliberately wrong)."""
     global _current
@@ -160,11 +197,27 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Runs ``python -m sparring_trainer ARGV`` as `nproc` ranks under torchrun (one node,
-    local rendezvous). Returns the exit status of the first rank that failed, so bad input (3)
-    still reads as bad input and not as torchrun's generic 1, and leaves that rank's message
-    in the termination log: the root cause, not a peer's "connection closed" that followed."""
+NODE_RANK_ENV = "JOB_COMPLETION_INDEX"  # an Indexed Job's pod index: its node rank
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """A phase on several nodes (pods): how many, which one this is, and node 0's address."""
+
+    count: int
+    rank: int
+    host: str
+    port: int
+
+
+def launch(nproc: int, argv: Sequence[str], nodes: Nodes | None = None) -> int:
+    """Runs ``python -m sparring_trainer ARGV`` as `nproc` ranks under torchrun: on one node
+    with a local rendezvous, or as node `nodes.rank` of `nodes.count`, meeting the others at
+    node 0's address (torchrun's static rendezvous: node ranks are the pods' indices, global
+    rank 0 is node 0's first process). Returns the exit status of the first rank that failed,
+    so bad input (3) still reads as bad input and not as torchrun's generic 1, and leaves that
+    rank's message in the termination log: the root cause, not a peer's "connection closed"
+    that followed."""
     import tempfile
     from pathlib import Path
 
@@ -173,7 +226,12 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
 
     from sparring_trainer.contract import RANK_LOGS_ENV, write_termination_log
 
-    launcher = ["--standalone", "--nproc-per-node", str(nproc), "--max-restarts", "0"]
+    if nodes is None:
+        where = ["--standalone"]
+    else:
+        where = ["--nnodes", str(nodes.count), "--node-rank", str(nodes.rank),
+                 "--master-addr", nodes.host, "--master-port", str(nodes.port)]  # fmt: skip
+    launcher = [*where, "--nproc-per-node", str(nproc), "--max-restarts", "0"]
     args = get_args_parser().parse_args([*launcher, "-m", "sparring_trainer", *argv])
     with tempfile.TemporaryDirectory(prefix="sparring-ranks-") as logs:
         os.environ[RANK_LOGS_ENV] = logs  # the ranks inherit it
@@ -183,7 +241,8 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         except ChildFailedError as exc:
             rank, failure = exc.get_first_failure()
             code = failure.exitcode if failure.exitcode > 0 else 1
-            print(f"error: rank {rank} of {nproc} failed (exit status {code})", file=sys.stderr)
+            world = nproc * (nodes.count if nodes else 1)
+            print(f"error: rank {rank} of {world} failed (exit status {code})", file=sys.stderr)
         finally:
             del os.environ[RANK_LOGS_ENV]
         message = Path(logs) / f"rank-{rank}"

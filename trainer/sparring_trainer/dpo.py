@@ -10,6 +10,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
+from sparring_trainer import tracking
 from sparring_trainer.config import PolicyUpdateSpec
 from sparring_trainer.distributed import ranks
 
@@ -24,6 +25,19 @@ class _Progress(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
         self.progress(int(state.global_step), int(state.max_steps))
+
+
+class _ToMlflow(TrainerCallback):
+    """The Trainer's per-step logs into the game's MLflow run (transformers' own MLflow
+    callback would open a run of its own per phase)."""
+
+    def __init__(self, run: tracking.MlflowRun, prefix: str) -> None:
+        self.run, self.prefix = run, prefix
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+        numbers = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+        if numbers and state.is_world_process_zero:
+            self.run.log(int(state.global_step), numbers, self.prefix)
 
 
 def train_dpo(
@@ -79,13 +93,23 @@ def train_dpo(
         dataset_num_proc=None,
     )
     logging.getLogger("transformers.trainer").setLevel(logging.WARNING)
+    callbacks: list[Any] = [_Progress(progress)] if progress else []
+    curves = tracking.run_dir("dpo")
+    if curves is not None:  # transformers' own TensorBoard integration, into the phase's folder
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(curves))))
+        mlflow = tracking.mlflow_run()
+        if mlflow is not None:
+            callbacks.append(_ToMlflow(mlflow, f"{mlflow.prefix}{curves.name}/"))
     trainer = DPOTrainer(
         model=model,
         ref_model=ref_model,
         args=args,
         train_dataset=Dataset.from_list(list(pairs)),
         processing_class=tokenizer,
-        callbacks=[_Progress(progress)] if progress else None,
+        callbacks=callbacks or None,
     )
     result = trainer.train()
     history = [h for h in trainer.state.log_history if "loss" in h]

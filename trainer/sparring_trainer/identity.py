@@ -27,8 +27,12 @@ _FIRST_READ: dict[str, dict[str, str]] = {
         "sampling.temperature": "sample",
         "sampling.topP": "sample",
         "sampling.maxNewTokens": "sample",
-        "adversary.update": "update-adversary",
-        "adversary.update.maxLength": PREPARE_PHASE,
+        # prepare trains RM_Base with the adversary's recipe; these parts it does not read.
+        "adversary.update": PREPARE_PHASE,
+        "adversary.update.mode": "update-adversary",
+        "adversary.update.init": "update-adversary",
+        "adversary.update.apoCoeff": "update-adversary",
+        "adversary.update.parallelism": "update-adversary",
         "policy.update": "update-policy",
     },
     "apl": {

@@ -196,3 +196,15 @@ class GameLease:
         if self._thread is not None:
             self._thread.join()
         self.release()
+
+
+def live_lease(
+    store: ArtifactStore, namespace: str, game: str, clock: Callable[[], float] = time.time
+) -> LeaseRecord | None:
+    """The game's lease if a live writer holds it now (not expired, its process not known to
+    be gone); reads only."""
+    found = GameLease(store, namespace, game, "a reader", clock=clock)._read()
+    if found is None:
+        return None
+    record = found[1]
+    return None if record.expires_at <= clock() or record.holder_died() else record

@@ -20,9 +20,9 @@ def weighted_rank_loss(
 
     ``L = sum_i w_i * -log sigmoid(r(x_i, y_good) - r(x_i, y_bad)) / n``
 
-    With the reference weights (human pairs 1.0, each gold-vs-sample pair apo_coeff / S) this
-    is the paper's ``L_rank(D_P) + beta2 * L_rank(D_APO)`` as the reference code computes it:
-    one weighted mean over the mixed batch. Shapes: all three are (n,).
+    The paper writes ``L_rank(D_APO) + beta2 * L_rank(D_P)``; the reference code computes it
+    as one weighted mean over the mixed batch, each human pair weighted `humanWeight` (beta2,
+    1.0) and each gold-vs-sample pair `apoCoeff / S`. Shapes: all three are (n,).
     """
     assert reward_good.shape == reward_bad.shape == weights.shape, (
         f"shape mismatch: good {tuple(reward_good.shape)}, bad {tuple(reward_bad.shape)}, "

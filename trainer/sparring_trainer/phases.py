@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from sparring_trainer import tracking
 from sparring_trainer.config import ALL_PHASES, PREPARE_PHASE, GameDocument
 from sparring_trainer.contract import (
     PhaseContext,
@@ -21,6 +22,7 @@ from sparring_trainer.contract import (
     summary_for,
     write_termination_log,
 )
+from sparring_trainer.modelcache import fetched_bytes
 
 
 class PhaseError(RuntimeError):
@@ -70,10 +72,24 @@ def _run(
         from sparring_trainer.apo import PHASES
 
     started = time.monotonic()
-    metrics = PHASES[phase](ctx)
+    curves = ctx.new_dir("tensorboard")
+    mlflow = doc.spec.tracking.mlflow
+    meta = doc.metadata
+    run = (
+        tracking.MlflowRun(mlflow, f"{meta.namespace}/{meta.name}", f"r{round}/{phase}/")
+        if mlflow is not None and here.main
+        else None
+    )
+    with tracking.phase_log(curves, run):
+        metrics = PHASES[phase](ctx)
+    if tracking.settle(curves):  # (rank 0's: only it writes curves)
+        ctx.upload_dir(curves, "tensorboard")
+    if run is not None and phase in (PREPARE_PHASE, "evaluate"):  # the round's game metrics
+        run.log(round, metrics, prefix="")
     metrics["compute_seconds"] = time.monotonic() - started
     metrics["store_read_bytes"] = float(ctx.bytes_read)
     metrics["store_written_bytes"] = float(ctx.bytes_written)
+    metrics["model_fetch_bytes"] = float(fetched_bytes())  # from hf://, pip://, s3:// sources
     # Every rank gets here only when its own part succeeded; a rank that failed exits, and
     # torchrun stops the others while they wait here, so nothing is committed.
     here.barrier()

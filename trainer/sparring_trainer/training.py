@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sparring_trainer.config import TrainSpec
 from sparring_trainer.distributed import ranks, shard_fully
 from sparring_trainer.losses import rrhf_loss, weighted_rank_loss
+from sparring_trainer.tracking import StepLog
 
 T = TypeVar("T")
 ProgressFn = Callable[[int, int], None]
@@ -145,8 +147,10 @@ def _optimise(
     seed: int,
     batch_loss: BatchLoss[T],
     progress: ProgressFn | None,
+    name: str,
 ) -> dict[str, float]:
-    """AdamW with linear decay and grad clipping over shuffled mini-batches of `items`.
+    """AdamW with linear decay and grad clipping over shuffled mini-batches of `items`; each
+    step's scalars go to the phase's TensorBoard run `name` (`tracking`).
 
     Data parallel under torchrun: every rank draws the same shuffled global batches of
     `spec.batch_size` and takes its `shard` of each; DDP (through accelerate) or FSDP2
@@ -173,9 +177,12 @@ def _optimise(
             # under them would get none.
             model.enable_input_require_grads()
     model.train()
-    fsdp = spec.parallelism == "fsdp" and here.parallel
+    # `pragma: no mutate` marks what only several ranks exercise: the two-rank equivalence tests
+    # under torchrun (tests/test_data_parallel.py, with negative controls) pin those lines, and
+    # the mutation gate runs one process.
+    fsdp = spec.parallelism == "fsdp" and here.parallel  # pragma: no mutate
     if fsdp:  # before the optimiser: sharding replaces the parameters
-        shard_fully(model)
+        shard_fully(model)  # pragma: no mutate
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / max(1, total))
@@ -183,10 +190,15 @@ def _optimise(
     accelerator = Accelerator(cpu=model.device.type == "cpu", mixed_precision="no")
     # FSDP2 averages gradients over ranks in its reduce-scatter, as DDP does in its all-reduce:
     # the loss scaling below is the same for both.
-    net, prepared = (model, optimizer) if fsdp else accelerator.prepare(model, optimizer)
+    if fsdp:  # pragma: no mutate
+        net, prepared = model, optimizer  # pragma: no mutate
+    else:
+        net, prepared = accelerator.prepare(model, optimizer)  # pragma: no mutate
     torch.manual_seed(seed)
     sums: dict[str, float] = {}
     step = 0
+    curves = StepLog(name)
+    clock = time.monotonic()  # pragma: no mutate
     while step < total:
         order = list(range(len(items)))
         rng.shuffle(order)
@@ -200,25 +212,43 @@ def _optimise(
             with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=spec.bf16):
                 loss, units, stats = batch_loss(net, rows)
             assert torch.isfinite(loss), f"non-finite loss at step {step}: {loss.item()}"
-            units = units if mine else 0.0
+            units = units if mine else 0.0  # pragma: no mutate
             keys = ["loss", *stats]
             local = [units, *(units * v for v in [float(loss.detach()), *stats.values()])]
             summed = here.total(local)  # one all-reduce: global units, then unit-weighted sums
-            prepared.zero_grad(set_to_none=True)
-            scaled = loss * (units * here.world / summed[0])
+            prepared.zero_grad(set_to_none=True)  # pragma: no mutate
+            scaled = loss * (units * here.world / summed[0])  # pragma: no mutate
             if fsdp:
-                scaled.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)  # the norm over all shards
+                scaled.backward()  # pragma: no mutate
+                # the norm over all shards
+                norm = torch.nn.utils.clip_grad_norm_(params, 1.0)  # pragma: no mutate
             else:
                 accelerator.backward(scaled)
-                accelerator.clip_grad_norm_(params, 1.0)
+                norm = accelerator.clip_grad_norm_(params, 1.0)
+            learning_rate = scheduler.get_last_lr()[0]  # the rate this step used
             prepared.step()
             scheduler.step()
             step += 1
-            for key, value in zip(keys, summed[1:], strict=True):
-                sums[key] = sums.get(key, 0.0) + value / summed[0]
+            # This step's unit-weighted means over all ranks. (keys and summed[1:] are both
+            # 1 + len(stats) long by construction: zip's strictness cannot matter.)
+            means = [v / summed[0] for v in summed[1:]]
+            step_means = dict(zip(keys, means, strict=True))  # pragma: no mutate
+            for key, value in step_means.items():
+                sums[key] = sums.get(key, 0.0) + value
+            # Throughput is wall-clock: no test can pin its value (tests never assert times).
+            now = time.monotonic()  # pragma: no mutate
+            rows_in_step = len(order[start : start + spec.batch_size])  # pragma: no mutate
+            throughput = rows_in_step / max(now - clock, 1e-9)  # pragma: no mutate
+            clock = now  # pragma: no mutate
+            curves.log(step, {
+                **step_means,
+                "learning_rate": float(learning_rate),
+                "grad_norm": float(norm),
+                "rows_per_second": throughput,
+            })  # fmt: skip
             if progress:
                 progress(step, total)
+    curves.close()
     model.eval()
     return {f"train_{k}": v / step for k, v in sums.items()} | {"train_steps": float(step)}
 
@@ -249,7 +279,7 @@ def train_reward_model(
         loss = weighted_rank_loss(good, bad, weights)  # a mean over the batch's pairs
         return loss, float(len(batch)), {"accuracy": float((good > bad).float().mean())}
 
-    return _optimise(model, pairs, spec, seed, batch_loss, progress)
+    return _optimise(model, pairs, spec, seed, batch_loss, progress, "reward-model")
 
 
 def train_sft(
@@ -272,7 +302,7 @@ def train_sft(
         tokens = count.sum().clamp(min=1)  # a token mean: ranks hold different token counts
         return -(logp.sum() / tokens), float(tokens), {}
 
-    return _optimise(model, examples, spec, seed, batch_loss, progress)
+    return _optimise(model, examples, spec, seed, batch_loss, progress, "sft")
 
 
 def train_rrhf(
@@ -310,4 +340,4 @@ def train_rrhf(
             losses.append(rrhf_loss(logp / count.clamp(min=1), rewards, best_nll, sft_weight))
         return torch.stack(losses).mean(), float(len(batch)), {}
 
-    return _optimise(model, groups, spec, seed, batch_loss, progress)
+    return _optimise(model, groups, spec, seed, batch_loss, progress, "rrhf")

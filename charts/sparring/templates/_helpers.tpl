@@ -197,6 +197,10 @@ ways against a recorded run). Shared by the ClusterRole and the per-namespace Ro
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+# A multi-node attempt's headless Service: its pods find pod 0 (torchrun's rendezvous) by name.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create"]
 # The game ConfigMap mounted into phase pods, kept in step with the spec.
 - apiGroups: [""]
   resources: ["configmaps"]

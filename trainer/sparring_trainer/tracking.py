@@ -1,0 +1,156 @@
+"""Per-step training curves: every optimiser step of every training run in a phase writes its
+scalars (loss, learning rate, gradient norm, the method's own statistics, throughput) as
+TensorBoard event files, which the phase commits with its outputs under `tensorboard/RUN/`.
+
+    tensorboard --logdir .sparring/default/apo-tiny    # every phase of every round
+
+The phase opens the folder (`phase_log`); inside it each training run takes a subfolder named
+by what it trains (`run_dir`: reward-model, sft, rrhf, dpo, defender-dpo; a second run of the
+same name in one phase gets a suffix). Sparring's own loop writes with torch's SummaryWriter;
+TRL's DPO through transformers' own TensorBoard callback. Only global rank 0 writes; outside a
+phase nothing is written.
+
+With `spec.tracking.mlflow` the same points also go to one MLflow run per game (found by its
+tag `sparring.game`, created by the first phase that logs), as `r{round}/{phase}/{run}/{name}`,
+and each round's game metrics at step = round. A tracking server that fails is reported once
+and then left alone: curves never fail a phase (the TensorBoard events are still committed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sparring_trainer.config import MlflowTracking
+
+log = logging.getLogger(__name__)
+GAME_TAG = "sparring.game"
+_root: Path | None = None
+_taken: dict[str, int] = {}
+_mlflow: MlflowRun | None = None
+
+
+class MlflowRun:
+    """The game's MLflow run, from global rank 0 of one phase."""
+
+    def __init__(self, spec: MlflowTracking, game: str, prefix: str) -> None:
+        self.spec, self.game, self.prefix = spec, game, prefix
+        self.failed = False
+        self.run_id: str | None = None
+
+    def _open(self) -> str | None:
+        if self.run_id is None and not self.failed:
+            try:
+                import mlflow
+
+                client = mlflow.MlflowClient(tracking_uri=self.spec.tracking_uri)
+                found = client.get_experiment_by_name(self.spec.experiment)
+                experiment = (
+                    found.experiment_id
+                    if found is not None
+                    else client.create_experiment(self.spec.experiment)
+                )
+                runs = client.search_runs(
+                    [experiment], filter_string=f"tags.`{GAME_TAG}` = '{self.game}'"
+                )
+                if runs:
+                    self.run_id = runs[0].info.run_id
+                else:
+                    name = self.game.split("/", 1)[1]
+                    run = client.create_run(experiment, run_name=name, tags={GAME_TAG: self.game})
+                    self.run_id = run.info.run_id
+                self._client = client
+            except Exception as exc:  # any client or server fault: report it, train on
+                self._give_up(exc)
+        return self.run_id
+
+    def _give_up(self, exc: Exception) -> None:
+        self.failed, self.run_id = True, None
+        log.warning("MLflow at %s: %s; curves go to TensorBoard only", self.spec.tracking_uri, exc)
+
+    def log(self, step: int, scalars: dict[str, float], prefix: str | None = None) -> None:
+        run_id = self._open()
+        if run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        where = self.prefix if prefix is None else prefix
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"{where}{k}", float(v), now, step) for k, v in scalars.items()]
+        try:
+            self._client.log_batch(run_id, metrics=metrics)
+        except Exception as exc:
+            self._give_up(exc)
+
+
+@contextlib.contextmanager
+def phase_log(directory: Path | None, mlflow_run: MlflowRun | None = None) -> Iterator[None]:
+    """Training runs inside write their curves under `directory` (None: nowhere), and to
+    `mlflow_run` when given."""
+    global _root, _mlflow
+    (previous, _root), (previous_run, _mlflow) = (_root, directory), (_mlflow, mlflow_run)
+    _taken.clear()
+    try:
+        yield
+    finally:
+        _root, _mlflow = previous, previous_run
+
+
+def mlflow_run() -> MlflowRun | None:
+    """The phase's MLflow run (rank 0 only), if the game tracks to MLflow."""
+    from sparring_trainer.distributed import ranks
+
+    return _mlflow if ranks().main else None
+
+
+def run_dir(name: str) -> Path | None:
+    """A fresh folder for one training run's events, or None when nothing is logged (not in a
+    phase, or not global rank 0)."""
+    from sparring_trainer.distributed import ranks
+
+    if _root is None or not ranks().main:
+        return None
+    count = _taken.get(name, 0)
+    _taken[name] = count + 1
+    path = _root / (name if count == 0 else f"{name}-{count + 1}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class StepLog:
+    """Sparring's own loop: one point per scalar per optimiser step."""
+
+    def __init__(self, name: str) -> None:
+        self._writer: Any = None
+        directory = run_dir(name)
+        self._mlflow, self._prefix = mlflow_run(), f"{directory.name}/" if directory else ""
+        if directory is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(directory))
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        if self._writer is not None:
+            for key, value in scalars.items():
+                self._writer.add_scalar(f"train/{key}", value, step)
+        if self._mlflow is not None:
+            self._mlflow.log(step, scalars, self._mlflow.prefix + self._prefix)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def settle(directory: Path) -> bool:
+    """Names the event files of every run under `directory` by their order, not by the clock,
+    machine and process that wrote them, so that a phase's output names are the same wherever
+    and whenever it runs. Returns whether there is anything to keep."""
+    files = sorted(directory.rglob("*tfevents*"))
+    for folder in sorted({f.parent for f in files}):
+        for i, event_file in enumerate(sorted(folder.glob("*tfevents*"))):
+            event_file.rename(folder / f"events.out.tfevents.{i}.sparring")
+    return bool(files)
