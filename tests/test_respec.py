@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from harness.browser import CHROMIUM, render
 from sparring_trainer.identity import changed_fields, first_reader, first_stale
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +166,23 @@ def test_a_baseline_reuses_the_phases_its_spec_shares_and_compares_paired(tmp_pa
         (store / "default/apo-tiny/round-0001/evaluate/metrics.json").read_text()
     )
     assert accuracy["a"] == pytest.approx(evaluated["rm_accuracy"])
+
+    # `sparring report` on both: one page, both games overlaid, their samples shown.
+    page = tmp_path / "report.html"
+    reported = _sparring("report", "apo-tiny", "tiny-baseline", "--store", f"file://{store}",
+                         "-o", str(page), cwd=tmp_path)  # fmt: skip
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    if CHROMIUM is not None:
+        shown = render(page, tmp_path)
+        drawn = {alt for alt, width in shown.images if width > 0}
+        assert {"Reward model (held-out pairs)", "Policy under the judge", "reliability"} <= drawn
+        assert "default/apo-tiny, round 1" in page.read_text()  # the reliability legend
+        # The round's most told-apart prompt, with its best sample.
+        scores = store / "default/tiny-baseline/round-0001/score/scores.jsonl"
+        rows = [json.loads(line) for line in scores.read_text().splitlines()]
+        widest = max(rows, key=lambda r: max(r["rewards"]) - min(r["rewards"]))
+        best = widest["responses"][widest["rewards"].index(max(widest["rewards"]))]
+        assert " ".join(best.split())[:60] in " ".join(shown.text.split())
 
     # A started game continues from its own phases: nothing is copied again.
     before = _manifest(store, "tiny-baseline", 1, "evaluate")

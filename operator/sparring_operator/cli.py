@@ -6,11 +6,12 @@ sparring crd --check crds/adversarialgames.sparring.dev.yaml
 sparring export game.yaml --round 2 --out ./policy   # a round's model, adapters merged
 sparring status examples/apo-tiny.yaml   # read-only; also a name with --store, or --kube
 sparring list --kube                    # every game on the cluster (or in a --store)
+sparring report apo.yaml apo-baseline.yaml -o report.html   # one HTML page, games overlaid
 """
 
 import difflib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -257,6 +258,62 @@ def list_cmd(
         typer.echo(f"store: {exc}", err=True)
         raise typer.Exit(1) from None
     show(games, output, detail=False)
+
+
+@app.command("report")
+def report_cmd(
+    targets: Annotated[
+        list[str], typer.Argument(help="Game files, or games' names (with --store, or --kube).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML page to write.")] = Path(
+        "sparring-report.html"
+    ),
+    store: Annotated[
+        str | None,
+        typer.Option("--store", help="Store URI (default: each file's, or file://./.sparring)."),
+    ] = None,
+    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
+    kube: Annotated[bool, typer.Option("--kube", help="Games on the cluster.")] = False,
+) -> None:
+    """Write one self-contained HTML page for one or several games: their round metrics
+    overlaid with 95% intervals, the reward models' reliability, and sampled answers. Reads
+    only. Exit status: 0 written; 1 a game not found or unreachable; 3 a bad game file."""
+    from sparring_trainer.config import StorageSpec
+    from sparring_trainer.store import StoreError, open_store
+
+    from sparring_operator import report
+    from sparring_operator.validate import InvalidGameFile
+
+    records = []
+    for target in targets:
+        try:
+            if kube:
+                from kubernetes import client as k8s
+
+                from sparring_operator.api import GROUP, PLURAL, VERSION
+                from sparring_operator.views import kube_api
+
+                custom: Any = k8s.CustomObjectsApi(kube_api())
+                obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, target)
+                records.append(report.cluster_record(obj))
+            elif Path(target).is_file():
+                records.append(report.file_record(target, store))
+            else:
+                opened = open_store(StorageSpec(uri=store or "file://./.sparring"))
+                records.append(report.stored_record(opened, namespace, target))
+        except InvalidGameFile as exc:
+            typer.echo("\n".join(exc.errors), err=True)
+            raise typer.Exit(3) from None
+        except (StoreError, ValueError) as exc:
+            typer.echo(f"{target}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except Exception as exc:  # the cluster: not found, unreachable, no kubeconfig
+            if not kube:
+                raise
+            typer.echo(f"{namespace}/{target}: {getattr(exc, 'reason', None) or exc}", err=True)
+            raise typer.Exit(1) from None
+    out.write_text(report.render_html(records), encoding="utf-8")
+    typer.echo(f"wrote {out}")
 
 
 @app.command("export")

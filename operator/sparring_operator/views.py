@@ -63,7 +63,8 @@ def file_status(game: AdversarialGame, store: ArtifactStore) -> AdversarialGameS
     return game_status(outcome, view, done, spec.rounds, AdversarialGameStatus(), time.time(), None)
 
 
-def _kind(store: ArtifactStore, namespace: str, name: str) -> str | None:
+def stored_kind(store: ArtifactStore, namespace: str, name: str) -> str | None:
+    """The game's kind as its committed prepare recorded it (None before prepare commits)."""
     import json
 
     key = phase_prefix(namespace, name, 0, "prepare") + "_SUCCESS"
@@ -73,17 +74,22 @@ def _kind(store: ArtifactStore, namespace: str, name: str) -> str | None:
     return str(played.get("kind", "apo")) if isinstance(played, dict) else "apo"
 
 
+def stored_rounds(keys: list[str], prefix: str) -> int:
+    """The highest round with anything under the game's `prefix`, from its listed keys."""
+    return max(
+        (int(m[1]) for k in keys if (m := _ROUND.match(k[len(prefix) :].split("/")[0]))),
+        default=0,
+    )
+
+
 def stored_status(store: ArtifactStore, namespace: str, name: str) -> AdversarialGameStatus:
     """What the store says of a game known only by name."""
     prefix = game_prefix(namespace, name)
     keys = store.list(prefix)
     if not keys:
         raise ValueError(f"no game {namespace}/{name} in {store.uri_for(prefix)}")
-    kind = _kind(store, namespace, name)
-    rounds = max(
-        (int(m[1]) for k in keys if (m := _ROUND.match(k[len(prefix) :].split("/")[0]))),
-        default=0,
-    )
+    kind = stored_kind(store, namespace, name)
+    rounds = stored_rounds(keys, prefix)
     view = observe_store(store, namespace, name, kind or "apo", rounds)
     done = completed_rounds(kind, view.committed) if kind else 0
     if store.exists(prefix + COMPLETE):
