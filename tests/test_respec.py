@@ -176,7 +176,7 @@ def test_a_baseline_reuses_the_phases_its_spec_shares_and_compares_paired(tmp_pa
         shown = render(page, tmp_path)
         drawn = {alt for alt, width in shown.images if width > 0}
         assert {"Reward model (held-out pairs)", "Policy under the judge", "reliability"} <= drawn
-        assert "default/apo-tiny, round 1" in page.read_text()  # the reliability legend
+        assert "Sparring report: default/apo-tiny, default/tiny-baseline" in shown.text
         # The round's most told-apart prompt, with its best sample.
         scores = store / "default/tiny-baseline/round-0001/score/scores.jsonl"
         rows = [json.loads(line) for line in scores.read_text().splitlines()]
