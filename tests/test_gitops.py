@@ -359,6 +359,7 @@ ARMS = {
     "rjs": ("apo-smollm2-rjs", "rjs", 0.1),
     "rrhf": ("apo-smollm2-rrhf", "rrhf", 0.1),
     "dpo-beta-0.05": ("apo-smollm2-dpo-b005", "dpo", 0.05),
+    "baseline": ("apo-smollm2-dpo-baseline", "dpo", 0.1),
 }
 
 
@@ -381,6 +382,13 @@ def test_campaign_overlays_render_to_valid_games(overlay: str, tmp_path: Path) -
         assert rendered["metadata"]["labels"] == {"sparring.dev/campaign": "apo-smollm2"}
         for key in ("rounds", "storage", "phases"):
             assert rendered["spec"][key] == base["spec"][key]
-        for key in ("adversary", "data", "sampling", "evaluation"):
+        for key in ("data", "sampling", "evaluation"):
             assert rendered["spec"]["game"][key] == base["spec"]["game"][key]
+        # The baseline arm differs from the dpo arm only in its RM's update mode.
+        mode = "baseline" if arm == "baseline" else "apo"
+        assert checked.spec.game.adversary.update.mode == mode
+        adversary = rendered["spec"]["game"]["adversary"]
+        assert adversary == base["spec"]["game"]["adversary"] | {
+            "update": base["spec"]["game"]["adversary"]["update"] | {"mode": mode}
+        }
         AdversarialGame.model_validate(rendered)
