@@ -19,10 +19,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from sparring_trainer.lease import GameLease, LeaseHeld, this_process
 from sparring_trainer.store import StoreError, open_store
@@ -44,6 +51,8 @@ from sparring_operator.status import Outcome, game_status
 _PROGRESS_LINE = re.compile(
     r"^\[(?P<phase>[\w-]+)\] (?P<unit>[\w -]+) (?P<step>\d+)/(?P<total>\d+)$"
 )
+# What the phase is busy with between counted steps (sparring_trainer.stages).
+_STAGE_LINE = re.compile(r"^\[(?P<phase>[\w-]+)\] stage: (?P<what>.+)$")
 
 
 @dataclass
@@ -59,6 +68,24 @@ def phase_command(game_file: Path, phase: str, round: int, nproc: int = 1) -> li
     return [sys.executable, *phase_args(phase, round, str(game_file), nproc)]
 
 
+def bar_update(line: str) -> tuple[str, dict[str, Any]] | None:
+    """What a phase's stderr line changes on its progress bar, as (what it counts or waits
+    for, the bar's new fields); None for a log line. A count (`[sample] prompts 3/12`) sets the
+    bar and its ETA; a stage (`[score] stage: loading rm`) has no count, so the bar pulses
+    while the elapsed time runs, naming what the phase waits for."""
+    staged = _STAGE_LINE.match(line)
+    if staged:
+        what = escape(staged["what"])
+        return what, {"completed": 0, "total": None, "description": what}
+    match = _PROGRESS_LINE.match(line)
+    if match:
+        step, total = int(match["step"]), int(match["total"])
+        return match["unit"], {
+            "completed": step, "total": total, "description": f"{match['unit']} {step}/{total}"
+        }  # fmt: skip
+    return None
+
+
 def _run_child(cmd: list[str], label: str, console: Console, verbose: bool) -> PhaseOutcome:
     """Runs one phase process, turning its progress lines into a progress bar."""
     with tempfile.TemporaryDirectory(prefix="sparring-phase-") as tmp:
@@ -71,25 +98,26 @@ def _run_child(cmd: list[str], label: str, console: Console, verbose: bool) -> P
             BarColumn(),
             TextColumn("{task.description}"),
             TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
             console=console,
             transient=not console.is_terminal,
         ) as bar:
-            task = bar.add_task("starting", total=None)
+            # Until the phase says otherwise: Python starting and importing its libraries.
+            task = bar.add_task("loading libraries", total=None)
+            current = "loading libraries"
             proc = subprocess.Popen(
                 cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
             )
             assert proc.stderr is not None
             for line in proc.stderr:
                 line = line.rstrip()
-                match = _PROGRESS_LINE.match(line)
-                if match:
-                    step, total = int(match["step"]), int(match["total"])
-                    bar.update(
-                        task,
-                        completed=step,
-                        total=total,
-                        description=f"{match['unit']} {step}/{total}",
-                    )
+                update = bar_update(line)
+                if update is not None:
+                    # Something new to count or wait for restarts the clock and the ETA's rate.
+                    doing, fields = update
+                    (bar.update if doing == current else bar.reset)(task, **fields)
+                    current = doing
                 else:
                     tail.append(line)
                     if verbose:
@@ -366,13 +394,15 @@ def run_file(
     except StoreError as exc:
         console.print(f"[red]store error[/]: {exc}", highlight=False)
         return 1
-    if status.rounds:
-        console.print(summary_table(status))
+    table = summary_table(status)
+    if table.row_count:  # a game that failed before any metric shows no empty table
+        console.print(table)
         for line in legend(status):
             console.print(f"  {line}", highlight=False, soft_wrap=True)
     if status.phase == "Failed":
-        # The message is a phase's own text (a library may print [brackets]): never markup.
-        console.print(f"[red]failed[/]: {escape(status.message or '')}", highlight=False)
+        # The whole text (status.message is cut short); a phase's own words, never markup.
+        failed = next((c.message for c in status.conditions if c.type == "Failed"), None)
+        console.print(f"[red]failed[/]: {escape(failed or status.message or '')}", highlight=False)
     for what, uri in checkpoints(status, game.spec.game.kind):
         console.print(f"{what} checkpoint: {uri}", highlight=False, soft_wrap=True)
     if output == "json":

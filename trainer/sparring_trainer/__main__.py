@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from sparring_trainer import distributed
+from sparring_trainer import distributed, stages
 from sparring_trainer.config import ALL_PHASES
 from sparring_trainer.distributed import NODE_RANK_ENV, Nodes, launch, under_torchrun
 
@@ -44,9 +44,9 @@ EXIT_RETRYABLE, EXIT_BAD_INPUT = 1, 3
 def _report(args: argparse.Namespace, exc: BaseException, code: int) -> int:
     from sparring_trainer.contract import write_termination_log
 
-    message = f"{args.phase} round {args.round} failed: {exc}"
-    print(f"error: {message}", file=sys.stderr)
-    write_termination_log(json.dumps({"error": message[:3900], "exitCode": code}))
+    print(f"error: {args.phase} round {args.round} failed: {exc}", file=sys.stderr)
+    # The reader (the operator, `sparring run`) names the round and phase itself.
+    write_termination_log(json.dumps({"error": str(exc)[:3900], "exitCode": code}))
     return code
 
 
@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _log_to_stderr()
+    stages.begin(args.phase)
+    stages.stage("loading libraries")  # torch and transformers: seconds before anything else
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the phase reports its own progress lines

@@ -124,6 +124,9 @@ def _attacker_dir(ctx: PhaseContext, round: int) -> Path:
     return ctx.fetch_dir(round - 1, "update-adversary", "attacker")
 
 
+HARM_CHUNK = 32  # requests per progress report while scoring H
+
+
 def _harm(
     ctx: PhaseContext,
     defender: Checkpoint,
@@ -139,7 +142,15 @@ def _harm(
     if spec.relative_to_reference and defender.path.resolve() == ref.resolve():
         return [0.0] * len(requests)
     reference = load_checkpoint(ref, "causal") if spec.relative_to_reference else None
-    return intrinsic_harm(defender.get(), reference, requests, harmful, safe, max_length)
+    model = defender.get()
+    harm: list[float] = []
+    for start in range(0, len(requests), HARM_CHUNK):  # in chunks, to report progress
+        end = start + HARM_CHUNK
+        harm += intrinsic_harm(
+            model, reference, requests[start:end], harmful[start:end], safe[start:end], max_length
+        )
+        ctx.progress(len(harm), len(requests), "requests scored")
+    return harm
 
 
 def _mean(values: Sequence[float | bool]) -> float:

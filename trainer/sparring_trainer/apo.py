@@ -109,6 +109,9 @@ def _sample_answers(
     )
 
 
+SCORE_CHUNK = 64  # texts per progress report while scoring
+
+
 def _rewards(
     ctx: PhaseContext, rm: Checkpoint, queries: list[Query], answers: list[list[str]]
 ) -> list[list[float]]:
@@ -118,7 +121,11 @@ def _rewards(
         for q, group in zip(queries, answers, strict=True)
         for a in group
     ]
-    flat = score_texts(model, tokenizer, texts, ctx.game.adversary.update.max_length)
+    flat: list[float] = []
+    for start in range(0, len(texts), SCORE_CHUNK):  # in chunks, to report progress
+        chunk = texts[start : start + SCORE_CHUNK]
+        flat += score_texts(model, tokenizer, chunk, ctx.game.adversary.update.max_length)
+        ctx.progress(len(flat), len(texts), "answers scored")
     out, i = [], 0
     for group in answers:
         out.append(flat[i : i + len(group)])

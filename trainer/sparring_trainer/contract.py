@@ -28,6 +28,7 @@ from sparring_trainer.config import PREPARE_PHASE, GameDocument
 from sparring_trainer.distributed import Ranks, ranks
 from sparring_trainer.identity import game_record
 from sparring_trainer.modelcache import cached_tree, checkpoint_cache, content_key
+from sparring_trainer.stages import stage
 from sparring_trainer.store import (
     SUCCESS,
     ArtifactStore,
@@ -173,6 +174,7 @@ class PhaseContext:
     def fetch_dir(self, round: int, phase: str, name: str) -> Path:
         """A committed checkpoint directory as a local path (no copy on a file:// store),
         checked file by file against the phase's manifest."""
+        stage(f"fetching {name} (round {round} {phase})")
         base = self.require(round, phase)
         rel = name.rstrip("/") + "/"
         prefix = base + rel
@@ -277,6 +279,7 @@ class PhaseContext:
         """Saves a trained model (an adapter with a reference to `base`) and uploads it as
         `name`, from rank 0: DDP keeps every rank's copy whole and identical; an FSDP-sharded
         model is first gathered, which every rank takes part in."""
+        stage(f"saving {name}")
         from sparring_trainer.distributed import full_state_dict
         from sparring_trainer.models import save_checkpoint
 

@@ -34,6 +34,7 @@ from sparring_trainer.config import LoraSpec, ModelSpec, StorageSpec
 from sparring_trainer.distributed import ranks
 from sparring_trainer.modelcache import MARKER, count_fetched, exclusive, tree_bytes
 from sparring_trainer.seeding import seeded
+from sparring_trainer.stages import stage
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -406,6 +407,7 @@ def load_checkpoint(
     """Reload a folder written by `save_checkpoint` in the dtype it was saved in. An adapter
     is merged into its base, unless `trainable_adapter` keeps it apart for more training."""
     path = Path(path)
+    stage(f"loading {path.name}")
     if is_adapter(path):
         model, tokenizer = load_adapter(path, kind, _load_full, trainable_adapter)
         return model.to(compute_device()), tokenizer
