@@ -122,12 +122,16 @@ def test_every_training_phase_commits_a_loss_per_optimiser_step(
     game = Path(finished_game[0]) / "default" / "apo-tiny"
 
     def losses(phase: str) -> dict[str, list[int]]:
-        """Each training run's steps with a loss, from TensorBoard's own reader."""
+        """Each training run's steps with a loss, from TensorBoard's own reader; every step
+        also has its tokens per second (Sparring's loop and TRL's alike)."""
         runs = {}
         for folder in sorted((game / phase / "tensorboard").iterdir()):
             events = EventAccumulator(str(folder))
             events.Reload()
             runs[folder.name] = [e.step for e in events.Scalars("train/loss")]
+            rates = events.Scalars("train/tokens_per_second")
+            assert [e.step for e in rates] == runs[folder.name], folder
+            assert all(e.value > 0 for e in rates), folder
         return runs
 
     # prepare trains RM_Base and the judge; each update trains its one model.

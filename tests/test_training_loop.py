@@ -436,3 +436,25 @@ def test_rrhf_loss_is_the_mean_over_groups(lm: tuple[Any, Any]) -> None:
     assert runs == ["rrhf"]
     assert out == {"train_loss": pytest.approx(sum(by_hand) / 3, abs=1e-5), "train_steps": 1.0}
     assert seen == [(1, 1)]
+
+
+def test_token_rate_counts_what_the_forward_passes_are_given() -> None:
+    from sparring_trainer.tracking import TokenRate
+
+    class Echo(torch.nn.Module):
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        ) -> torch.Tensor:
+            return input_ids
+
+    model = Echo()
+    rate = TokenRate(model)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])  # 5 real tokens, 3 of padding
+    model(input_ids=torch.zeros(2, 4, dtype=torch.long), attention_mask=mask)
+    model(torch.zeros(3, 2, dtype=torch.long))  # no mask: every id counts
+    tokens, per_second = rate.take()
+    assert tokens == 5 + 6 and per_second > 0
+    assert rate.take()[0] == 0  # counted since the last take only
+    rate.close()
+    model(torch.zeros(1, 9, dtype=torch.long))
+    assert rate.take()[0] == 0  # the hook is gone

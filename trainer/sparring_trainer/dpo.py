@@ -40,6 +40,21 @@ class _ToMlflow(TrainerCallback):
             self.run.log(int(state.global_step), numbers, self.prefix)
 
 
+class _TokenRate(TrainerCallback):
+    """Adds the step's tokens per second (`tracking.TokenRate`) to the Trainer's per-step
+    logs, before the TensorBoard and MLflow callbacks write them."""
+
+    def __init__(self, model: Any) -> None:
+        self.rate = tracking.TokenRate(model)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+        if logs is not None and "loss" in logs:  # a training step's log, not the final summary
+            logs["tokens_per_second"] = self.rate.take()[1]
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.rate.close()
+
+
 def train_dpo(
     model: PreTrainedModel,
     ref_model: PreTrainedModel | None,
@@ -99,6 +114,7 @@ def train_dpo(
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
 
+        callbacks.append(_TokenRate(model))  # first: the writers below see its value
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(curves))))
         mlflow = tracking.mlflow_run()
         if mlflow is not None:

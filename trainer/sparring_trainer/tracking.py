@@ -154,3 +154,35 @@ def settle(directory: Path) -> bool:
         for i, event_file in enumerate(sorted(folder.glob("*tfevents*"))):
             event_file.rename(folder / f"events.out.tfevents.{i}.sparring")
     return bool(files)
+
+
+class TokenRate:
+    """Tokens per second through a model's forward passes: a forward pre-hook counts what
+    each call is given (its attention mask's ones: padding is not work; else its input ids),
+    so every method's batches count the same way, whoever builds them. This process's rate:
+    under torchrun, rank 0's share of the step."""
+
+    def __init__(self, model: Any) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._tokens, self._since = 0, self._clock()
+        self._handle = model.register_forward_pre_hook(self._seen, with_kwargs=True)
+
+    def _seen(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        mask = kwargs.get("attention_mask")
+        ids: Any = kwargs.get("input_ids", args[0] if args else None)
+        if mask is not None:
+            self._tokens += int(mask.sum())
+        elif hasattr(ids, "numel"):
+            self._tokens += int(ids.numel())
+
+    def take(self) -> tuple[int, float]:
+        """(tokens, tokens per second) since the last take."""
+        now = self._clock()
+        tokens, seconds = self._tokens, max(now - self._since, 1e-9)
+        self._tokens, self._since = 0, now
+        return tokens, tokens / seconds
+
+    def close(self) -> None:
+        self._handle.remove()

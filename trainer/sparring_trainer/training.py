@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sparring_trainer.config import TrainSpec
 from sparring_trainer.distributed import ranks, shard_fully
 from sparring_trainer.losses import rrhf_loss, weighted_rank_loss
-from sparring_trainer.tracking import StepLog
+from sparring_trainer.tracking import StepLog, TokenRate
 
 T = TypeVar("T")
 ProgressFn = Callable[[int, int], None]
@@ -198,6 +198,7 @@ def _optimise(
     sums: dict[str, float] = {}
     step = 0
     curves = StepLog(name)
+    tokens = TokenRate(model)  # pragma: no mutate
     clock = time.monotonic()  # pragma: no mutate
     while step < total:
         order = list(range(len(items)))
@@ -245,10 +246,12 @@ def _optimise(
                 "learning_rate": float(learning_rate),
                 "grad_norm": float(norm),
                 "rows_per_second": throughput,
+                "tokens_per_second": tokens.take()[1],  # pragma: no mutate
             })  # fmt: skip
             if progress:
                 progress(step, total)
     curves.close()
+    tokens.close()  # pragma: no mutate
     model.eval()
     return {f"train_{k}": v / step for k, v in sums.items()} | {"train_steps": float(step)}
 
