@@ -185,7 +185,7 @@ class AdversarialGameSpec(_Model):
     early_stop: EarlyStopSpec | None = None
     """Optional early stop on a round metric."""
     tracking: TrackingSpec = TrackingSpec()
-    """Experiment tracking besides the TensorBoard events every phase commits (MLflow)."""
+    """Experiment tracking besides the TensorBoard events every phase commits (MLflow, W&B)."""
 
     @field_validator("storage", mode="before")
     @classmethod

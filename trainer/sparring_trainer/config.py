@@ -537,6 +537,16 @@ class MlflowTracking(_Model):
     """The experiment the game's run belongs to."""
 
 
+class WandbTracking(_Model):
+    """Weights & Biases: one W&B run per phase, grouped by game."""
+
+    project: Annotated[str, Field(min_length=1)]
+    """The W&B project. WANDB_API_KEY (and WANDB_BASE_URL for a server of your own) from a
+    Secret through spec.pod.envFrom; W&B's own variables apply too (WANDB_MODE=offline)."""
+    entity: str | None = None
+    """The team or user owning the project (default: the API key's)."""
+
+
 class TrackingSpec(_Model):
     """Where training curves go besides the TensorBoard events each phase commits."""
 
@@ -544,6 +554,10 @@ class TrackingSpec(_Model):
     """Each training run's per-step scalars (as r{round}/{phase}/{run}/{scalar}) and each
     round's game metrics (at step = round) in one MLflow run per game, tagged
     sparring.game = namespace/name."""
+    wandb: WandbTracking | None = None
+    """The same scalars in W&B: a run per phase (group namespace/name, job type the phase),
+    each training run's scalars against its own step; prepare's and evaluate's game metrics
+    against the round."""
 
 
 class GameDocumentSpec(_Lenient):

@@ -27,17 +27,18 @@ class _Progress(TrainerCallback):
         self.progress(int(state.global_step), int(state.max_steps))
 
 
-class _ToMlflow(TrainerCallback):
-    """The Trainer's per-step logs into the game's MLflow run (transformers' own MLflow
-    callback would open a run of its own per phase)."""
+class _ToSinks(TrainerCallback):
+    """The Trainer's per-step logs into the game's MLflow run and the phase's W&B run
+    (transformers' own MLflow and W&B callbacks would open runs of their own)."""
 
-    def __init__(self, run: tracking.MlflowRun, prefix: str) -> None:
-        self.run, self.prefix = run, prefix
+    def __init__(self, sinks: list[tracking.Sink], run: str) -> None:
+        self.sinks, self.run = sinks, run
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
         numbers = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
         if numbers and state.is_world_process_zero:
-            self.run.log(int(state.global_step), numbers, self.prefix)
+            for sink in self.sinks:
+                sink.log(int(state.global_step), numbers, f"{sink.prefix}{self.run}/")
 
 
 class _TokenRate(TrainerCallback):
@@ -116,9 +117,9 @@ def train_dpo(
 
         callbacks.append(_TokenRate(model))  # first: the writers below see its value
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(curves))))
-        mlflow = tracking.mlflow_run()
-        if mlflow is not None:
-            callbacks.append(_ToMlflow(mlflow, f"{mlflow.prefix}{curves.name}/"))
+        sinks = tracking.sinks()
+        if sinks:
+            callbacks.append(_ToSinks(sinks, curves.name))
     trainer = DPOTrainer(
         model=model,
         ref_model=ref_model,

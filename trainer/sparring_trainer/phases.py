@@ -73,19 +73,18 @@ def _run(
 
     started = time.monotonic()
     curves = ctx.new_dir("tensorboard")
-    mlflow = doc.spec.tracking.mlflow
-    meta = doc.metadata
-    run = (
-        tracking.MlflowRun(mlflow, f"{meta.namespace}/{meta.name}", f"r{round}/{phase}/")
-        if mlflow is not None and here.main
-        else None
-    )
-    with tracking.phase_log(curves, run):
-        metrics = PHASES[phase](ctx)
-    if tracking.settle(curves):  # (rank 0's: only it writes curves)
-        ctx.upload_dir(curves, "tensorboard")
-    if run is not None and phase in (PREPARE_PHASE, "evaluate"):  # the round's game metrics
-        run.log(round, metrics, prefix="")
+    sinks = _tracking_sinks(doc, round, phase) if here.main else []
+    try:
+        with tracking.phase_log(curves, sinks):
+            metrics = PHASES[phase](ctx)
+        if tracking.settle(curves):  # (rank 0's: only it writes curves)
+            ctx.upload_dir(curves, "tensorboard")
+        if phase in (PREPARE_PHASE, "evaluate"):  # the round's game metrics
+            for sink in sinks:
+                sink.log(round, metrics, prefix="")
+    finally:
+        for sink in sinks:
+            sink.close()
     metrics["compute_seconds"] = time.monotonic() - started
     metrics["store_read_bytes"] = float(ctx.bytes_read)
     metrics["store_written_bytes"] = float(ctx.bytes_written)
@@ -96,6 +95,17 @@ def _run(
     if here.main:
         write_termination_log(finish(ctx, metrics))
     return metrics, False
+
+
+def _tracking_sinks(doc: GameDocument, round: int, phase: str) -> list[tracking.Sink]:
+    spec, meta = doc.spec.tracking, doc.metadata
+    game = f"{meta.namespace}/{meta.name}"
+    out: list[tracking.Sink] = []
+    if spec.mlflow is not None:
+        out.append(tracking.MlflowRun(spec.mlflow, game, f"r{round}/{phase}/"))
+    if spec.wandb is not None:
+        out.append(tracking.WandbRun(spec.wandb, game, round, phase))
+    return out
 
 
 def _check_runnable(doc: GameDocument, phase: str, world: int) -> None:

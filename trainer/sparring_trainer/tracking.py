@@ -12,8 +12,10 @@ phase nothing is written.
 
 With `spec.tracking.mlflow` the same points also go to one MLflow run per game (found by its
 tag `sparring.game`, created by the first phase that logs), as `r{round}/{phase}/{run}/{name}`,
-and each round's game metrics at step = round. A tracking server that fails is reported once
-and then left alone: curves never fail a phase (the TensorBoard events are still committed).
+and each round's game metrics at step = round. With `spec.tracking.wandb` they go to W&B, whose
+runs have one writer each: a run per phase, grouped by game. A tracking server that fails is
+reported once and then left alone: curves never fail a phase (the TensorBoard events are still
+committed).
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sparring_trainer.config import MlflowTracking
+from sparring_trainer.config import MlflowTracking, WandbTracking
 
 log = logging.getLogger(__name__)
 GAME_TAG = "sparring.game"
 _root: Path | None = None
 _taken: dict[str, int] = {}
-_mlflow: MlflowRun | None = None
+_sinks: list[Sink] = []
 
 
 class MlflowRun:
@@ -86,25 +88,90 @@ class MlflowRun:
         except Exception as exc:
             self._give_up(exc)
 
+    def close(self) -> None:
+        """Nothing to end: the game's run stays open for its later phases."""
+
+
+class WandbRun:
+    """This phase's W&B run (global rank 0), in the game's group. Each training run's scalars
+    are plotted against its own step (`PREFIX/step`), the game metrics against `round`."""
+
+    def __init__(self, spec: WandbTracking, game: str, round: int, phase: str) -> None:
+        self.spec, self.game, self.round, self.phase = spec, game, round, phase
+        self.prefix = f"r{round}/{phase}/"
+        self.failed = False
+        self._run: Any = None
+        self._defined: set[str] = set()
+
+    def _open(self) -> Any:
+        if self._run is None and not self.failed:
+            try:
+                import wandb
+
+                self._run = wandb.init(
+                    project=self.spec.project,
+                    entity=self.spec.entity,
+                    group=self.game,
+                    job_type=self.phase,
+                    name=f"{self.game} r{self.round} {self.phase}",
+                    config={"game": self.game, "round": self.round, "phase": self.phase},
+                    reinit="create_new",
+                )
+            except Exception as exc:  # no API key, no server: report it, train on
+                self._give_up(exc)
+        return self._run
+
+    def _give_up(self, exc: Exception) -> None:
+        self.failed, self._run = True, None
+        log.warning("W&B project %s: %s; curves go to TensorBoard only", self.spec.project, exc)
+
+    def log(self, step: int, scalars: dict[str, float], prefix: str | None = None) -> None:
+        run = self._open()
+        if run is None:
+            return
+        where = self.prefix if prefix is None else prefix
+        axis = f"{where}step" if where else "round"
+        try:
+            for key in [axis, *(where + k for k in scalars)]:
+                if key not in self._defined:
+                    self._defined.add(key)
+                    if key == axis:
+                        run.define_metric(axis)
+                    else:
+                        run.define_metric(key, step_metric=axis)
+            run.log({axis: step, **{where + k: float(v) for k, v in scalars.items()}})
+        except Exception as exc:
+            self._give_up(exc)
+
+    def close(self) -> None:
+        if self._run is not None:
+            try:
+                self._run.finish()
+            except Exception as exc:
+                self._give_up(exc)
+
+
+Sink = MlflowRun | WandbRun  # where a phase's curves go besides its TensorBoard events
+
 
 @contextlib.contextmanager
-def phase_log(directory: Path | None, mlflow_run: MlflowRun | None = None) -> Iterator[None]:
-    """Training runs inside write their curves under `directory` (None: nowhere), and to
-    `mlflow_run` when given."""
-    global _root, _mlflow
-    (previous, _root), (previous_run, _mlflow) = (_root, directory), (_mlflow, mlflow_run)
+def phase_log(directory: Path | None, sinks: list[Sink] | None = None) -> Iterator[None]:
+    """Training runs inside write their curves under `directory` (None: nowhere), and to the
+    `sinks` (MLflow, W&B) when given."""
+    global _root, _sinks
+    (previous, _root), (previous_sinks, _sinks) = (_root, directory), (_sinks, sinks or [])
     _taken.clear()
     try:
         yield
     finally:
-        _root, _mlflow = previous, previous_run
+        _root, _sinks = previous, previous_sinks
 
 
-def mlflow_run() -> MlflowRun | None:
-    """The phase's MLflow run (rank 0 only), if the game tracks to MLflow."""
+def sinks() -> list[Sink]:
+    """The phase's tracking runs (rank 0 only): MLflow's and W&B's, as the game asks."""
     from sparring_trainer.distributed import ranks
 
-    return _mlflow if ranks().main else None
+    return list(_sinks) if ranks().main else []
 
 
 def run_dir(name: str) -> Path | None:
@@ -127,7 +194,7 @@ class StepLog:
     def __init__(self, name: str) -> None:
         self._writer: Any = None
         directory = run_dir(name)
-        self._mlflow, self._prefix = mlflow_run(), f"{directory.name}/" if directory else ""
+        self._sinks, self._prefix = sinks(), f"{directory.name}/" if directory else ""
         if directory is not None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -137,8 +204,8 @@ class StepLog:
         if self._writer is not None:
             for key, value in scalars.items():
                 self._writer.add_scalar(f"train/{key}", value, step)
-        if self._mlflow is not None:
-            self._mlflow.log(step, scalars, self._mlflow.prefix + self._prefix)
+        for sink in self._sinks:
+            sink.log(step, scalars, sink.prefix + self._prefix)
 
     def close(self) -> None:
         if self._writer is not None:
