@@ -100,3 +100,12 @@ def test_a_family_no_game_reported_has_no_figure() -> None:
     apl_only = GameRecord("apl", "apl", {1: {"asr_attack": 0.5}})
     page = render_html([apl_only])
     assert page.count("<img ") == 1 and 'alt="Attack success (APL)"' in page
+
+
+def test_an_interval_that_misses_its_estimate_and_a_huge_margin_still_draw() -> None:
+    # A percentile bootstrap of ECE can put the whole interval above the estimate.
+    game = GameRecord("apo", "apo", {1: {"rm_ece": 0.05, "rm_ece_lo": 0.052, "rm_ece_hi": 0.2}},
+                      {1: [-1000.0, 1000.0, 0.3]})  # fmt: skip
+    page = render_html([game])
+    assert 'alt="Reward model (held-out pairs)"' in page and 'alt="reliability"' in page
+    assert reliability([-1000.0, 1000.0], 10) == [(1.0, 0.5, 2)]  # one wrong, one right

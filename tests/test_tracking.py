@@ -86,6 +86,7 @@ def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
                         "WANDB_CACHE_DIR": str(folder / "cache")}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(folder / "no-netrc"))  # nor a key from `wandb login`
     yield folder
     wandb.teardown()
 

@@ -116,8 +116,12 @@ def _run_child(cmd: list[str], label: str, console: Console, verbose: bool) -> P
                 if update is not None:
                     # Something new to count or wait for restarts the clock and the ETA's rate.
                     doing, fields = update
-                    (bar.update if doing == current else bar.reset)(task, **fields)
-                    current = doing
+                    if doing == current:
+                        bar.update(task, **fields)
+                    else:  # a fresh task: rich's reset keeps the old total, so no pulsing bar
+                        bar.remove_task(task)
+                        task = bar.add_task(**fields)
+                        current = doing
                 else:
                     tail.append(line)
                     if verbose:

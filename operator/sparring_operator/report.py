@@ -100,7 +100,7 @@ def apo_examples(scored: list[dict[str, Any]], count: int) -> list[Example]:
         return max(row["rewards"]) - min(row["rewards"]) if row["rewards"] else 0.0
 
     out = []
-    for row in sorted(scored, key=spread, reverse=True)[:count]:
+    for row in sorted((r for r in scored if r["rewards"]), key=spread, reverse=True)[:count]:
         ranked = sorted(zip(row["rewards"], row["responses"], strict=True), reverse=True)
         (best, best_text), (worst, worst_text) = ranked[0], ranked[-1]
         out.append(
@@ -136,22 +136,34 @@ def apl_examples(answers: list[dict[str, Any]], count: int) -> list[Example]:
 
 def read_game(store: ArtifactStore, namespace: str, name: str, kind: str) -> GameRecord:
     """Every committed round's metrics, held-out margins and examples of one game."""
-    rounds = stored_rounds(store.list(game_prefix(namespace, name)), game_prefix(namespace, name))
-    view = observe_store(store, namespace, name, kind, rounds)
+    keys = store.list(game_prefix(namespace, name))
+    if not keys:
+        raise ValueError(
+            f"no game {namespace}/{name} in {store.uri_for(game_prefix(namespace, name))}"
+        )
+    view = observe_store(
+        store, namespace, name, kind, stored_rounds(keys, game_prefix(namespace, name))
+    )
     record = GameRecord(f"{namespace}/{name}", kind, view.round_metrics())
-    base = _rows(store, phase_prefix(namespace, name, 0, "prepare") + BASE_MARGINS)
+
+    def committed(r: int, phase: str, file: str) -> list[dict[str, Any]]:
+        """A committed phase's output (a killed attempt's leftovers are never read)."""
+        if (r, phase) not in view.committed:
+            return []
+        return _rows(store, phase_prefix(namespace, name, r, phase) + file)
+
+    base = committed(0, "prepare", BASE_MARGINS)
     if base:
         record.margins[0] = [float(r["margin"]) for r in base]
     for r in sorted(record.rounds):
-        evaluate = phase_prefix(namespace, name, r, "evaluate")
-        margins = _rows(store, evaluate + RM_MARGINS)
+        margins = committed(r, "evaluate", RM_MARGINS)
         if margins and r > 0:
             record.margins[r] = [float(m["margin"]) for m in margins]
         if kind == "apo":
-            scored = _rows(store, phase_prefix(namespace, name, r, "score") + "scores.jsonl")
-            examples = apo_examples(scored, EXAMPLES_PER_ROUND)
+            examples = apo_examples(committed(r, "score", "scores.jsonl"), EXAMPLES_PER_ROUND)
         else:
-            examples = apl_examples(_rows(store, evaluate + "answers.jsonl"), EXAMPLES_PER_ROUND)
+            answers = committed(r, "evaluate", "answers.jsonl")
+            examples = apl_examples(answers, EXAMPLES_PER_ROUND)
         if examples:
             record.examples[r] = examples
     return record
@@ -163,7 +175,7 @@ def reliability(margins: Sequence[float], bins: int) -> list[tuple[float, float,
     correct when p >= 1/2 (the chosen answer is the preferred one), bins (k/b, (k+1)/b]."""
     members: dict[int, list[tuple[float, float]]] = {}
     for m in margins:
-        p = 1.0 / (1.0 + math.exp(-m))
+        p = 0.5 * (1.0 + math.tanh(m / 2))  # sigmoid(m), without overflow at |m| > 709
         confidence = max(p, 1.0 - p)
         index = max(0, math.ceil(confidence * bins) - 1)
         members.setdefault(index, []).append((confidence, 1.0 if p >= 0.5 else 0.0))
@@ -198,8 +210,10 @@ def family_figure(title: str, names: Sequence[str], games: Sequence[GameRecord])
                 continue
             xs = [r for r, _ in points]
             ys = [m[name] for _, m in points]
-            low = [m[name] - m.get(f"{name}_lo", m[name]) for _, m in points]
-            high = [m.get(f"{name}_hi", m[name]) - m[name] for _, m in points]
+            # A percentile bootstrap interval need not contain its estimate (ECE's leans
+            # upward): the bar then starts at the estimate.
+            low = [max(0.0, m[name] - m.get(f"{name}_lo", m[name])) for _, m in points]
+            high = [max(0.0, m.get(f"{name}_hi", m[name]) - m[name]) for _, m in points]
             ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=game.name)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("round")
@@ -332,7 +346,7 @@ def cluster_record(obj: dict[str, Any]) -> GameRecord:
     meta, kind = game.metadata, game.spec.game.kind
     try:
         return read_game(open_store(game.spec.storage), meta.namespace, meta.name, kind)
-    except (StoreError, OSError) as exc:
+    except (StoreError, OSError, ValueError) as exc:  # ValueError: nothing there, seen from here
         rounds = {r.round: r.metrics for r in (game.status.rounds if game.status else [])}
         note = (
             f"its store ({game.spec.storage.uri}) could not be read from here "

@@ -394,11 +394,17 @@ def test_trainer_cli_exits_bad_input_with_an_error_line_never_a_traceback(
             os.environ.pop("SPARRING_TERMINATION_LOG", None)
         else:
             os.environ["SPARRING_TERMINATION_LOG"] = saved
-    out = err.getvalue()
+    out = _without_stages(err.getvalue())
     assert code == EXIT_BAD_INPUT, out
     assert out.startswith("error: sample round 0 failed: ") and "Traceback" not in out
     assert all(line.startswith(("error: ", str(game))) for line in out.splitlines()), out
     assert json.loads(termination.read_text())["exitCode"] == EXIT_BAD_INPUT
+
+
+def _without_stages(err: str) -> str:
+    """stderr without the phase's progress lines (`[PHASE] stage: ...`, sparring_trainer.stages):
+    what is left is what it says of the error."""
+    return "".join(line for line in err.splitlines(keepends=True) if "] stage: " not in line)
 
 
 def test_trainer_cli_process_reports_an_unreadable_game_file_in_one_line(tmp_path: Path) -> None:
@@ -426,6 +432,7 @@ def test_trainer_cli_process_reports_an_unreadable_game_file_in_one_line(tmp_pat
         )
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=120)
+        err = _without_stages(err)
         assert proc.returncode == EXIT_BAD_INPUT, (name, err[-2000:])
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert err.startswith(f"error: sample round 1 failed: {tmp_path / name}: ")

@@ -52,6 +52,9 @@ class _TokenRate(TrainerCallback):
         if logs is not None and "loss" in logs:  # a training step's log, not the final summary
             logs["tokens_per_second"] = self.rate.take()[1]
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.rate.take()  # the first step's rate starts here, not at the Trainer's set-up
+
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.rate.close()
 

@@ -74,6 +74,7 @@ def _run(
     started = time.monotonic()
     curves = ctx.new_dir("tensorboard")
     sinks = _tracking_sinks(doc, round, phase) if here.main else []
+    failed = True
     try:
         with tracking.phase_log(curves, sinks):
             metrics = PHASES[phase](ctx)
@@ -82,9 +83,10 @@ def _run(
         if phase in (PREPARE_PHASE, "evaluate"):  # the round's game metrics
             for sink in sinks:
                 sink.log(round, metrics, prefix="")
+        failed = False
     finally:
         for sink in sinks:
-            sink.close()
+            sink.close(failed)
     metrics["compute_seconds"] = time.monotonic() - started
     metrics["store_read_bytes"] = float(ctx.bytes_read)
     metrics["store_written_bytes"] = float(ctx.bytes_written)

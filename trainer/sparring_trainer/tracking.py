@@ -88,7 +88,7 @@ class MlflowRun:
         except Exception as exc:
             self._give_up(exc)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         """Nothing to end: the game's run stays open for its later phases."""
 
 
@@ -143,10 +143,10 @@ class WandbRun:
         except Exception as exc:
             self._give_up(exc)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self._run is not None:
             try:
-                self._run.finish()
+                self._run.finish(exit_code=1 if failed else 0)
             except Exception as exc:
                 self._give_up(exc)
 
@@ -226,8 +226,9 @@ def settle(directory: Path) -> bool:
 class TokenRate:
     """Tokens per second through a model's forward passes: a forward pre-hook counts what
     each call is given (its attention mask's ones: padding is not work; else its input ids),
-    so every method's batches count the same way, whoever builds them. This process's rate:
-    under torchrun, rank 0's share of the step."""
+    so every method's batches count the same way, whoever builds them. Only passes that
+    build a graph count (the trained model's; not a reference model's under no_grad). This
+    process's rate: under torchrun, rank 0's share of the step."""
 
     def __init__(self, model: Any) -> None:
         import time
@@ -237,6 +238,10 @@ class TokenRate:
         self._handle = model.register_forward_pre_hook(self._seen, with_kwargs=True)
 
     def _seen(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        import torch
+
+        if not torch.is_grad_enabled():  # a reference pass (LoRA DPO's, adapters off): not trained
+            return
         mask = kwargs.get("attention_mask")
         ids: Any = kwargs.get("input_ids", args[0] if args else None)
         if mask is not None:
