@@ -4,14 +4,16 @@ Rendered for the default values and for each `charts/sparring/ci/*.yaml`. Every 
 built-in kind is checked against the Kubernetes 1.32 schemas (kubernetes-validate, strict:
 unknown fields fail). The Prometheus operator's kinds (ServiceMonitor, PrometheusRule) are not in
 those schemas, so they are checked against the minimal hand-written JSON Schemas below: the
-fields this chart sets, with their types, and no unknown fields. Plus drift tests: the CRD
-template against `crdgen.build_crd()`, the README against values.yaml.
+fields this chart sets, with their types, and no unknown fields; the default
+ClusterSparringRuntime against `RuntimeSpec` and its CRD's schema. Plus drift tests: the CRD
+templates against `crdgen.build_crd()` / `build_runtime_crd()`, the README against values.yaml.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.util
+import ipaddress
 import itertools
 import json
 import re
@@ -211,7 +213,41 @@ CUSTOM_KIND_SCHEMAS = {
     "ServiceMonitor": SERVICE_MONITOR_SCHEMA,
     "PrometheusRule": PROMETHEUS_RULE_SCHEMA,
 }
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+CLUSTER_SCOPED = {
+    "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ClusterSparringRuntime"
+}  # fmt: skip
+
+
+def unknown_fields(obj: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Fields of obj that a structural CRD schema does not declare: what the API server's
+    strict field validation (`kubectl apply`) refuses and pydantic's by-name aliases hide."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    children: list[tuple[str, Any, dict[str, Any]]] = []
+    if isinstance(obj, dict) and "properties" in schema:
+        props = schema["properties"]
+        if unknown := [f"{path}.{k}" for k in obj if k not in props]:
+            return unknown
+        children = [(f"{path}.{k}", v, props[k]) for k, v in obj.items()]
+    elif isinstance(obj, dict) and isinstance(schema.get("additionalProperties"), dict):
+        children = [(f"{path}.{k}", v, schema["additionalProperties"]) for k, v in obj.items()]
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        children = [(f"{path}[{i}]", v, schema["items"]) for i, v in enumerate(obj)]
+    return [problem for where, v, sub in children for problem in unknown_fields(v, sub, where)]
+
+
+def check_runtime(obj: dict[str, Any]) -> None:
+    """A (Cluster)SparringRuntime: what the operator parses, and what its CRD accepts."""
+    from openapi_schema_validator import OAS30Validator
+    from sparring_operator.crdgen import build_runtime_crd
+    from sparring_operator.runtimeapi import RuntimeSpec
+
+    RuntimeSpec.model_validate(obj["spec"])
+    crd = build_runtime_crd(cluster=obj["kind"] == "ClusterSparringRuntime")
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert obj["apiVersion"] == f"{crd['spec']['group']}/v1alpha1"
+    errors = [e.message for e in OAS30Validator(schema).iter_errors(obj)]
+    assert errors == [] and unknown_fields(obj, schema) == [], (errors, unknown_fields(obj, schema))
 
 
 # ---- render, lint, validate ---------------------------------------------------------------
@@ -238,7 +274,9 @@ def test_every_object_passes_its_schema(chart: Any, values_name: str) -> None:
         where = f"{values_name}: {obj['kind']} {obj['metadata']['name']}"
         schema = CUSTOM_KIND_SCHEMAS.get(obj["kind"])
         try:
-            if schema is not None:
+            if obj["kind"] == "ClusterSparringRuntime":
+                check_runtime(obj)
+            elif schema is not None:
                 jsonschema.validate(obj, schema)
             else:
                 kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
@@ -308,13 +346,17 @@ def test_deployment_is_one_recreated_restricted_replica(chart: Any, values_name:
         assert sorted(sa["metadata"]["namespace"] for sa in phase_accounts) == sorted(wanted)
     else:  # no game namespace known: the pods use their namespace's default account
         assert "SPARRING_PHASE_SERVICE_ACCOUNT" not in env
+    assert env["SPARRING_DEFAULT_RUNTIME"] == values.get("defaultRuntime", {}).get(
+        "name", "default"
+    )
 
 
 def test_default_values_render_the_core_pieces_only(chart: Any) -> None:
     kinds = sorted(o["kind"] for o in render(chart))
     assert kinds == sorted(
         [
-            "CustomResourceDefinition",
+            *["CustomResourceDefinition"] * 3,  # games, runtimes, cluster runtimes
+            "ClusterSparringRuntime",  # the default runtime
             "Deployment",
             "ServiceAccount",
             "Service",
@@ -357,13 +399,43 @@ def test_namespace_scope_grants_roles_in_each_watched_namespace_only(chart: Any)
             {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
         ]
         assert binding["roleRef"]["kind"] == "Role"
-    # Cluster-wide, only kopf's read-only observation of cluster-scoped kinds.
+    # Cluster-wide, only kopf's read-only observation of cluster-scoped kinds, and reading
+    # the cluster-scoped runtimes.
     for cluster_role in by_kind(objects, "ClusterRole"):
         for rule in cluster_role["rules"]:
-            assert set(rule["verbs"]) <= {"list", "watch"}
-            assert set(rule["resources"]) <= {"customresourcedefinitions", "namespaces"}
+            assert rule in (RUNTIME_READ, *OBSERVE), rule
     without = render(chart, {**values, "rbac": {"scope": "namespace"}})
-    assert not by_kind(without, "ClusterRole") and not by_kind(without, "ClusterRoleBinding")
+    assert [r["rules"] for r in by_kind(without, "ClusterRole")] == [[RUNTIME_READ]]
+    (binding,) = by_kind(without, "ClusterRoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+    ]
+
+
+RUNTIME_READ = {
+    "apiGroups": ["sparring.dev"], "resources": ["clustersparringruntimes"], "verbs": ["get"]
+}  # fmt: skip
+OBSERVE = [
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+     "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespace"])
+def test_the_operator_may_get_both_runtime_kinds(chart: Any, scope: str) -> None:
+    """Games name a SparringRuntime (in their namespace) or a ClusterSparringRuntime; the
+    operator reads the one named with a GET, in either RBAC scope."""
+    objects = render(chart, {"rbac": {"scope": scope}, "watchNamespaces": ["team-a"]})
+    roles = by_kind(objects, "ClusterRole" if scope == "cluster" else "Role")
+    cluster_rules = [rule for role in by_kind(objects, "ClusterRole") for rule in role["rules"]]
+    for role in roles:
+        namespaced = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
+                      for r in rule["resources"] for v in rule["verbs"]}  # fmt: skip
+        assert ("sparring.dev", "sparringruntimes", "get") in namespaced
+    assert RUNTIME_READ in cluster_rules
+    bound = {b["roleRef"]["name"] for b in by_kind(objects, "ClusterRoleBinding")}
+    assert {r["metadata"]["name"] for r in by_kind(objects, "ClusterRole")} == bound
 
 
 @pytest.mark.parametrize(
@@ -454,8 +526,9 @@ def test_the_documented_install_is_the_least_privilege_one(chart: Any, readme: s
     values = _set_values(words)
     assert values.get("watchNamespaces"), f"{readme}: the first install lists no namespaces"
     objects = render(chart, values)
-    # Secrets and Jobs only through Roles in the listed namespaces; nothing cluster-wide.
-    assert not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding")
+    # Secrets and Jobs only through Roles in the listed namespaces; cluster-wide only the read
+    # of the (cluster-scoped) runtimes.
+    assert [r["rules"] for r in by_kind(objects, "ClusterRole")] == [[RUNTIME_READ]]
     roles = by_kind(objects, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(values["watchNamespaces"])
     for role in roles:
@@ -515,7 +588,9 @@ def test_metrics_service_servicemonitor_and_networkpolicy_select_the_operator(ch
     )
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
-    policy = one(objects, "NetworkPolicy")
+    (policy,) = [
+        p for p in by_kind(objects, "NetworkPolicy") if p["metadata"]["namespace"] == NAMESPACE
+    ]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     (ingress,) = policy["spec"]["ingress"]
@@ -572,26 +647,191 @@ def test_dashboard_configmap_holds_the_dashboard_for_the_grafana_sidecar(chart: 
 # ---- the CRD -------------------------------------------------------------------------------
 
 
-def test_crd_template_matches_the_generated_crd(chart: Any) -> None:
-    from sparring_operator.crdgen import build_crd
+def _generated(kind: str) -> dict[str, Any]:
+    from sparring_operator.crdgen import build_crd, build_runtime_crd
 
-    fix = f"the chart's CRD differs from `sparring crd`; run: {sync_crd.COMMAND}"
-    crd = one(render(chart), "CustomResourceDefinition")
+    if kind == "AdversarialGame":
+        return build_crd()
+    return build_runtime_crd(cluster=kind == "ClusterSparringRuntime")
+
+
+def _crd_of(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (crd,) = [
+        o for o in by_kind(objects, "CustomResourceDefinition")
+        if o["spec"]["names"]["kind"] == kind
+    ]  # fmt: skip
+    return crd
+
+
+@pytest.mark.parametrize("kind", list(sync_crd.TEMPLATES))
+def test_crd_template_matches_the_generated_crd(chart: Any, kind: str) -> None:
+    fix = f"the chart's CRD differs from `sparring crd --kind {kind}`; run: {sync_crd.COMMAND}"
+    crd = _crd_of(render(chart), kind)
     metadata = crd["metadata"]
     assert metadata.pop("annotations") == {"helm.sh/resource-policy": "keep"}
     assert metadata.pop("labels")["app.kubernetes.io/component"] == "crd"
-    assert crd == build_crd(), fix
-    template = sync_crd.TEMPLATE.read_text(encoding="utf-8")
-    assert template == sync_crd.render_template(sync_crd.generated_crd()), fix
+    assert crd == _generated(kind), fix
+    template = sync_crd.TEMPLATES[kind].read_text(encoding="utf-8")
+    assert template == sync_crd.render_template(sync_crd.generated_crd(kind)), fix
+    assert sync_crd.main(["--check"]) == 0
 
 
-def test_crd_is_gated_and_kept_on_uninstall_only_when_asked(chart: Any) -> None:
+@pytest.mark.parametrize("kind", list(sync_crd.TEMPLATES))
+def test_crd_is_gated_and_kept_on_uninstall_only_when_asked(chart: Any, kind: str) -> None:
     assert not by_kind(render(chart, {"crds": {"enabled": False}}), "CustomResourceDefinition")
-    loose = one(render(chart, {"crds": {"keep": False}}), "CustomResourceDefinition")
+    loose = _crd_of(render(chart, {"crds": {"keep": False}}), kind)
     assert "annotations" not in loose["metadata"]
     argo = {"argocd.argoproj.io/sync-options": "Delete=false,Prune=false"}
-    kept = one(render(chart, {"crds": {"annotations": argo}}), "CustomResourceDefinition")
+    kept = _crd_of(render(chart, {"crds": {"annotations": argo}}), kind)
     assert kept["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep", **argo}
+
+
+# ---- the default runtime -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_name", list(VALUE_SETS))
+def test_default_runtime_is_a_valid_cluster_runtime_with_the_chart_defaults(
+    chart: Any, values_name: str
+) -> None:
+    from sparring_operator.runtimeapi import RuntimeSpec
+
+    values = VALUE_SETS[values_name]
+    objects = render(chart, values)
+    env = {
+        e["name"]: e.get("value")
+        for e in one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    wanted = values.get("defaultRuntime", {})
+    if wanted.get("create", True) is False:  # a runtime the platform team manages
+        assert not by_kind(objects, "ClusterSparringRuntime")
+        assert env["SPARRING_DEFAULT_RUNTIME"] == wanted["name"]
+        return
+    runtime = one(objects, "ClusterSparringRuntime")
+    assert runtime["metadata"]["name"] == env["SPARRING_DEFAULT_RUNTIME"]
+    # A hook, created after its CRD: Helm cannot map a kind whose CRD the release creates.
+    assert runtime["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    spec = RuntimeSpec.model_validate(runtime["spec"])
+    check_runtime(runtime)
+    if wanted.get("images"):
+        assert spec.images == wanted["images"]
+    else:
+        assert spec.images == [env["SPARRING_TRAINER_IMAGE"]]
+    assert spec.service_account_name == (
+        wanted.get("serviceAccountName") or env.get("SPARRING_PHASE_SERVICE_ACCOUNT")
+    )
+    assert spec.overridable == wanted.get("overridable", ["resources", "scheduling"])
+    assert spec.allowed_model_sources == wanted.get("allowedModelSources")
+
+
+def test_default_runtime_writes_only_what_is_set(chart: Any) -> None:
+    values = {"phaseServiceAccount": {"namespaces": ["team-a"]}}
+    runtime = one(render(chart, values), "ClusterSparringRuntime")
+    assert runtime["spec"] == {
+        "images": ["ghcr.io/sparring-dev/sparring-trainer:0.1.0"],
+        "imagePullPolicy": "Always",
+        "serviceAccountName": "sparring-phase",
+        "overridable": ["resources", "scheduling"],
+    }
+    values["defaultRuntime"] = {
+        "storage": {"uri": "s3://games", "pathStyle": True}, "allowedModelSources": [],
+        "overridable": [],
+    }  # fmt: skip
+    spec = one(render(chart, values), "ClusterSparringRuntime")["spec"]
+    assert spec["storage"] == {"uri": "s3://games", "pathStyle": True}
+    assert spec["allowedModelSources"] == [] and spec["overridable"] == []  # none, not unset
+
+
+def test_no_default_runtime_when_its_name_is_empty(chart: Any) -> None:
+    objects = render(chart, {"defaultRuntime": {"name": ""}})
+    assert not by_kind(objects, "ClusterSparringRuntime")
+    env = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert "SPARRING_DEFAULT_RUNTIME" not in {e["name"] for e in env}
+
+
+# ---- the phase pods' NetworkPolicy ---------------------------------------------------------
+
+LINK_LOCAL = [ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10")]
+PHASE_POD = {
+    "app.kubernetes.io/component": "phase",
+    "app.kubernetes.io/managed-by": "sparring-operator",
+}
+
+
+def _phase_policies(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        p for p in by_kind(objects, "NetworkPolicy")
+        if p["metadata"]["labels"]["app.kubernetes.io/component"] == "phase"
+    ]  # fmt: skip
+
+
+def _ip_blocks(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        peer["ipBlock"]
+        for rule in policy["spec"]["egress"]
+        for peer in rule.get("to", [])
+        if "ipBlock" in peer
+    ]
+
+
+@pytest.mark.parametrize("values_name", list(VALUE_SETS))
+def test_phase_network_policy_per_phase_namespace_never_reaches_cloud_metadata(
+    chart: Any, values_name: str
+) -> None:
+    values = VALUE_SETS[values_name]
+    objects = render(chart, values)
+    policies = _phase_policies(objects)
+    phase_accounts = [
+        sa for sa in by_kind(objects, "ServiceAccount") if sa["metadata"]["name"].endswith("-phase")
+    ]
+    assert sorted(p["metadata"]["namespace"] for p in policies) == sorted(
+        sa["metadata"]["namespace"] for sa in phase_accounts
+    )
+    if values.get("phaseNetworkPolicy", {}).get("enabled"):
+        assert policies
+    for policy in policies:
+        spec = policy["spec"]
+        assert spec["podSelector"] == {"matchLabels": PHASE_POD}
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        # In: only the other phase pods of the namespace (the ranks of a multi-node phase).
+        assert spec["ingress"] == [{"from": [{"podSelector": {"matchLabels": PHASE_POD}}]}]
+        assert {"to": [{"podSelector": {"matchLabels": PHASE_POD}}]} in spec["egress"]
+        blocks = _ip_blocks(policy)
+        assert blocks
+        for block in blocks:
+            cidr = ipaddress.ip_network(block["cidr"])
+            [link_local] = [n for n in LINK_LOCAL if n.version == cidr.version]
+            if cidr.overlaps(link_local):  # the except is valid only inside the cidr
+                assert block["except"] == [str(link_local)], block
+            else:
+                assert "except" not in block, block
+
+
+def test_phase_network_policy_defaults_to_any_address_but_link_local(chart: Any) -> None:
+    values = {"watchNamespaces": ["team-a"], "phaseNetworkPolicy": {"enabled": True}}
+    (policy,) = _phase_policies(render(chart, values))
+    assert policy["metadata"]["namespace"] == "team-a"
+    any_but_metadata = [
+        {"cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"]},
+        {"cidr": "::/0", "except": ["fe80::/10"]},
+    ]
+    assert _ip_blocks(policy) == any_but_metadata * 2  # the store, the model sources
+    ports = [r.get("ports") for r in policy["spec"]["egress"]]
+    assert [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}] in ports
+    assert ports.count([{"port": 443, "protocol": "TCP"}]) == 2
+    assert not _phase_policies(render(chart, {"watchNamespaces": ["team-a"]}))
+
+
+@pytest.mark.parametrize(
+    "cidr", ["169.254.169.254/32", "169.254.0.0/16", "fe80::1/64", "febf::/16"]
+)
+def test_a_cidr_inside_link_local_fails_naming_it(chart: Any, cidr: str) -> None:
+    values = {
+        "watchNamespaces": ["team-a"],
+        "phaseNetworkPolicy": {"enabled": True, "models": {"cidrs": ["10.0.0.0/8", cidr]}},
+    }
+    expected = f'phaseNetworkPolicy.models.cidrs[1] = "{cidr}" lies inside'
+    with pytest.raises(helm.HelmError, match=re.escape(expected)):
+        render(chart, values)
 
 
 # ---- the README ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The CRD in crds/ is generated from the pydantic models, is structural, and says what we mean."""
+"""The CRDs in crds/ are generated from the pydantic models, are structural, and say what we
+mean: AdversarialGame, and the runtimes a game runs on (SparringRuntime, ClusterSparringRuntime)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,19 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from sparring_operator import api
-from sparring_operator.crdgen import CRD_PATH, build_crd, render_crd, to_structural
+from sparring_operator.cli import app
+from sparring_operator.crdgen import (
+    CRD_PATH,
+    KINDS,
+    build_crd,
+    build_runtime_crd,
+    render_crd,
+    render_runtime_crd,
+    runtime_crd_path,
+    to_structural,
+)
+from sparring_operator.runtimeapi import RuntimeSpec
+from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 REGENERATE = "run: sparring crd > crds/adversarialgames.sparring.dev.yaml"
@@ -268,3 +281,113 @@ def test_examples_pass_the_crd_schema(schema: dict[str, Any]) -> None:
 def test_crd_object_against_kubernetes_schemas(crd: dict[str, Any]) -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     kubernetes_validate.validate(crd, "1.30", strict=True)
+
+
+# --- the runtimes ---------------------------------------------------------------------------
+
+RUNTIME_KINDS = {"SparringRuntime": False, "ClusterSparringRuntime": True}
+GOOD_RUNTIME = {
+    "images": [
+        "registry.example.com/ml/sparring-trainer:0.1.0",
+        "registry.example.com/ml/sparring-trainer:*",
+    ],
+    "imagePullPolicy": "IfNotPresent",
+    "serviceAccountName": "sparring-phase",
+    "phases": {
+        "default": {"resources": {"gpu": 1, "memory": "32Gi"}},
+        "updatePolicy": {"image": "registry.example.com/ml/sparring-trainer:0.1.0",
+                         "resources": {"gpu": 8, "nodes": 2}},
+    },
+    "scheduling": {"queueName": "ml", "tolerations": [{"key": "gpu", "operator": "Exists"}]},
+    "storage": {
+        "uri": "s3://games/prod", "endpoint": "https://minio.example.com:9000",
+        "region": "eu-west-1", "pathStyle": True, "secretRef": {"name": "s3-credentials"},
+        "allowedUris": ["s3://scratch"], "allowedEndpoints": ["https://*.s3.example.com"],
+    },
+    "allowedModelSources": ["hf://meta-llama/", "tiny-random"],
+    "overridable": ["resources", "scheduling", "storage"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_cli_check_passes_for_every_crd_file(kind: str) -> None:
+    render, path = KINDS[kind]
+    assert (ROOT / path).read_text(encoding="utf-8") == render(), (
+        f"{path} is stale; run: sparring crd --kind {kind} > {path}"
+    )
+    result = CliRunner().invoke(app, ["crd", "--kind", kind, "--check", str(ROOT / path)])
+    assert result.exit_code == 0, result.output
+    assert "up to date" in result.output
+    assert CliRunner().invoke(app, ["crd", "--kind", kind]).output == render()
+
+
+def test_cli_default_is_the_game_crd_and_other_kinds_are_refused(tmp_path: Path) -> None:
+    assert CliRunner().invoke(app, ["crd"]).output == render_crd()
+    refused = CliRunner().invoke(app, ["crd", "--kind", "Nope"])
+    assert refused.exit_code == 2 and "not one of" in refused.output
+    stale = tmp_path / "runtimes.yaml"
+    stale.write_text(render_crd(), encoding="utf-8")  # the game CRD is no runtime CRD
+    cmd = ["crd", "--kind", "SparringRuntime", "--check", str(stale)]
+    result = CliRunner().invoke(app, cmd)
+    assert result.exit_code == 1
+    assert f"run: sparring crd --kind SparringRuntime > {stale}" in result.output
+
+
+@pytest.mark.parametrize("kind", list(RUNTIME_KINDS))
+def test_runtime_crd_names_scope_and_schema(kind: str) -> None:
+    cluster = RUNTIME_KINDS[kind]
+    crd = build_runtime_crd(cluster)
+    plural = kind.lower() + "s"
+    assert runtime_crd_path(cluster) == f"crds/{plural}.sparring.dev.yaml"
+    assert crd["metadata"]["name"] == f"{plural}.sparring.dev"
+    spec = crd["spec"]
+    assert spec["group"] == "sparring.dev"
+    assert spec["scope"] == ("Cluster" if cluster else "Namespaced")
+    assert spec["names"] == {
+        "kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower(),
+        "shortNames": ["csprt" if cluster else "sprt"],
+    }  # fmt: skip
+    [version] = spec["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    assert "subresources" not in version  # configuration only: no status
+    columns = [(c["name"], c["jsonPath"]) for c in version["additionalPrinterColumns"]]
+    assert ("Default image", ".spec.images[0]") in columns
+    assert columns[-1] == ("Age", ".metadata.creationTimestamp")
+    schema = version["schema"]["openAPIV3Schema"]
+    assert structural_problems(schema) == []
+    assert schema["properties"]["metadata"] == {"type": "object"}
+    assert set(schema["properties"]) == {"apiVersion", "kind", "metadata", "spec"}
+    runtime = schema["properties"]["spec"]
+    assert runtime["required"] == ["images"]
+    assert runtime["properties"]["images"]["minItems"] == 1
+    assert runtime["properties"]["imagePullPolicy"]["default"] == "Always"
+    assert "phases" in runtime["properties"] and "storage" in runtime["properties"]
+    assert "updatePolicy" in runtime["properties"]["phases"]["properties"]
+    assert any("images[0]" in r["rule"] for r in runtime["x-kubernetes-validations"])
+    text = render_runtime_crd(cluster)
+    assert text.startswith(f"# GENERATED by `sparring crd --kind {kind} > ")
+    assert "&id" not in text and yaml.safe_load(text) == crd
+
+
+@pytest.mark.parametrize("kind", list(RUNTIME_KINDS))
+def test_a_runtime_passes_the_crd_schema_as_it_passes_the_model(kind: str) -> None:
+    validator_mod = pytest.importorskip("openapi_schema_validator")
+    crd = build_runtime_crd(RUNTIME_KINDS[kind])
+    validator = validator_mod.OAS30Validator(
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    )
+    RuntimeSpec.model_validate(GOOD_RUNTIME)
+    doc = {"apiVersion": "sparring.dev/v1alpha1", "kind": kind, "metadata": {"name": "gpu"},
+           "spec": GOOD_RUNTIME}  # fmt: skip
+    assert [e.message for e in validator.iter_errors(doc)] == []
+    for broken in ({"images": []}, {"imagePullPolicy": "Sometimes"}, {"overridable": ["game"]}):
+        bad = {**doc, "spec": {**GOOD_RUNTIME, **broken}}
+        assert not validator.is_valid(bad), broken
+        with pytest.raises(ValueError):
+            RuntimeSpec.model_validate(bad["spec"])
+
+
+@pytest.mark.parametrize("kind", list(RUNTIME_KINDS))
+def test_runtime_crd_object_against_kubernetes_schemas(kind: str) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate.validate(build_runtime_crd(RUNTIME_KINDS[kind]), "1.30", strict=True)

@@ -55,6 +55,14 @@ NOT_EXERCISED: dict[Permission, str] = {
         "the game's ConfigMap exists already (409) after an operator restart, a grown spec or a "
         "re-created game, and is rewritten; tests/e2e/test_incarnations.py does that (as admin)"
     ),
+    ("sparring.dev", "sparringruntimes", "get"): (
+        "a game naming a SparringRuntime; called under these rules by "
+        "tests/security/test_runtimes_on_cluster.py"
+    ),
+    ("sparring.dev", "clustersparringruntimes", "get"): (
+        "the default runtime, or a game naming a ClusterSparringRuntime; called under these rules "
+        "by tests/security/test_runtimes_on_cluster.py (this run's operator has no default)"
+    ),
     ("", "services", "create"): (
         "a multi-node phase's rendezvous Service; called under these rules by "
         "tests/e2e/test_multinode_game.py"
@@ -161,6 +169,7 @@ def rules_of(objects: list[dict[str, Any]], kind: str) -> dict[str, set[Permissi
 CLUSTER_SCOPED_RESOURCES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"),
     ("", "namespaces"),
+    ("sparring.dev", "clustersparringruntimes"),
 }
 
 
@@ -193,8 +202,12 @@ def test_chart_rbac_allows_exactly_what_the_operator_calls(
         }
     )
     (role,) = rules_of(objects, "Role").values()
-    (observer,) = rules_of(objects, "ClusterRole").values()
+    # Two ClusterRoles: kopf's read-only observation, and get on the cluster-scoped runtimes.
+    cluster_roles = rules_of(objects, "ClusterRole")
+    (runtimes,) = [v for k, v in cluster_roles.items() if k.endswith("-runtimes")]
+    (observer,) = [v for k, v in cluster_roles.items() if not k.endswith("-runtimes")]
+    assert runtimes == {("sparring.dev", "clustersparringruntimes", "get")}
     namespaced_calls = {c for c in calls if c[:2] not in CLUSTER_SCOPED_RESOURCES}
     assert namespaced_calls <= role and role <= cluster
-    assert calls - namespaced_calls <= observer
+    assert calls - namespaced_calls <= observer | runtimes
     assert all(p[:2] in CLUSTER_SCOPED_RESOURCES and p[2] in ("list", "watch") for p in observer)

@@ -1,13 +1,15 @@
-"""Rewrite the chart's CRD template from the generated CRD (`sparring crd`).
+"""Rewrite the chart's CRD templates from the generated CRDs (`sparring crd --kind ...`).
 
-    python charts/sparring/sync_crd.py           # rewrite templates/crd/adversarialgames.yaml
-    python charts/sparring/sync_crd.py --check   # exit 1 when the template is out of date
+    python charts/sparring/sync_crd.py           # rewrite templates/crd/*.yaml
+    python charts/sparring/sync_crd.py --check   # exit 1 when a template is out of date
 
-The template is the generator's YAML, byte for byte, wrapped in the `crds.enabled` condition,
-with the chart's labels and (when `crds.keep`) `helm.sh/resource-policy: keep` added to its
+One template per kind (AdversarialGame, SparringRuntime, ClusterSparringRuntime). Each is the
+generator's YAML, byte for byte, wrapped in the `crds.enabled` condition, with the chart's
+labels and (when `crds.keep`) `helm.sh/resource-policy: keep` added to its
 metadata (the kubebuilder chart layout). CRDs live in `templates/crd/` rather than `crds/`
 because Helm installs a chart's `crds/` folder once and never upgrades it.
-tests/test_chart.py renders the template and compares the object with `crdgen.build_crd()`.
+tests/test_chart.py renders the templates and compares the objects with `crdgen.build_crd()` and
+`crdgen.build_runtime_crd()`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from pathlib import Path
 
 CHART = Path(__file__).resolve().parent
 TEMPLATE = CHART / "templates" / "crd" / "adversarialgames.yaml"
+# kind -> its template
+TEMPLATES = {
+    "AdversarialGame": TEMPLATE,
+    "SparringRuntime": CHART / "templates" / "crd" / "sparringruntimes.yaml",
+    "ClusterSparringRuntime": CHART / "templates" / "crd" / "clustersparringruntimes.yaml",
+}
 COMMAND = "python charts/sparring/sync_crd.py"
 
 HEAD = (
@@ -55,25 +63,30 @@ def render_template(generated: str) -> str:
     return HEAD + body[:end] + METADATA + body[end:] + TAIL
 
 
-def generated_crd() -> str:
-    from sparring_operator.crdgen import render_crd
+def generated_crd(kind: str = "AdversarialGame") -> str:
+    """`sparring crd --kind KIND`."""
+    from sparring_operator.crdgen import KINDS
 
-    return render_crd()
+    return KINDS[kind][0]()
 
 
 def main(argv: list[str]) -> int:
-    wanted = render_template(generated_crd())
-    rel = TEMPLATE.relative_to(CHART.parent.parent)
-    if "--check" in argv:
-        if TEMPLATE.is_file() and TEMPLATE.read_text(encoding="utf-8") == wanted:
-            print(f"{rel}: up to date")
-            return 0
-        print(f"{rel}: out of date with `sparring crd`; run: {COMMAND}", file=sys.stderr)
-        return 1
-    TEMPLATE.parent.mkdir(parents=True, exist_ok=True)
-    TEMPLATE.write_text(wanted, encoding="utf-8")
-    print(f"wrote {rel}")
-    return 0
+    failed = False
+    for kind, template in TEMPLATES.items():
+        wanted = render_template(generated_crd(kind))
+        rel = template.relative_to(CHART.parent.parent)
+        if "--check" in argv:
+            if template.is_file() and template.read_text(encoding="utf-8") == wanted:
+                print(f"{rel}: up to date")
+            else:
+                print(f"{rel}: out of date with `sparring crd --kind {kind}`; run: {COMMAND}",
+                      file=sys.stderr)  # fmt: skip
+                failed = True
+            continue
+        template.parent.mkdir(parents=True, exist_ok=True)
+        template.write_text(wanted, encoding="utf-8")
+        print(f"wrote {rel}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -159,6 +159,15 @@ class EarlyStopSpec(_Model):
     """Stop when the metric is above (or below) the threshold."""
 
 
+class RuntimeRef(_Model):
+    """The runtime a game runs on, owned by the platform team (see runtimeapi.py)."""
+
+    kind: Literal["ClusterSparringRuntime", "SparringRuntime"] = "ClusterSparringRuntime"
+    """ClusterSparringRuntime, or SparringRuntime (looked up in the game's own namespace)."""
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+    """The runtime's name."""
+
+
 class AdversarialGameSpec(_Model):
     """What game to play and how to run it."""
 
@@ -168,8 +177,12 @@ class AdversarialGameSpec(_Model):
     """Pause: the running phase Job is deleted and started again on resume."""
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
     """Wall-clock limit of the whole game."""
+    runtime_ref: RuntimeRef | None = None
+    """The runtime this game runs on: images, identity, store and limits (default: the
+    operator's default runtime, the chart's)."""
     storage: StorageSpec = StorageSpec()
-    """Artifact store (checkpoints, samples, metrics)."""
+    """Artifact store (checkpoints, samples, metrics). On a cluster a file:// folder stands for
+    the runtime's store; another store only where the runtime allows it."""
     game: GameConfig
     """The game itself: models, data, algorithm settings."""
     phases: PhasesSpec = PhasesSpec()

@@ -3,6 +3,7 @@
 sparring validate examples/*.yaml     # check game files (exit 1 on any error)
 sparring crd > crds/adversarialgames.sparring.dev.yaml
 sparring crd --check crds/adversarialgames.sparring.dev.yaml
+sparring crd --kind ClusterSparringRuntime > crds/clustersparringruntimes.sparring.dev.yaml
 sparring export game.yaml --round 2 --out ./policy   # a round's model, adapters merged
 sparring status examples/apo-tiny.yaml   # read-only; also a name with --store, or --kube
 sparring list --kube                    # every game on the cluster (or in a --store)
@@ -398,13 +399,25 @@ def crd_cmd(
             "--check", metavar="PATH", help="Compare PATH with the generated CRD instead."
         ),
     ] = None,
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            metavar="KIND",
+            help=f"The CRD of this kind: {', '.join(crdgen.KINDS)}.",
+        ),
+    ] = crdgen.KIND,
 ) -> None:
-    """Print the AdversarialGame CustomResourceDefinition generated from the models."""
-    rendered = crdgen.render_crd()
+    """Print a CustomResourceDefinition generated from the models (AdversarialGame's unless
+    --kind names another)."""
+    if kind not in crdgen.KINDS:
+        typer.echo(f"--kind {kind}: not one of {', '.join(crdgen.KINDS)}", err=True)
+        raise typer.Exit(2)
+    rendered = crdgen.KINDS[kind][0]()
     if check is None:
         typer.echo(rendered, nl=False)
         return
-    fix = f"run: sparring crd > {check}"
+    fix = "run: sparring crd" + (f" --kind {kind}" if kind != crdgen.KIND else "") + f" > {check}"
     if not check.is_file():
         typer.echo(f"{check}: missing; {fix}", err=True)
         raise typer.Exit(1)

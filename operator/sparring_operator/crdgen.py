@@ -1,13 +1,16 @@
-"""Render the AdversarialGame CustomResourceDefinition from the pydantic models.
+"""Render the CustomResourceDefinitions (AdversarialGame, SparringRuntime and
+ClusterSparringRuntime) from the pydantic models.
 
     sparring crd > crds/adversarialgames.sparring.dev.yaml    # regenerate
     sparring crd --check crds/adversarialgames.sparring.dev.yaml
+    sparring crd --kind ClusterSparringRuntime > crds/clustersparringruntimes.sparring.dev.yaml
 
-The models in `api.py` (and `sparring_trainer.config`) are the one source: field docstrings
-become descriptions, `Field(ge=..., max_length=...)` become bounds. Pydantic emits JSON Schema
-2020-12; the API server wants a *structural* OpenAPI v3.0 schema ("Specifying a structural
-schema" in the Kubernetes CRD docs). Each small function below does one rewrite between the two
-and says why. What a schema cannot say (transition rules, the name length) is added as CEL.
+The models in `api.py`, `runtimeapi.py` (and `sparring_trainer.config`) are the one source:
+field docstrings become descriptions, `Field(ge=..., max_length=...)` become bounds. Pydantic
+emits JSON Schema 2020-12; the API server wants a *structural* OpenAPI v3.0 schema ("Specifying
+a structural schema" in the Kubernetes CRD docs). Each small function below does one rewrite
+between the two and says why. What a schema cannot say (transition rules, the name length) is
+added as CEL.
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ from sparring_operator.api import (
     VERSION,
     AdversarialGameSpec,
     AdversarialGameStatus,
+)
+from sparring_operator.runtimeapi import (
+    CLUSTER_RUNTIME_KIND,
+    CLUSTER_RUNTIME_PLURAL,
+    RUNTIME_KIND,
+    RUNTIME_PLURAL,
+    RuntimeSpec,
 )
 
 Schema = dict[str, Any]
@@ -303,8 +313,90 @@ class _Dumper(yaml.SafeDumper):
         super().increase_indent(flow, False)
 
 
+def _dump(crd: Schema) -> str:
+    return yaml.dump(crd, Dumper=_Dumper, sort_keys=False, width=1 << 16, allow_unicode=True)
+
+
 def render_crd() -> str:
     """The CRD as YAML (stable key order, no line wrapping) after the GENERATED header."""
-    return HEADER + yaml.dump(
-        build_crd(), Dumper=_Dumper, sort_keys=False, width=1 << 16, allow_unicode=True
-    )
+    return HEADER + _dump(build_crd())
+
+
+# --- the runtimes ---------------------------------------------------------------------------
+
+# cluster-scoped? -> (kind, plural)
+RUNTIMES = {False: (RUNTIME_KIND, RUNTIME_PLURAL),
+            True: (CLUSTER_RUNTIME_KIND, CLUSTER_RUNTIME_PLURAL)}  # fmt: skip
+RUNTIME_SHORT_NAMES = {RUNTIME_KIND: ("sprt",), CLUSTER_RUNTIME_KIND: ("csprt",)}
+# (name, JSONPath, type, description) of the columns `kubectl get [cluster]sparringruntimes`.
+RUNTIME_PRINTER_COLUMNS = (
+    ("Default image", ".spec.images[0]", "string", "The image of phases that name none."),
+    ("Pull policy", ".spec.imagePullPolicy", "string", "Pull policy of phase containers."),
+    ("Age", ".metadata.creationTimestamp", "date", "Time since the runtime was created."),
+)
+
+
+def runtime_crd_path(cluster: bool) -> str:
+    return f"crds/{RUNTIMES[cluster][1]}.{GROUP}.yaml"
+
+
+def runtime_spec_schema() -> Schema:
+    spec = to_structural(RuntimeSpec.model_json_schema(by_alias=True))
+    _at(spec, "images")  # fail here, not in the API server, if it is renamed
+    # RuntimeSpec._default_image: the first image is what a phase runs when its game names
+    # none, so it must be a whole image name, not a '*' prefix.
+    spec["x-kubernetes-validations"] = [
+        {
+            "rule": "self.images.size() == 0 || !self.images[0].endsWith('*')",
+            "message": "images[0] is the default image and must be a whole image name "
+            "(not a '*' prefix)",
+        }
+    ]
+    return spec
+
+
+def build_runtime_crd(cluster: bool) -> Schema:
+    """The CRD of ClusterSparringRuntime (cluster-scoped; `cluster`) or SparringRuntime (one
+    namespace's). Same spec, no status: a runtime is configuration the operator only reads."""
+    kind, plural = RUNTIMES[cluster]
+    scope = "Cluster" if cluster else "Namespaced"
+    where = "every namespace" if cluster else "its own namespace"
+    schema = {
+        "description": f"What the phases of games in {where} may run, and where: images, "
+        "identity, store and limits, owned by the platform team; a game picks one by "
+        "spec.runtimeRef.",
+        "type": "object",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},  # the API server owns metadata's schema
+            "spec": runtime_spec_schema(),
+        },
+        "required": ["spec"],
+    }
+    columns = [{"name": name, "type": type_, "jsonPath": path, "description": doc}
+               for name, path, type_, doc in RUNTIME_PRINTER_COLUMNS]  # fmt: skip
+    names = {"kind": kind, "listKind": f"{kind}List", "plural": plural,
+             "singular": kind.lower(), "shortNames": list(RUNTIME_SHORT_NAMES[kind])}  # fmt: skip
+    version = {"name": VERSION, "served": True, "storage": True,
+               "additionalPrinterColumns": columns,
+               "schema": {"openAPIV3Schema": schema}}  # fmt: skip
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {"group": GROUP, "names": names, "scope": scope, "versions": [version]},
+    }
+
+
+def render_runtime_crd(cluster: bool) -> str:
+    command = f"sparring crd --kind {RUNTIMES[cluster][0]} > {runtime_crd_path(cluster)}"
+    return f"# GENERATED by `{command}`; do not edit\n" + _dump(build_runtime_crd(cluster))
+
+
+# kind -> (render, path in this repository), for `sparring crd --kind`.
+KINDS: dict[str, tuple[Callable[[], str], str]] = {
+    KIND: (render_crd, CRD_PATH),
+    RUNTIME_KIND: (lambda: render_runtime_crd(False), runtime_crd_path(False)),
+    CLUSTER_RUNTIME_KIND: (lambda: render_runtime_crd(True), runtime_crd_path(True)),
+}

@@ -6,9 +6,10 @@ name itself is allowed.
 A refusal names the field and the rule, never anything the endpoint said: the operator has not
 talked to it.
 
-Not yet wired into the operator: it will take the allow-list from the game's runtime once
-runtimes exist, and connect only to the addresses checked here (against a DNS answer that
-changes between check and use).
+`runtimes.apply_runtime` checks a game's spec.storage.endpoint against its runtime's
+`storage.allowedEndpoints` on every reconcile pass, before the store is opened. The client then
+resolves the name again: a DNS answer that changes between the check and the connection (DNS
+rebinding) is not caught here; the phase NetworkPolicy is the second line (SECURITY.md).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ _NEVER = [
     ipaddress.ip_network("fd00:ec2::254/128"),
 ]
 DEFAULT_PORTS = {"http": 80, "https": 443}
+ANY = "*"  # any endpoint whose addresses are not link-local
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -47,12 +49,16 @@ class Allowed:
 
     @classmethod
     def parse(cls, entry: str) -> Allowed:
+        if entry == ANY:
+            return cls("*", "*", 0)
         parts = urlsplit(entry)
         if parts.scheme not in DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/"):
             raise ValueError(f"{entry!r}: expected scheme://host[:port] (http or https)")
         return cls(parts.scheme, parts.hostname.lower(), parts.port or DEFAULT_PORTS[parts.scheme])
 
     def matches(self, scheme: str, host: str, port: int) -> bool:
+        if self.scheme == ANY:
+            return True
         if (scheme, port) != (self.scheme, self.port):
             return False
         if self.host.startswith("*."):

@@ -77,6 +77,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
             phase_service_account=os.environ.get("SPARRING_PHASE_SERVICE_ACCOUNT") or None,
             allow_file_store=os.environ.get("SPARRING_ALLOW_FILE_STORE") == "1",
         ),
+        # The chart's ClusterSparringRuntime, for games that name no runtime.
+        default_runtime=os.environ.get("SPARRING_DEFAULT_RUNTIME") or None,
         # Every pass renews a game's lease; a game has one at least every resync, so the lease
         # must outlast a few resyncs.
         leases=GameLeases(max(DEFAULT_SECONDS, 3 * RESYNC_SECONDS)),

@@ -13,7 +13,6 @@ The decisions live in `core.decide`; this module only does I/O, through the offi
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -26,7 +25,7 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 from sparring_trainer.lease import LeaseHeld
-from sparring_trainer.store import ArtifactStore, StoreError, game_prefix, open_store, phase_prefix
+from sparring_trainer.store import ArtifactStore, StoreError, game_prefix, phase_prefix
 
 from sparring_operator import metrics
 from sparring_operator.actions import (
@@ -52,17 +51,14 @@ from sparring_operator.leases import GameLeases
 from sparring_operator.observed import CommittedPhase, observe_store
 from sparring_operator.refusals import refused, spec_errors
 from sparring_operator.rendezvous import build_rendezvous_service
+from sparring_operator.runtimes import RuntimeRefused, RuntimeUnavailable
 from sparring_operator.status import epoch, stalled_status, with_progress
 from sparring_operator.statuspatch import merge_patch
+from sparring_operator.tenancy import NoStoreCredentials, SecretUnavailable, Tenancy
 from sparring_operator.watchcache import GameCache
 
 log = logging.getLogger("sparring.reconcile")
 COMPLETE = "_COMPLETE"
-
-
-class SecretUnavailable(StoreError):
-    """The game's storage Secret is missing, unreadable or lacks a key: the store cannot be
-    opened until someone fixes it, so the game is Stalled (not Failed) meanwhile."""
 
 
 @dataclass
@@ -71,12 +67,16 @@ class Reconciler:
 
     api: k8s.ApiClient
     settings: OperatorSettings = field(default_factory=OperatorSettings)
+    # The ClusterSparringRuntime of games that name none (the chart's); None: the built-in one.
+    default_runtime: str | None = None
     # Per game, evicted when the game goes (`forget`): a long-running operator sees thousands.
     store_cache: dict[GameKey, dict[tuple[str, int, str], CommittedPhase]] = field(
         default_factory=dict
     )
     jobs: JobWatch = field(init=False)
-    # The (uid, generation) each game's ConfigMap was last written for.
+    tenancy: Tenancy = field(init=False)
+    # The (uid, document) each game's ConfigMap was last written with: the document changes
+    # with the spec, and with the runtime (its store) without a new generation.
     _configmaps: dict[GameKey, tuple[Any, Any]] = field(default_factory=dict)
     games: GameCache = field(init=False)
     # Each active game's lease in its store (one writer per game): `sparring run` refuses a
@@ -86,6 +86,7 @@ class Reconciler:
     def __post_init__(self) -> None:
         self.jobs = JobWatch(self.api)
         self.games = GameCache(self.api)
+        self.tenancy = Tenancy(self.api, self.settings, self.default_runtime)
 
     def tracked(self) -> set[GameKey]:
         """Games with something kept here."""
@@ -116,40 +117,6 @@ class Reconciler:
     def _custom(self) -> Any:
         return k8s.CustomObjectsApi(self.api)
 
-    # ---- observe ------------------------------------------------------------------------
-    def open_game_store(self, game: AdversarialGame) -> ArtifactStore:
-        storage = game.spec.storage
-        credentials = None
-        if storage.secret_ref is not None:
-            # Only a Secret in the game's own namespace: a game cannot borrow another team's keys.
-            name, namespace = storage.secret_ref.name, game.metadata.namespace
-            try:
-                secret = self._core().read_namespaced_secret(name, namespace)
-            except ApiException as exc:
-                # A missing Secret used to escape as a bare ApiException: kopf retried it in
-                # silence and the game's status never said why nothing ran.
-                if exc.status not in (403, 404):
-                    raise
-                problem = "not found" if exc.status == 404 else "not readable by the operator"
-                raise SecretUnavailable(
-                    f"spec.storage.secretRef: Secret {name!r} {problem} in namespace "
-                    f"{namespace!r} (a game can only use Secrets in its own namespace)"
-                ) from None
-            data = secret.data or {}
-            try:
-                credentials = (
-                    base64.b64decode(data[storage.secret_ref.access_key_id_key]).decode(),
-                    base64.b64decode(data[storage.secret_ref.secret_access_key_key]).decode(),
-                )
-            except KeyError as exc:
-                # Stalled, not a PermanentError: kopf wrote that nowhere the user looks, and
-                # the Secret can still be fixed (the game then goes on by itself).
-                raise SecretUnavailable(
-                    f"spec.storage.secretRef: Secret {name!r} in namespace {namespace!r} "
-                    f"has no key {exc.args[0]!r}"
-                ) from None
-        return open_store(storage, credentials=credentials)
-
     # ---- reconcile ----------------------------------------------------------------------
     def reconcile(self, body: dict[str, Any], fresh: bool = True) -> Decision:
         """One pass. `fresh` lists the game's Jobs; otherwise the watch's copies serve."""
@@ -171,6 +138,11 @@ class Reconciler:
         except ValidationError as exc:
             message = f"invalid spec: {spec_errors(exc)}"
             return self._refuse(body, refused("InvalidSpec", message, old, now, generation))
+        try:  # the game as its runtime lets it run; nothing is created for a refused one
+            placed = self.tenancy.place(game)
+        except (RuntimeRefused, RuntimeUnavailable) as exc:
+            self._stall(namespace, name, stored, old, exc, now, generation)
+        game, settings = placed.game, placed.settings
         if game.spec.storage.uri.startswith("file:") and not self.settings.allow_file_store:
             message = (
                 f"invalid spec: spec.storage.uri: {game.spec.storage.uri!r} is a folder on one "
@@ -182,7 +154,7 @@ class Reconciler:
         if any(j.waiting == "CreateContainerConfigError" for j in jobs):
             self._configmaps.pop((namespace, name), None)  # deleted by someone? write it again
         try:
-            store = self.open_game_store(game)
+            store = self.tenancy.open_store(game)
             cache = self.store_cache.setdefault((namespace, name), {})
             view = observe_store(
                 store, namespace, name, game.spec.game.kind, game.spec.rounds, cache
@@ -202,7 +174,7 @@ class Reconciler:
             except StoreError as exc:
                 self._stall(namespace, name, stored, old, exc, now, generation)
         for action in decision.actions:
-            self.act(body, game, action, store)
+            self.act(body, game, action, store, settings)
         job = decision.status.active_job
         if job is not None and decision.status.phase == "Running":
             report = _progress_report(store, phase_prefix(namespace, name, job.round, job.phase))
@@ -217,19 +189,14 @@ class Reconciler:
         name: str,
         stored: dict[str, Any],
         old: AdversarialGameStatus,
-        exc: StoreError,
+        exc: Exception,
         now: float,
         generation: int | None,
     ) -> NoReturn:
-        """The store is down, its Secret missing, or another writer holds the game: say so in
-        status, and let kopf retry."""
-        reason = (
-            "SecretUnavailable"
-            if isinstance(exc, SecretUnavailable)
-            else "LeaseHeld"
-            if isinstance(exc, LeaseHeld)
-            else "StoreUnavailable"
-        )
+        """The runtime refuses the game or is missing, the store is down, its Secret missing,
+        or another writer holds the game: say so in status, and let kopf retry (a fixed spec,
+        runtime or Secret lets the game go on by itself)."""
+        reason = next(r for t, r in _STALL_REASONS if isinstance(exc, t))
         self.write_status(
             namespace, name, stored, stalled_status(old, reason, str(exc), now, generation)
         )
@@ -260,8 +227,15 @@ class Reconciler:
         ))  # fmt: skip
 
     def act(
-        self, body: dict[str, Any], game: AdversarialGame, action: Action, store: ArtifactStore
+        self,
+        body: dict[str, Any],
+        game: AdversarialGame,
+        action: Action,
+        store: ArtifactStore,
+        settings: OperatorSettings,
     ) -> None:
+        """Carry out one action for `game` as played on its runtime (`settings` are the
+        runtime's: image, pull policy, ServiceAccount)."""
         namespace = game.metadata.namespace
         if isinstance(action, CreateJob):
             if action.retry_reason:
@@ -269,7 +243,7 @@ class Reconciler:
             self.ensure_configmap(body, game)
             if game.spec.phases.for_phase(action.phase).resources.nodes > 1:
                 self.create_rendezvous_service(body, game, action)
-            job = build_job(game, action.round, action.phase, action.attempt, self.settings)
+            job = build_job(game, action.round, action.phase, action.attempt, settings)
             kopf.adopt(job, owner=cast(Any, body))
             try:
                 created = self._batch().create_namespaced_job(
@@ -357,15 +331,13 @@ class Reconciler:
                 raise
 
     def ensure_configmap(self, body: dict[str, Any], game: AdversarialGame) -> None:
-        """The game document the phase pods mount, written once per incarnation and spec
-        generation (each phase used to rewrite it: two requests per Job)."""
-        meta = body["metadata"]
-        key, written = (game.metadata.namespace, game.metadata.name), (
-            meta.get("uid"), meta.get("generation"),
-        )  # fmt: skip
+        """The game document the phase pods mount, written once per incarnation and document
+        (each phase used to rewrite it: two requests per Job)."""
+        cm = build_configmap(game)
+        key = (game.metadata.namespace, game.metadata.name)
+        written = (body["metadata"].get("uid"), cm["data"])
         if self._configmaps.get(key) == written:
             return
-        cm = build_configmap(game)
         kopf.adopt(cm, owner=cast(Any, body))
         core = self._core()
         try:
@@ -435,6 +407,17 @@ class Reconciler:
                 raise
             return
         self.games.remember(written)
+
+
+# Most specific first: NoStoreCredentials is a SecretUnavailable, both are StoreErrors.
+_STALL_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (RuntimeRefused, "RuntimeRefused"),
+    (RuntimeUnavailable, "RuntimeUnavailable"),
+    (NoStoreCredentials, "NoStoreCredentials"),
+    (SecretUnavailable, "SecretUnavailable"),
+    (LeaseHeld, "LeaseHeld"),
+    (Exception, "StoreUnavailable"),
+)
 
 
 def _old_status(body: dict[str, Any]) -> AdversarialGameStatus:

@@ -250,7 +250,7 @@ def _check_document(doc: _Doc) -> tuple[AdversarialGame | None, list[Error]]:
 
 def _missing_local_files(doc: _Doc, game: AdversarialGame) -> list[Error]:
     errors: list[Error] = []
-    for loc, ref in _file_refs(game.spec, ("spec",)):
+    for loc, ref in model_and_data_refs(game.spec, ("spec",)):
         local = ref[len("file://") :] if ref.startswith("file://") else ref
         if "://" in local or local.startswith(("builtin:", "tiny-random")):
             continue  # fetched or built when the phase runs
@@ -263,7 +263,7 @@ def _missing_local_files(doc: _Doc, game: AdversarialGame) -> list[Error]:
     return errors
 
 
-def _file_refs(model: BaseModel, loc: Loc) -> list[tuple[Loc, str]]:
+def model_and_data_refs(model: BaseModel, loc: Loc) -> list[tuple[Loc, str]]:
     """(location, reference) of every model, tokenizer and data path under model, located by
     the camelCase keys a user writes."""
     found: list[tuple[Loc, str]] = []
@@ -273,11 +273,11 @@ def _file_refs(model: BaseModel, loc: Loc) -> list[tuple[Loc, str]]:
         if (is_model or (isinstance(model, DataSource) and attr == "path")) and value:
             found.append((here, value))
         elif isinstance(value, BaseModel):
-            found += _file_refs(value, here)
+            found += model_and_data_refs(value, here)
         elif isinstance(value, (list, tuple)):
             for i, item in enumerate(value):
                 if isinstance(item, BaseModel):
-                    found += _file_refs(item, (*here, i))
+                    found += model_and_data_refs(item, (*here, i))
     return found
 
 

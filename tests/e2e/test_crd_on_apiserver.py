@@ -2,20 +2,31 @@
 cost budget, or the server refuses the CRD), and those rules reject what they promise to.
 Then every broken game in `tests/bad_games/` is sent to the API server and to `sparring
 validate`: the table below records which of the two rejects it, and none passes both.
+The runtime CRDs (SparringRuntime, ClusterSparringRuntime) from `crds/` are installed too: a
+valid runtime of each kind is accepted, and so are the chart's default runtime and its phase
+pods' NetworkPolicy (server-side dry run).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes.config
 import pytest
 import yaml
+from harness.chartops import CHART
+from harness.chartops import render as render_chart
+from harness.controlplane import ControlPlane
+from harness.fixtures import install_crd
 from harness.gameops import GROUP, PLURAL, ROOT, VERSION
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
+from sparring_operator.crdgen import runtime_crd_path
+from sparring_operator.runtimeapi import CLUSTER_RUNTIME_PLURAL, RUNTIME_PLURAL
 from sparring_operator.validate import check_file
 
 BAD_GAMES = sorted((ROOT / "tests" / "bad_games").glob("*.yaml"))
@@ -214,3 +225,127 @@ def test_a_multi_node_attempt_is_accepted_by_the_api_server(kube: Any) -> None:
     )
     assert created.spec.completion_mode == "Indexed" and created.spec.completions == 2
     assert created.spec.template.spec.subdomain == service["metadata"]["name"]
+
+
+# --- the runtimes ---------------------------------------------------------------------------
+
+RUNTIME = {
+    "images": ["registry.example.com/ml/sparring-trainer:0.1.0",
+               "registry.example.com/ml/sparring-trainer:*"],
+    "serviceAccountName": "sparring-phase",
+    "phases": {"default": {"resources": {"gpu": 1, "memory": "32Gi"}},
+               "updatePolicy": {"resources": {"gpu": 8, "nodes": 2}}},
+    "scheduling": {"queueName": "ml", "nodeSelector": {"pool": "gpu"},
+                   "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+    "storage": {"uri": "s3://games/prod", "endpoint": "https://minio.example.com:9000",
+                "pathStyle": True, "secretRef": {"name": "s3-credentials"},
+                "allowedUris": ["s3://scratch"], "allowedEndpoints": ["https://*.s3.example.com"]},
+    "allowedModelSources": ["hf://meta-llama/"],
+    "overridable": ["resources", "scheduling", "storage"],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runtime_crds(control_plane: ControlPlane) -> None:
+    """Both runtime CRDs from `crds/`, installed once (left installed, like the game's: the
+    control plane lives for the session; one installed already is taken as it is)."""
+    client = kubernetes.config.new_client_from_config(
+        config_file=str(control_plane.kubeconfig), persist_config=False
+    )
+    try:
+        for cluster in (False, True):
+            try:
+                install_crd(client, ROOT / runtime_crd_path(cluster))
+            except ApiException as err:
+                if err.status != 409:
+                    raise
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def cluster_runtimes(kube: Any, runtime_crds: None) -> Iterator[list[str]]:
+    """Names of the ClusterSparringRuntimes a test creates, deleted afterwards (a namespace's
+    deletion does not reach cluster-scoped objects)."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        _custom(kube).delete_cluster_custom_object(GROUP, VERSION, CLUSTER_RUNTIME_PLURAL, name)
+
+
+def _runtime(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name},
+            "spec": copy.deepcopy(spec)}  # fmt: skip
+
+
+def test_runtimes_of_both_kinds_are_accepted(kube: Any, cluster_runtimes: list[str]) -> None:
+    custom = _custom(kube)
+    name = f"gpu-{kube.namespace}"
+    doc = _runtime("ClusterSparringRuntime", name, RUNTIME)
+    created = custom.create_cluster_custom_object(
+        GROUP, VERSION, CLUSTER_RUNTIME_PLURAL, doc, field_validation="Strict"
+    )
+    cluster_runtimes.append(name)
+    assert created["spec"]["imagePullPolicy"] == "Always"  # the CRD's default, as the model's
+    assert created["spec"]["phases"]["updatePolicy"]["resources"] == {"gpu": 8, "nodes": 2}
+    local = custom.create_namespaced_custom_object(
+        GROUP, VERSION, kube.namespace, RUNTIME_PLURAL,
+        _runtime("SparringRuntime", "team", {"images": ["trainer:1"]}), field_validation="Strict",
+    )  # fmt: skip
+    assert local["metadata"]["namespace"] == kube.namespace
+    # Scalar defaults only (crdgen.scalar_defaults_only); RuntimeSpec fills in the rest.
+    assert local["spec"] == {"images": ["trainer:1"], "imagePullPolicy": "Always"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"images": ["trainer:*"]}, "images[0] is the default image"),
+        ({"images": []}, "spec.images"),
+        ({"images": ["trainer:1"], "overridable": ["game"]}, "spec.overridable[0]"),
+        ({"images": ["trainer:1"], "storage": {"bucket": "x"}}, 'unknown field "spec.storage'),
+    ],
+)
+def test_a_broken_runtime_is_refused(
+    kube: Any, runtime_crds: None, spec: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ApiException) as refused:
+        _custom(kube).create_namespaced_custom_object(
+            GROUP, VERSION, kube.namespace, RUNTIME_PLURAL,
+            _runtime("SparringRuntime", "broken", spec), field_validation="Strict",
+        )  # fmt: skip
+    assert refused.value.status in (400, 422), refused.value
+    assert message in _reason(refused.value)
+
+
+@pytest.mark.parametrize("values_file", [None, "ci-values.yaml"])
+def test_the_charts_default_runtime_and_phase_network_policy_are_accepted(
+    kube: Any, runtime_crds: None, values_file: str | None
+) -> None:
+    """What the chart renders for the runtime and the phase pods, sent with server-side dry
+    run and strict field validation: the CRD (and RuntimeSpec's aliases) and the NetworkPolicy
+    API accept it, `except` blocks included."""
+    values: dict[str, Any] = {}
+    if values_file:
+        values = yaml.safe_load((CHART / "ci" / values_file).read_text(encoding="utf-8"))
+    values["crds"] = {"enabled": False}
+    values["phaseServiceAccount"] = {"namespaces": [kube.namespace]}
+    values["phaseNetworkPolicy"] = {**values.get("phaseNetworkPolicy", {}), "enabled": True}
+    objects = render_chart(values, "sparring", "sparring-system")
+    (runtime,) = [o for o in objects if o["kind"] == "ClusterSparringRuntime"]
+    accepted = _custom(kube).create_cluster_custom_object(
+        GROUP, VERSION, CLUSTER_RUNTIME_PLURAL, runtime, dry_run="All", field_validation="Strict"
+    )
+    assert accepted["spec"]["images"] == runtime["spec"]["images"]
+    (policy,) = [
+        o for o in objects
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["namespace"] == kube.namespace
+    ]  # fmt: skip
+    assert policy["metadata"]["labels"]["app.kubernetes.io/component"] == "phase"
+    answer = k8s.NetworkingV1Api(kube.client).create_namespaced_network_policy(
+        kube.namespace, policy, dry_run="All", field_validation="Strict"
+    )
+    blocks = [
+        peer.ip_block for rule in answer.spec.egress for peer in rule.to or [] if peer.ip_block
+    ]
+    assert blocks and all(b._except for b in blocks if b.cidr in ("0.0.0.0/0", "::/0"))

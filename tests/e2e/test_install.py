@@ -39,8 +39,19 @@ class Ns:
         self.client, self.namespace = client, namespace
 
 
-def _values(variant: str, game_ns: str) -> dict[str, Any]:
+def _values(variant: str, game_ns: str, storage: StorageSpec) -> dict[str, Any]:
     values: dict[str, Any] = {
+        # The chart's default runtime stores in the test's bucket with the game namespace's
+        # Secret (cluster-scoped: one name per test).
+        "defaultRuntime": {
+            "name": f"default-{game_ns}",
+            "storage": {
+                "uri": storage.uri,
+                "endpoint": storage.endpoint,
+                "pathStyle": True,
+                "secretRef": {"name": "s3-credentials"},
+            },
+        },
         "crds": {"enabled": False},
         "operator": {"resyncSeconds": 2, "healthPort": free_port(), "verbose": True},
         "metrics": {"port": free_port()},
@@ -104,7 +115,7 @@ def test_chart_install_plays_a_game_and_uninstalls_leaving_nothing_stuck(
         installed = config.install(
             str(CHART),
             release,
-            _values(variant, game_ns),
+            _values(variant, game_ns, s3_storage),
             namespace=release_ns,
             create_namespace=True,
             wait="watcher",
@@ -156,6 +167,13 @@ def test_chart_install_plays_a_game_and_uninstalls_leaving_nothing_stuck(
     finally:
         config.uninstall(release, wait="watcher", timeout=120, ignore_not_found=True)
         config.close()
+        # A hook's object outlives the release (Helm does not track it): the platform's to keep.
+        try:
+            kubernetes.client.CustomObjectsApi(admin).delete_cluster_custom_object(
+                GROUP, VERSION, "clustersparringruntimes", f"default-{game_ns}"
+            )
+        except ApiException as err:
+            assert err.status == 404, err
         # The order a platform team follows: uninstall, then delete games and namespaces.
         custom = kubernetes.client.CustomObjectsApi(admin)
         for game_obj in custom.list_namespaced_custom_object(GROUP, VERSION, game_ns, PLURAL)[

@@ -33,13 +33,18 @@ from .nodeview import NodeView
 from .rawclient import wait_for
 
 CRD = ROOT / "crds" / "adversarialgames.sparring.dev.yaml"
+CRDS = sorted((ROOT / "crds").glob("*.yaml"))  # the game's and the runtimes'
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 
 
 def install_crd(client: kubernetes.client.ApiClient, path: Path = CRD) -> None:
     ext = kubernetes.client.ApiextensionsV1Api(client)
     crd = yaml.safe_load(path.read_text())
-    ext.create_custom_resource_definition(crd)
+    try:
+        ext.create_custom_resource_definition(crd)
+    except kubernetes.client.ApiException as exc:
+        if exc.status != 409:  # 409: installed already (by the session or another test)
+            raise
 
     def established() -> bool:
         obj = ext.read_custom_resource_definition(crd["metadata"]["name"])
@@ -57,7 +62,8 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         client = kubernetes.config.new_client_from_config(
             config_file=str(plane.kubeconfig), persist_config=False
         )
-        install_crd(client)
+        for crd in CRDS:
+            install_crd(client, crd)
         core = kubernetes.client.CoreV1Api(client)
         wait_for(lambda: core.list_node().items, 60, message="the process kubelet never registered")
         client.close()
@@ -114,7 +120,7 @@ def operator_kubeconfig(kube: Kube, path: Path, release: str = "") -> tuple[Path
 
 @contextlib.contextmanager
 def running_operator(
-    kube_env: Kube, tmp_path: Path, resync_seconds: float = 1.0
+    kube_env: Kube, tmp_path: Path, resync_seconds: float = 1.0, env: dict[str, str] | None = None
 ) -> Iterator[Operator]:
     """`sparring operator` as a child process (kill/restart at will) watching the test's
     namespace as the chart's ServiceAccount."""
@@ -122,7 +128,7 @@ def running_operator(
     kubeconfig, user = operator_kubeconfig(kube_env, tmp_path / "operator.kubeconfig", release)
     op = Operator(
         kubeconfig, tmp_path / "operator.log", namespace=kube_env.namespace,
-        resync_seconds=resync_seconds,
+        resync_seconds=resync_seconds, env=env,
     )  # fmt: skip
     op.user = user
     op.start()

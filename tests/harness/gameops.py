@@ -40,8 +40,10 @@ class Operator:
         metrics_port: int = 0,
         namespace: str = "default",
         resync_seconds: float = 1.0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.kubeconfig, self.log, self.metrics_port = kubeconfig, log, metrics_port
+        self.env = env or {}  # e.g. SPARRING_DEFAULT_RUNTIME
         self.namespace, self.resync_seconds = namespace, resync_seconds
         self.user = ""  # the Kubernetes username it authenticates as, where known
         self.proc: subprocess.Popen[bytes] | None = None
@@ -51,6 +53,7 @@ class Operator:
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "SPARRING_RESYNC_SECONDS": f"{self.resync_seconds:g}",
+            **self.env,
         }
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(

@@ -179,6 +179,11 @@ ways against a recorded run). Shared by the ClusterRole and the per-namespace Ro
 - apiGroups: ["sparring.dev"]
   resources: ["adversarialgames/status"]
   verbs: ["patch"]
+# The SparringRuntime a game names in spec.runtimeRef (in the game's own namespace): read when
+# the game's phases are built.
+- apiGroups: ["sparring.dev"]
+  resources: ["sparringruntimes"]
+  verbs: ["get"]
 # Jobs and ConfigMaps point at their game with blockOwnerDeletion (kopf.adopt): with the
 # OwnerReferencesPermissionEnforcement admission plugin that needs update on the owner's
 # finalizers (no finalizer is ever written; the check is on the right to).
@@ -231,4 +236,86 @@ Cluster-scoped reads of kopf: CRDs (always: it notices CRD changes at run time) 
   resources: ["namespaces"]
   verbs: ["list", "watch"]
 {{- end }}
+{{- end }}
+
+
+{{/*
+The read of ClusterSparringRuntimes (cluster-scoped: no Role can grant it): the runtime a game
+names in spec.runtimeRef, or the default one (SPARRING_DEFAULT_RUNTIME). Only get: the operator
+reads the one runtime a game names, it never lists them.
+*/}}
+{{- define "sparring.runtimeRules" -}}
+- apiGroups: ["sparring.dev"]
+  resources: ["clustersparringruntimes"]
+  verbs: ["get"]
+{{- end }}
+
+{{/*
+NetworkPolicy peers: one ipBlock per CIDR; an empty list means any address (0.0.0.0/0 and ::/0).
+Each block that contains the link-local range (169.254.0.0/16, fe80::/10: the cloud metadata
+endpoint 169.254.169.254 and its kin) excepts it, so a phase pod never gets the node's cloud
+credentials whatever CIDR is given. Call as:
+include "sparring.ipBlocks" (list "the.values.key" $cidrs)
+*/}}
+{{- define "sparring.ipBlocks" -}}
+{{- $key := index . 0 }}
+{{- $cidrs := index . 1 | default (list "0.0.0.0/0" "::/0") }}
+{{- range $i, $cidr := $cidrs }}
+{{- $except := include "sparring.linkLocalExcept" (list (printf "%s[%d]" $key $i) (toString $cidr)) }}
+- ipBlock:
+    cidr: {{ $cidr | quote }}
+    {{- with $except }}
+    except:
+      - {{ . | quote }}
+    {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The link-local range a CIDR must except: "169.254.0.0/16" or "fe80::/10" when the CIDR contains
+it, "" when they do not overlap; fails when the CIDR lies inside it (an ipBlock's except must be
+a strict subset of its cidr, and such a block could only reach the metadata endpoint).
+Compares the first min(prefix, 16) bits (IPv4) or min(prefix, 10) bits (IPv6, first hextet).
+Call as: include "sparring.linkLocalExcept" (list "the.values.key[0]" $cidr)
+*/}}
+{{- define "sparring.linkLocalExcept" -}}
+{{- $key := index . 0 }}
+{{- $cidr := index . 1 }}
+{{- if not (regexMatch "^([0-9]{1,3}(\\.[0-9]{1,3}){3}|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*)/[0-9]{1,3}$" $cidr) }}
+{{- fail (printf "%s = %q is not a CIDR (address/prefix length)" $key $cidr) }}
+{{- end }}
+{{- $addr := index (splitList "/" $cidr) 0 }}
+{{- $prefix := index (splitList "/" $cidr) 1 | atoi }}
+{{- $value := 0 }}{{- $bits := 0 }}{{- $range := "" }}{{- $rangeValue := 0 }}{{- $rangeBits := 0 }}
+{{- if contains ":" $addr }}
+{{- /* IPv6: fe80::/10 is decided by the first hextet ("" when the address starts with "::"). */}}
+{{- $digits := dict "0" 0 "1" 1 "2" 2 "3" 3 "4" 4 "5" 5 "6" 6 "7" 7 "8" 8 "9" 9 "a" 10 "b" 11 "c" 12 "d" 13 "e" 14 "f" 15 }}
+{{- range $c := splitList "" (first (splitList ":" (lower $addr))) }}
+{{- $value = add (mul $value 16) (get $digits $c) }}
+{{- end }}
+{{- $bits = 16 }}{{- $range = "fe80::/10" }}{{- $rangeValue = 65152 }}{{- $rangeBits = 10 }}
+{{- else }}
+{{- range $octet := splitList "." $addr }}
+{{- $value = add (mul $value 256) (atoi $octet) }}
+{{- end }}
+{{- $bits = 32 }}{{- $range = "169.254.0.0/16" }}{{- $rangeValue = 2851995648 }}{{- $rangeBits = 16 }}
+{{- end }}
+{{- $divisor := 1 }}
+{{- range until (int (sub $bits (min $prefix $rangeBits))) }}
+{{- $divisor = mul $divisor 2 }}
+{{- end }}
+{{- if eq (div $value $divisor) (div $rangeValue $divisor) }}
+{{- if ge $prefix $rangeBits }}
+{{- fail (printf "%s = %q lies inside %s (link-local: the cloud metadata endpoint), which phase pods must never reach" $key $cidr $range) }}
+{{- end }}
+{{- $range }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels the operator puts on every phase pod (operator/sparring_operator/jobs.py _base_labels).
+*/}}
+{{- define "sparring.phasePodLabels" -}}
+app.kubernetes.io/component: phase
+app.kubernetes.io/managed-by: sparring-operator
 {{- end }}

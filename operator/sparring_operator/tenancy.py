@@ -1,0 +1,121 @@
+"""What a tenant's game may use, read from the API: the runtime it runs on and the credentials of
+its store. The rules themselves are in `runtimes` (pure); this module only reads.
+
+- A game names a runtime (`spec.runtimeRef`): a ClusterSparringRuntime, or a SparringRuntime of
+  the game's own namespace, never another's. With none, the operator's default runtime (the
+  chart's); an operator started without one plays on `runtimes.builtin_runtime`.
+- The store is opened only with a Secret the effective game names, read in the game's own
+  namespace. The operator never falls back to its own identity (boto3's default chain): an s3
+  store without a Secret stalls the game.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+from pydantic import ValidationError
+from sparring_trainer.store import ArtifactStore, StoreError, open_store
+
+from sparring_operator.api import GROUP, VERSION, AdversarialGame
+from sparring_operator.jobs import OperatorSettings
+from sparring_operator.refusals import spec_errors
+from sparring_operator.runtimeapi import (
+    CLUSTER_RUNTIME_KIND,
+    CLUSTER_RUNTIME_PLURAL,
+    RUNTIME_PLURAL,
+    RuntimeSpec,
+)
+from sparring_operator.runtimes import (
+    OnRuntime,
+    RuntimeUnavailable,
+    apply_runtime,
+    builtin_runtime,
+)
+
+
+class SecretUnavailable(StoreError):
+    """The game's storage Secret is missing, unreadable or lacks a key: the store cannot be
+    opened until someone fixes it, so the game is Stalled (not Failed) meanwhile."""
+
+
+class NoStoreCredentials(SecretUnavailable):
+    """Neither the game nor its runtime names a Secret for an s3 store."""
+
+
+@dataclass
+class Tenancy:
+    api: k8s.ApiClient
+    settings: OperatorSettings
+    default_runtime: str | None = None  # a ClusterSparringRuntime's name
+
+    def place(self, game: AdversarialGame) -> OnRuntime:
+        """The game on its runtime (RuntimeRefused / RuntimeUnavailable when it cannot be)."""
+        name, runtime = self.runtime_of(game)
+        return apply_runtime(game, runtime, name, self.settings)
+
+    def runtime_of(self, game: AdversarialGame) -> tuple[str, RuntimeSpec]:
+        ref = game.spec.runtime_ref
+        if ref is None and self.default_runtime is None:
+            return "the operator's built-in runtime", builtin_runtime(self.settings)
+        kind, name = (ref.kind, ref.name) if ref else (CLUSTER_RUNTIME_KIND, self.default_runtime)
+        field = "spec.runtimeRef" if ref else "spec.runtimeRef (unset: the operator's default)"
+        namespace = game.metadata.namespace
+        where = "" if kind == CLUSTER_RUNTIME_KIND else f" in namespace {namespace!r}"
+        label = f"{kind} {name!r}"
+        custom: Any = k8s.CustomObjectsApi(self.api)
+        try:
+            if kind == CLUSTER_RUNTIME_KIND:
+                obj = custom.get_cluster_custom_object(GROUP, VERSION, CLUSTER_RUNTIME_PLURAL, name)
+            else:  # only the game's own namespace: a game cannot borrow another team's runtime
+                obj = custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, RUNTIME_PLURAL, name
+                )
+        except ApiException as exc:
+            if exc.status not in (403, 404):
+                raise
+            problem = "not found" if exc.status == 404 else "not readable by the operator"
+            raise RuntimeUnavailable(f"{field}: {label} {problem}{where}") from None
+        try:
+            return label, RuntimeSpec.model_validate(obj.get("spec") or {})
+        except ValidationError as exc:  # the CRD's schema let it through: say what is wrong
+            raise RuntimeUnavailable(f"{field}: {label} is invalid: {spec_errors(exc)}") from None
+
+    def open_store(self, game: AdversarialGame) -> ArtifactStore:
+        """The effective game's store, opened with its Secret's keys and nothing else."""
+        storage = game.spec.storage
+        if storage.uri.startswith("file:"):
+            return open_store(storage)
+        if storage.secret_ref is None:
+            raise NoStoreCredentials(
+                f"spec.storage.secretRef: no Secret for {storage.uri}: the game names none and "
+                "its runtime none; the operator never opens a game's store with its own identity"
+            )
+        name, namespace = storage.secret_ref.name, game.metadata.namespace
+        core: Any = k8s.CoreV1Api(self.api)
+        try:  # only a Secret in the game's own namespace: never another team's keys
+            secret = core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status not in (403, 404):
+                raise
+            problem = "not found" if exc.status == 404 else "not readable by the operator"
+            raise SecretUnavailable(
+                f"spec.storage.secretRef: Secret {name!r} {problem} in namespace "
+                f"{namespace!r} (a game can only use Secrets in its own namespace)"
+            ) from None
+        data = secret.data or {}
+        try:
+            credentials = (
+                base64.b64decode(data[storage.secret_ref.access_key_id_key]).decode(),
+                base64.b64decode(data[storage.secret_ref.secret_access_key_key]).decode(),
+            )
+        except KeyError as exc:
+            # Stalled, not Failed: the Secret can still be fixed (the game then goes on).
+            raise SecretUnavailable(
+                f"spec.storage.secretRef: Secret {name!r} in namespace {namespace!r} "
+                f"has no key {exc.args[0]!r}"
+            ) from None
+        return open_store(storage, credentials=credentials)
