@@ -213,3 +213,27 @@ def test_the_builtin_runtime_plays_a_game_as_the_operator_always_has() -> None:
     assert on.game.spec.storage == g.spec.storage
     assert build_job(on.game, 1, "sample", 1, on.settings) == build_job(g, 1, "sample", 1, settings)
     assert build_job(on.game, 1, "score", 1, on.settings) == build_job(g, 1, "score", 1, settings)
+
+
+def test_scheduling_per_phase_replaces_the_games_field_by_field() -> None:
+    phases = {
+        "default": {"resources": {"cpu": "2"}},
+        "sample": {"scheduling": {"nodeSelector": {"pool": "inference"}}},
+    }
+    rt = runtime(phases=phases, scheduling={"queueName": "team-queue",
+                                            "nodeSelector": {"pool": "training"}})  # fmt: skip
+    on = apply_runtime(game(), rt, NAME, OperatorSettings(), no_dns)
+
+    def placed(phase: str) -> tuple[dict[str, str], str]:
+        job = build_job(on.game, 1, phase, 1, on.settings)
+        pod = job["spec"]["template"]["spec"]
+        return pod.get("nodeSelector", {}), job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+
+    assert placed("sample") == ({"pool": "inference"}, "team-queue")
+    assert placed("update-policy") == ({"pool": "training"}, "team-queue")
+    # A game's own per-phase scheduling where the runtime lets it choose, and not elsewhere.
+    mine = {"sample": {"scheduling": {"queueName": "team-a-burst"}}}
+    on = apply_runtime(game(phases=mine), rt, NAME, OperatorSettings(), no_dns)
+    assert placed("sample") == ({"pool": "inference"}, "team-a-burst")
+    closed = runtime(overridable=[])
+    assert refusal(game(phases=mine), closed).startswith("spec.phases.sample.scheduling: ")

@@ -76,6 +76,14 @@ class SchedulingSpec(_Model):
     """RuntimeClass of phase pods (e.g. nvidia, or a sandboxed runtime)."""
 
 
+def overlay(base: SchedulingSpec, top: SchedulingSpec | None) -> SchedulingSpec:
+    """`base` with each field `top` gives a value (not empty) replacing its own."""
+    if top is None:
+        return base
+    given = {f: getattr(top, f) for f in type(top).model_fields}
+    return base.model_copy(update={f: v for f, v in given.items() if v not in (None, {}, [])})
+
+
 class ResourceList(_Model):
     """Requests/limits of one phase container."""
 
@@ -119,6 +127,9 @@ class PhaseSpec(_Model):
     """Retry policy."""
     deadline_seconds: Annotated[int, Field(ge=1)] | None = None
     """activeDeadlineSeconds of the phase Job."""
+    scheduling: SchedulingSpec | None = None
+    """Where this phase's pods run: each field set here replaces spec.scheduling's (e.g. the
+    sampling phase on inference nodes, training on another queue)."""
     pending_timeout_seconds: Annotated[int, Field(ge=10, le=86400)] = 900
     """How long a pod may be kept from starting (unschedulable, image not pullable, missing
     Secret or ServiceAccount) before the attempt counts as failed; a Job queued by Kueue waits

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 from sparring_trainer.config import ALL_PHASES
 
-from sparring_operator.api import API_VERSION, KIND, AdversarialGame
+from sparring_operator.api import API_VERSION, KIND, AdversarialGame, overlay
 from sparring_operator.podsettings import MODEL_CACHE_DIR
 
 GAME_DIR = "/etc/sparring"
@@ -230,7 +230,7 @@ def build_job(
     spec = game.spec
     phase_spec = spec.phases.for_phase(phase)
     res = phase_spec.resources
-    sched = spec.scheduling
+    sched = overlay(spec.scheduling, phase_spec.scheduling)
     name = job_name(game.metadata.name, round, phase, attempt)
     labels = phase_labels(game, round, phase, attempt)
     job_labels = dict(labels)

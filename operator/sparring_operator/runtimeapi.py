@@ -40,6 +40,9 @@ class RuntimePhase(_Model):
     """Trainer image of the phase when the game names none (default: the first of `images`)."""
     resources: ResourceList | None = None
     """Requests/limits of the phase when the game sets none."""
+    scheduling: SchedulingSpec | None = None
+    """Where the phase's pods run: each field given here replaces `scheduling`'s (e.g.
+    sampling on inference nodes)."""
 
 
 class RuntimePhases(_Model):

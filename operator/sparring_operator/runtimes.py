@@ -19,7 +19,13 @@ from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 from sparring_trainer.config import StorageSpec
 
-from sparring_operator.api import AdversarialGame, PhaseSpec, PhasesSpec, SchedulingSpec
+from sparring_operator.api import (
+    AdversarialGame,
+    PhaseSpec,
+    PhasesSpec,
+    SchedulingSpec,
+    overlay,
+)
 from sparring_operator.endpoints import ANY, Resolver, endpoint_refusal, system_resolver
 from sparring_operator.jobs import OperatorSettings
 from sparring_operator.refusals import spec_errors
@@ -175,6 +181,10 @@ def _phase(phases: PhasesSpec, field: str, runtime: RuntimeSpec, name: str) -> P
         _overridable(runtime, "resources", f"{where}.resources", name)
     elif default.resources is not None:
         update["resources"] = default.resources
+    if spec.scheduling is not None:
+        _overridable(runtime, "scheduling", f"{where}.scheduling", name)
+    if default.scheduling is not None or spec.scheduling is not None:
+        update["scheduling"] = overlay(default.scheduling or SchedulingSpec(), spec.scheduling)
     return spec.model_copy(update=update)
 
 
@@ -183,7 +193,7 @@ def _scheduling(game: SchedulingSpec, runtime: RuntimeSpec, name: str) -> Schedu
     if not chosen:
         return runtime.scheduling
     _overridable(runtime, "scheduling", f"spec.scheduling.{to_camel(chosen[0])}", name)
-    return runtime.scheduling.model_copy(update={f: getattr(game, f) for f in chosen})
+    return overlay(runtime.scheduling, game)
 
 
 def _check_models(game: AdversarialGame, runtime: RuntimeSpec, name: str) -> None:
