@@ -290,6 +290,27 @@ class RoundStatus(_Model):
     """When the round's last phase committed."""
 
 
+class StoreLocation(_Model):
+    """Where a store is (never its credentials)."""
+
+    uri: str
+    """s3://bucket[/prefix] or file://path."""
+    endpoint: str | None = None
+    """S3 endpoint URL."""
+    region: str | None = None
+    """S3 region."""
+    path_style: bool = False
+    """Path-style S3 addressing."""
+
+    @classmethod
+    def of(cls, storage: StorageSpec) -> StoreLocation:
+        return cls.model_validate(storage.model_dump(exclude={"secret_ref"}))
+
+    def spec(self) -> StorageSpec:
+        """As a spec.storage, to open it with this machine's own credentials."""
+        return StorageSpec.model_validate(self.model_dump())
+
+
 GamePhase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
 
 
@@ -316,6 +337,9 @@ class AdversarialGameStatus(_Model):
     """Recent rounds (bounded; older history stays in the store)."""
     latest_checkpoint: str | None = None
     """URI of the newest committed policy checkpoint."""
+    storage: StoreLocation | None = None
+    """The store the game plays in, as its runtime made it (a file:// spec.storage stands for
+    the runtime's store); where `sparring status/report --kube` read it."""
     message: str | None = None
     """What the game is doing or why it stopped, in short (conditions hold the whole text)."""
 

@@ -37,7 +37,14 @@ from sparring_operator.actions import (
     RecordEvent,
     WriteComplete,
 )
-from sparring_operator.api import GROUP, PLURAL, VERSION, AdversarialGame, AdversarialGameStatus
+from sparring_operator.api import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    AdversarialGame,
+    AdversarialGameStatus,
+    StoreLocation,
+)
 from sparring_operator.core import decide
 from sparring_operator.jobs import OperatorSettings, build_configmap, build_job, job_name
 from sparring_operator.jobwatch import (
@@ -166,6 +173,8 @@ class Reconciler:
             self._stall(namespace, name, stored, old, exc, now, generation)
         created = epoch(meta.get("creationTimestamp")) or now
         decision = decide(game, generation, old, jobs, view, complete, created, now)
+        # Where it plays, for the views (`--kube`): a file:// spec stands for the runtime's store.
+        decision.status.storage = StoreLocation.of(game.spec.storage)
         if decision.status.phase in ("Succeeded", "Failed"):
             self.leases.release(namespace, name, store)
         elif any(isinstance(a, CreateJob) for a in decision.actions):

@@ -344,12 +344,15 @@ def cluster_record(obj: dict[str, Any]) -> GameRecord:
 
     game = AdversarialGame.model_validate(obj)
     meta, kind = game.metadata, game.spec.game.kind
+    # The store the operator reports it plays in (its runtime's, where spec.storage is file://).
+    played = game.status.storage if game.status else None
+    storage = played.spec() if played is not None else game.spec.storage
     try:
-        return read_game(open_store(game.spec.storage), meta.namespace, meta.name, kind)
+        return read_game(open_store(storage), meta.namespace, meta.name, kind)
     except (StoreError, OSError, ValueError) as exc:  # ValueError: nothing there, seen from here
         rounds = {r.round: r.metrics for r in (game.status.rounds if game.status else [])}
         note = (
-            f"its store ({game.spec.storage.uri}) could not be read from here "
+            f"its store ({storage.uri}) could not be read from here "
             f"({type(exc).__name__}): metrics from the resource's status only, no examples"
         )
         return GameRecord(f"{meta.namespace}/{meta.name}", kind, rounds, note=note)

@@ -26,6 +26,7 @@ from harness.fixtures import running_operator
 from harness.gameops import GAME_TIMEOUT, ROOT, create, create_secret, get, wait_phase
 from harness.rawclient import wait_for
 from kubernetes import client as k8s
+from sparring_operator.report import cluster_record
 from sparring_trainer.config import StorageSpec
 
 T = 60.0
@@ -68,9 +69,11 @@ def test_a_tenant_cannot_reach_past_its_runtime(
     kube_env: Any,
     tmp_path: Path,
     s3_storage: StorageSpec,
+    s3_requests: Callable[[], list[str]],
     cluster_runtimes: Callable[[str, dict[str, Any]], None],
 ) -> None:
     ns = kube_env.namespace
+    seen = len(s3_requests())  # the fixture's own (it made the bucket)
     bucket = s3_storage.uri.removeprefix("s3://").split("/")[0]
     own_store = f"s3://{bucket}/team-a"
     core = k8s.CoreV1Api(kube_env.client)
@@ -144,6 +147,8 @@ def test_a_tenant_cannot_reach_past_its_runtime(
         arrived = False
     listener.close()
     assert not arrived, "the operator connected to an endpoint the runtime does not allow"
+    # Every attempt was refused before the store was opened: not one request reached it.
+    assert not [r for r in s3_requests()[seen:] if bucket in r]
     # What the operator asked the API server for: Secrets of A only, runtimes by name only.
     assert {r.namespace for r in audit if r.resource == "secrets"} == {ns}
     runtime_reads = {(r.namespace, r.name) for r in audit if "sparringruntimes" in r.resource}
@@ -186,6 +191,11 @@ def test_the_charts_default_runtime_plays_the_unchanged_example_with_no_identity
             )
             done = wait_phase(kube_env, "apo-tiny", "Succeeded", op, GAME_TIMEOUT)
         assert done["status"]["completedRounds"] == 2
+        # The status says where it played; `sparring report --kube` reads the game there (with
+        # this machine's credentials), not in the file:// folder its spec names.
+        assert done["status"]["storage"]["uri"] == s3_storage.uri
+        record = cluster_record(done)
+        assert record.note == "" and {1, 2} <= set(record.rounds), record.note
         store_keys = {r.split(" ", 1)[1] for r in s3_requests() if bucket in r}
         assert any(f"/{ns}/apo-tiny/round-0002/evaluate/_SUCCESS" in k for k in store_keys)
     finally:
