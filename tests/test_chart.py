@@ -746,6 +746,8 @@ def test_no_default_runtime_when_its_name_is_empty(chart: Any) -> None:
     assert not by_kind(objects, "ClusterSparringRuntime")
     env = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
     assert "SPARRING_DEFAULT_RUNTIME" not in {e["name"] for e in env}
+    # ... and then a game must name its runtime: never the operator's built-in, open one.
+    assert {"name": "SPARRING_REQUIRE_RUNTIME", "value": "1"} in env
 
 
 # ---- the phase pods' NetworkPolicy ---------------------------------------------------------
@@ -819,6 +821,19 @@ def test_phase_network_policy_defaults_to_any_address_but_link_local(chart: Any)
     assert [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}] in ports
     assert ports.count([{"port": 443, "protocol": "TCP"}]) == 2
     assert not _phase_policies(render(chart, {"watchNamespaces": ["team-a"]}))
+
+
+def test_a_phase_network_policy_with_no_namespace_to_go_to_fails_to_render(chart: Any) -> None:
+    with pytest.raises(helm.HelmError, match="phaseNetworkPolicy.enabled: no namespace"):
+        render(chart, {"phaseNetworkPolicy": {"enabled": True}})  # every namespace: unknown
+    # Without the chart's phase ServiceAccount it still goes where the games are.
+    values = {
+        "watchNamespaces": ["team-a", "team-b"],
+        "phaseServiceAccount": {"create": False},
+        "phaseNetworkPolicy": {"enabled": True},
+    }
+    policies = _phase_policies(render(chart, values))
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
 
 
 @pytest.mark.parametrize(

@@ -67,3 +67,23 @@ def test_no_allow_list_allows_nothing_and_bad_entries_are_errors() -> None:
     )
     with pytest.raises(ValueError, match="expected scheme://host"):
         Allowed.parse("https://a.b/bucket")
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[::ffff:169.254.169.254]",  # IPv4-mapped: a dual-stack socket reaches the IPv4 host
+        "[::ffff:a9fe:a9fe]",
+        "[64:ff9b::a9fe:a9fe]",  # NAT64
+        "[2002:a9fe:a9fe::1]",  # 6to4
+        "[::169.254.169.254]",  # IPv4-compatible
+    ],
+)
+def test_the_metadata_address_written_as_ipv6_is_refused_too(host: str) -> None:
+    message = endpoint_refusal(FIELD, f"http://{host}", ["*"])
+    assert message is not None and "a link-local (metadata) address" in message
+
+
+def test_ipv6_forms_of_ordinary_addresses_pass() -> None:
+    for host in ("[::1]", "[::ffff:10.0.0.1]", "[64:ff9b::a00:1]"):
+        assert endpoint_refusal(FIELD, f"http://{host}", ["*"]) is None, host

@@ -236,4 +236,32 @@ def test_scheduling_per_phase_replaces_the_games_field_by_field() -> None:
     on = apply_runtime(game(phases=mine), rt, NAME, OperatorSettings(), no_dns)
     assert placed("sample") == ({"pool": "inference"}, "team-a-burst")
     closed = runtime(overridable=[])
-    assert refusal(game(phases=mine), closed).startswith("spec.phases.sample.scheduling: ")
+    assert refusal(game(phases=mine), closed).startswith(
+        "spec.phases.sample.scheduling.queueName: "
+    )
+
+
+def test_the_runtimes_secret_is_never_lent_to_a_store_the_game_chose() -> None:
+    rt = runtime(overridable=["storage"])
+    borrowed = {"uri": "s3://team-bucket", "secretRef": {"name": "platform-store"}}
+    message = refusal(game(storage=borrowed), rt)
+    assert message.startswith("spec.storage.secretRef: 'platform-store' is "), message
+
+
+def test_the_sandbox_is_its_own_override_apart_from_scheduling() -> None:
+    sandbox = {"runtimeClassName": "runc"}
+    message = refusal(game(scheduling=sandbox))  # scheduling overridable, the sandbox not
+    assert message.startswith("spec.scheduling.runtimeClassName: "), message
+    per_phase = {"sample": {"scheduling": sandbox}}
+    assert refusal(game(phases=per_phase)).startswith(
+        "spec.phases.sample.scheduling.runtimeClassName: "
+    )
+    rt = runtime(overridable=["scheduling", "runtimeClassName"])
+    on = apply_runtime(game(scheduling=sandbox), rt, NAME, OperatorSettings(), no_dns)
+    assert on.game.spec.scheduling.runtime_class_name == "runc"
+
+
+def test_the_runtimes_own_store_and_an_allowed_one_may_not_nest() -> None:
+    storage = {"uri": "s3://shared", "allowedUris": ["s3://shared/team-b"]}
+    with pytest.raises(ValidationError, match="lie one inside the other"):
+        runtime(storage=storage)

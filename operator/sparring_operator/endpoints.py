@@ -91,6 +91,22 @@ def endpoint_refusal(
         return f"{field}: {host} does not resolve"
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone is not the address
-        if any(ip in network for network in _NEVER):
+        if any(seen in network for seen in _forms(ip) for network in _NEVER):
             return f"{field}: {host} resolves to {ip}, a link-local (metadata) address"
     return None
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_COMPATIBLE = ipaddress.ip_network("::/96")  # the deprecated IPv4-compatible ::a.b.c.d
+
+
+def _forms(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress._BaseAddress]:
+    """The address and every IPv4 address an IPv6 one carries (::ffff:169.254.169.254 reaches
+    the IPv4 host on a dual-stack socket; 6to4 and NAT64 route to it)."""
+    forms: list[ipaddress._BaseAddress] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = [ip.ipv4_mapped, ip.sixtofour]
+        if ip in _NAT64 or (ip in _COMPATIBLE and int(ip) > 1):
+            embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        forms += [v4 for v4 in embedded if v4 is not None]
+    return forms

@@ -79,6 +79,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         ),
         # The chart's ClusterSparringRuntime, for games that name no runtime.
         default_runtime=os.environ.get("SPARRING_DEFAULT_RUNTIME") or None,
+        require_runtime=os.environ.get("SPARRING_REQUIRE_RUNTIME") == "1",
         # Every pass renews a game's lease; a game has one at least every resync, so the lease
         # must outlast a few resyncs.
         leases=GameLeases(max(DEFAULT_SECONDS, 3 * RESYNC_SECONDS)),

@@ -29,9 +29,13 @@ QUALIFIED_NAME = (
 )
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 
-# What the operator sets on every phase pod: a game may not replace it.
+# What the operator sets on every phase pod, or what would send the phases' store and Hub
+# requests (signed with the runtime's keys) somewhere its runtime does not allow: a game may
+# not set it. (The trainer's S3 client ignores endpoint variables anyway; see _s3.py.)
 RESERVED_ENV = re.compile(r"^(SPARRING_.*|HOME|HF_HOME|PYTHONUNBUFFERED|AWS_ACCESS_KEY_ID|"
-                          r"AWS_SECRET_ACCESS_KEY|AWS_REGION)$")  # fmt: skip
+                          r"AWS_SECRET_ACCESS_KEY|AWS_REGION|AWS_ENDPOINT_URL(_.*)?|AWS_CA_BUNDLE|"
+                          r"AWS_CONFIG_FILE|AWS_SHARED_CREDENTIALS_FILE|AWS_PROFILE|"
+                          r"HF_ENDPOINT)$")  # fmt: skip
 # A name with one of these words in it (HF_TOKEN, WANDB_API_KEY, DB_PASSWORD), not one that
 # merely starts like one (TOKENIZERS_PARALLELISM).
 CREDENTIAL_NAME = re.compile(

@@ -76,6 +76,7 @@ class Reconciler:
     settings: OperatorSettings = field(default_factory=OperatorSettings)
     # The ClusterSparringRuntime of games that name none (the chart's); None: the built-in one.
     default_runtime: str | None = None
+    require_runtime: bool = False  # with no default: a game must name its runtime
     # Per game, evicted when the game goes (`forget`): a long-running operator sees thousands.
     store_cache: dict[GameKey, dict[tuple[str, int, str], CommittedPhase]] = field(
         default_factory=dict
@@ -93,7 +94,7 @@ class Reconciler:
     def __post_init__(self) -> None:
         self.jobs = JobWatch(self.api)
         self.games = GameCache(self.api)
-        self.tenancy = Tenancy(self.api, self.settings, self.default_runtime)
+        self.tenancy = Tenancy(self.api, self.settings, self.default_runtime, self.require_runtime)
 
     def tracked(self) -> set[GameKey]:
         """Games with something kept here."""

@@ -26,7 +26,7 @@ CLUSTER_RUNTIME_KIND = "ClusterSparringRuntime"
 RUNTIME_PLURAL = "sparringruntimes"
 CLUSTER_RUNTIME_PLURAL = "clustersparringruntimes"
 
-Overridable = Literal["resources", "scheduling", "storage", "imagePullPolicy"]
+Overridable = Literal["resources", "scheduling", "runtimeClassName", "storage", "imagePullPolicy"]
 
 
 class _Model(BaseModel):
@@ -114,6 +114,17 @@ class RuntimeStorage(_Model):
                     raise ValueError(f"allowed store {b!r} lies inside {a!r}")
         return uris
 
+    @model_validator(mode="after")
+    def _uri_not_nested(self) -> RuntimeStorage:
+        # The same rule between the runtime's own store and those a game may name.
+        own = self.uri
+        for other in self.allowed_uris:
+            if own is None or other in (ANY, own):
+                continue
+            if other.startswith(own.rstrip("/") + "/") or own.startswith(other.rstrip("/") + "/"):
+                raise ValueError(f"allowedUris: {other!r} and uri {own!r} lie one inside the other")
+        return self
+
     @field_validator("allowed_endpoints")
     @classmethod
     def _endpoints(cls, values: list[str]) -> list[str]:
@@ -146,7 +157,9 @@ class RuntimeSpec(_Model):
     s3://models/, tiny-random); unset: any."""
     overridable: list[Overridable] = ["resources", "scheduling"]
     """What a game may set itself: resources (spec.phases.*.resources), scheduling
-    (spec.scheduling), storage (spec.storage: one of allowedUris, with its own secretRef) and
+    (spec.scheduling and spec.phases.*.scheduling: queue, priority, node selector, tolerations,
+    affinity, spread; these can place pods on any node the tolerations reach), runtimeClassName
+    (the sandbox), storage (spec.storage: one of allowedUris, with its own secretRef) and
     imagePullPolicy (spec.pod.imagePullPolicy)."""
 
     @model_validator(mode="after")

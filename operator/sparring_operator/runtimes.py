@@ -61,7 +61,7 @@ def builtin_runtime(settings: OperatorSettings) -> RuntimeSpec:
         image_pull_policy=settings.image_pull_policy,
         service_account_name=settings.phase_service_account,
         storage=RuntimeStorage(allowed_uris=[ANY], allowed_endpoints=[ANY]),
-        overridable=["resources", "scheduling", "storage", "imagePullPolicy"],
+        overridable=["resources", "scheduling", "runtimeClassName", "storage", "imagePullPolicy"],
     )
 
 
@@ -147,6 +147,14 @@ def effective_storage(
             f"spec.storage.uri: {storage.uri!r} is not a store {name} allows (allowed: "
             f"{allowed}); leave spec.storage out to play in the runtime's store"
         )
+    lent = own.secret_ref.name if own.secret_ref else None
+    if storage.secret_ref is not None and storage.secret_ref.name == lent:
+        # The runtime's keys are for the runtime's store: named for another, they would go
+        # wherever the game points them (the operator's reads and the phase pods' env).
+        raise RuntimeRefused(
+            f"spec.storage.secretRef: {lent!r} is {name}'s Secret, for its own store only; a "
+            "store the game chooses needs the game's own Secret"
+        )
     if storage.endpoint is not None:
         why = endpoint_refusal("spec.storage.endpoint", storage.endpoint,
                                own.allowed_endpoints, resolve)  # fmt: skip
@@ -182,18 +190,25 @@ def _phase(phases: PhasesSpec, field: str, runtime: RuntimeSpec, name: str) -> P
     elif default.resources is not None:
         update["resources"] = default.resources
     if spec.scheduling is not None:
-        _overridable(runtime, "scheduling", f"{where}.scheduling", name)
+        _check_scheduling(spec.scheduling, runtime, f"{where}.scheduling", name)
     if default.scheduling is not None or spec.scheduling is not None:
         update["scheduling"] = overlay(default.scheduling or SchedulingSpec(), spec.scheduling)
     return spec.model_copy(update=update)
 
 
 def _scheduling(game: SchedulingSpec, runtime: RuntimeSpec, name: str) -> SchedulingSpec:
-    chosen = sorted(game.model_fields_set)
-    if not chosen:
-        return runtime.scheduling
-    _overridable(runtime, "scheduling", f"spec.scheduling.{to_camel(chosen[0])}", name)
-    return overlay(runtime.scheduling, game)
+    _check_scheduling(game, runtime, "spec.scheduling", name)
+    return overlay(runtime.scheduling, game) if game.model_fields_set else runtime.scheduling
+
+
+def _check_scheduling(game: SchedulingSpec, runtime: RuntimeSpec, where: str, name: str) -> None:
+    # The RuntimeClass is the sandbox (gVisor, Kata): its own override, never part of
+    # `scheduling`'s, which moves pods between queues, priorities and nodes.
+    if game.runtime_class_name is not None:
+        _overridable(runtime, "runtimeClassName", f"{where}.runtimeClassName", name)
+    chosen = sorted(game.model_fields_set - {"runtime_class_name"})
+    if chosen:
+        _overridable(runtime, "scheduling", f"{where}.{to_camel(chosen[0])}", name)
 
 
 def _check_models(game: AdversarialGame, runtime: RuntimeSpec, name: str) -> None:

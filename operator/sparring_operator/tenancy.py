@@ -3,7 +3,8 @@ its store. The rules themselves are in `runtimes` (pure); this module only reads
 
 - A game names a runtime (`spec.runtimeRef`): a ClusterSparringRuntime, or a SparringRuntime of
   the game's own namespace, never another's. With none, the operator's default runtime (the
-  chart's); an operator started without one plays on `runtimes.builtin_runtime`.
+  chart's); where the chart names none, the game must name one (`require_runtime`). Only an
+  operator started by hand, with neither setting, plays on `runtimes.builtin_runtime`.
 - The store is opened only with a Secret the effective game names, read in the game's own
   namespace. The operator never falls back to its own identity (boto3's default chain): an s3
   store without a Secret stalls the game.
@@ -51,6 +52,9 @@ class Tenancy:
     api: k8s.ApiClient
     settings: OperatorSettings
     default_runtime: str | None = None  # a ClusterSparringRuntime's name
+    # No default runtime and no built-in one: a game must name its runtime (the chart with an
+    # empty defaultRuntime.name). The built-in runtime is for an operator run by hand.
+    require_runtime: bool = False
 
     def place(self, game: AdversarialGame) -> OnRuntime:
         """The game on its runtime (RuntimeRefused / RuntimeUnavailable when it cannot be)."""
@@ -60,6 +64,11 @@ class Tenancy:
     def runtime_of(self, game: AdversarialGame) -> tuple[str, RuntimeSpec]:
         ref = game.spec.runtime_ref
         if ref is None and self.default_runtime is None:
+            if self.require_runtime:
+                raise RuntimeUnavailable(
+                    "spec.runtimeRef: required: this operator has no default runtime; name a "
+                    "ClusterSparringRuntime, or a SparringRuntime of the game's namespace"
+                )
             return "the operator's built-in runtime", builtin_runtime(self.settings)
         kind, name = (ref.kind, ref.name) if ref else (CLUSTER_RUNTIME_KIND, self.default_runtime)
         field = "spec.runtimeRef" if ref else "spec.runtimeRef (unset: the operator's default)"

@@ -79,6 +79,10 @@ class S3Store(ArtifactStore):
             s3={"addressing_style": "path"} if storage.path_style else None,
             connect_timeout=10,
             read_timeout=60,
+            # The store's endpoint is storage.endpoint and nothing else: AWS_ENDPOINT_URL(_S3)
+            # in a phase pod's environment (a game's envFrom) or a config file would send
+            # requests signed with the store's keys to a host the runtime never allowed.
+            ignore_configured_endpoint_urls=True,
         )
         # A private session: boto3's default session is shared global state (not thread-safe to
         # create clients from); credentials still come from the standard chain (env, files, IRSA).
