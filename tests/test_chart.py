@@ -824,7 +824,7 @@ def test_phase_network_policy_defaults_to_any_address_but_link_local(chart: Any)
 
 
 def test_a_phase_network_policy_with_no_namespace_to_go_to_fails_to_render(chart: Any) -> None:
-    with pytest.raises(helm.HelmError, match="phaseNetworkPolicy.enabled: no namespace"):
+    with pytest.raises(helm.HelmError, match=r"phaseNetworkPolicy\.enabled: no namespace"):
         render(chart, {"phaseNetworkPolicy": {"enabled": True}})  # every namespace: unknown
     # Without the chart's phase ServiceAccount it still goes where the games are.
     values = {
