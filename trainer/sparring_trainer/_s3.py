@@ -82,7 +82,7 @@ class S3Store(ArtifactStore):
             # The store's endpoint is storage.endpoint and nothing else: AWS_ENDPOINT_URL(_S3)
             # in a phase pod's environment (a game's envFrom) or a config file would send
             # requests signed with the store's keys to a host the runtime never allowed.
-            ignore_configured_endpoint_urls=True,
+            ignore_configured_endpoint_urls=True,  # type: ignore[call-arg]  # botocore>=1.31.7; stubs lag
         )
         # A private session: boto3's default session is shared global state (not thread-safe to
         # create clients from); credentials still come from the standard chain (env, files, IRSA).
