@@ -3,8 +3,9 @@ control plane, with the operator running as the chart's ServiceAccount under the
 
 Tenant A (the test's namespace) plays on a ClusterSparringRuntime; tenant B's namespace holds
 a Secret and a SparringRuntime of its own. Each attempt of A to reach past the runtime (B's
-Secret, B's runtime, an image the runtime does not list, an endpoint it does not allow, a store
-outside A's) ends Stalled with a condition naming the refused field, and no Job. The API
+Secret, B's runtime, an image the runtime does not list, an endpoint it does not allow, the
+runtime's Secret for a store A chose, a store outside A's) ends Stalled with a condition naming
+the refused field, and no Job. The API
 server's audit log shows which Secrets and runtimes the operator asked for; a listener on
 another loopback port shows that no connection arrived; the store's request log shows that a
 game without a Secret never makes the operator open the store with its own credentials.
@@ -85,7 +86,8 @@ def test_a_tenant_cannot_reach_past_its_runtime(
         {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SparringRuntime",
          "metadata": {"name": "b-runtime"}, "spec": {"images": ["anything:1", "*"]}},
     )  # fmt: skip
-    create_secret(kube_env, "store-keys", "testing", "testing")
+    create_secret(kube_env, "store-keys", "testing", "testing")  # the runtime's
+    create_secret(kube_env, "a-keys", "testing", "testing")  # A's own, for a store it chooses
     runtime = f"tenants-{ns}"
     cluster_runtimes(runtime, {
         "images": [IMAGE],
@@ -118,13 +120,18 @@ def test_a_tenant_cannot_reach_past_its_runtime(
             "spec.phases.default.image: 'docker.io/someone/miner:latest' is not an image ",
         ),
         "reach": (
-            {"storage": {**own, "endpoint": elsewhere, "secretRef": {"name": "store-keys"}}},
+            {"storage": {**own, "endpoint": elsewhere, "secretRef": {"name": "a-keys"}}},
             "RuntimeRefused",
             f"spec.storage.endpoint: {elsewhere} is not an allowed endpoint",
         ),
+        "lend-keys": (
+            {"storage": {**own, "secretRef": {"name": "store-keys"}}},
+            "RuntimeRefused",
+            "spec.storage.secretRef: 'store-keys' is ",
+        ),
         "escape": (
             {"storage": {**own, "uri": f"s3://{bucket}/team-b",
-                         "secretRef": {"name": "store-keys"}}},
+                         "secretRef": {"name": "a-keys"}}},
             "RuntimeRefused",
             f"spec.storage.uri: 's3://{bucket}/team-b' is not a store ",
         ),
