@@ -192,8 +192,9 @@ def test_runtime_defaults_the_game_cannot_play_with_are_refused_before_any_job()
     # 8 GPUs for update-policy: the policy's batchSize 4 does not divide among 8 ranks.
     phases = {"updatePolicy": {"resources": {"gpu": 8}}}
     message = refusal(game(), runtime(phases=phases))
-    assert "spec.game.policy.update.batchSize: 4 does not divide among the 8 GPUs" in message
-    assert message.startswith(f"on {NAME}: ")
+    assert message.startswith(
+        f"on {NAME}: spec.game.policy.update.batchSize: 4 does not divide among the 8 GPUs"
+    ), message
 
 
 def test_a_runtime_whose_stores_nest_or_whose_default_image_is_a_pattern_is_invalid() -> None:
@@ -265,3 +266,19 @@ def test_the_runtimes_own_store_and_an_allowed_one_may_not_nest() -> None:
     storage = {"uri": "s3://shared", "allowedUris": ["s3://shared/team-b"]}
     with pytest.raises(ValidationError, match="lie one inside the other"):
         runtime(storage=storage)
+
+
+def test_the_example_runtimes_are_valid_and_play_a_game_that_names_them() -> None:
+    path = ROOT / "examples" / "platform" / "runtimes.yaml"
+    docs = list(yaml.safe_load_all(path.read_text()))
+    assert [d["kind"] for d in docs] == ["ClusterSparringRuntime", "SparringRuntime"]
+    for doc in docs:
+        spec = RuntimeSpec.model_validate(doc["spec"])
+        named = game(runtimeRef={"kind": doc["kind"], "name": doc["metadata"]["name"]})
+        doc_game = copy.deepcopy(named.spec.game.model_dump(by_alias=True))
+        doc_game["policy"]["model"] = "hf://meta-llama/Llama-3.2-1B"
+        doc_game["adversary"]["model"] = "hf://mistralai/Mistral-7B-v0.1"
+        doc_game["policy"]["update"]["batchSize"] = 64  # divides among update-policy's 8 GPUs
+        g = game(runtimeRef=named.spec.runtime_ref.model_dump(), game=doc_game)  # type: ignore[union-attr]
+        on = apply_runtime(g, spec, doc["metadata"]["name"], OperatorSettings(), no_dns)
+        assert on.game.spec.storage.uri == "s3://ml-artifacts/sparring"

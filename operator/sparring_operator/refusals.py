@@ -114,9 +114,11 @@ def spec_errors(exc: ValidationError) -> str:
     (message and four conditions): a spec of thousands of unknown keys would otherwise grow the
     resource twentyfold, past etcd's object size limit, and its status write would fail."""
     found = exc.errors(include_url=False)
-    shown = [
-        f"{'.'.join(map(str, e['loc']))[:200]}: {e['msg'][:200]}" for e in found[:MAX_SPEC_ERRORS]
-    ]
+    shown = []
+    for e in found[:MAX_SPEC_ERRORS]:
+        # A model validator's error has no location of its own: its message names the field.
+        where, message = ".".join(map(str, e["loc"]))[:200], e["msg"].removeprefix("Value error, ")
+        shown.append(f"{where}: {message[:200]}" if where else message[:200])
     if len(found) > MAX_SPEC_ERRORS:
         shown.append(f"and {len(found) - MAX_SPEC_ERRORS} more")
     return "; ".join(shown)
