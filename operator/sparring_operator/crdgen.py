@@ -243,18 +243,38 @@ def status_schema() -> Schema:
     return status
 
 
-def root_schema() -> Schema:
+def _object_schema(description: str, **parts: Schema) -> Schema:
+    """A resource's root schema: apiVersion, kind, metadata and `parts` (spec, status)."""
     return {
-        "description": "An adversarial preference game (APO or APL) played round by round.",
+        "description": description,
         "type": "object",
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},  # the API server owns metadata's schema
-            "spec": spec_schema(),
-            "status": status_schema(),
+            **parts,
         },
         "required": ["spec"],
+    }
+
+
+def _crd(names: Schema, scope: str, version: Schema) -> Schema:
+    """The CustomResourceDefinition (apiextensions.k8s.io/v1) of one served, stored version."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{names['plural']}.{GROUP}"},
+        "spec": {"group": GROUP, "names": names, "scope": scope, "versions": [version]},
+    }
+
+
+def root_schema() -> Schema:
+    return {
+        **_object_schema(
+            "An adversarial preference game (APO or APL) played round by round.",
+            spec=spec_schema(),
+            status=status_schema(),
+        ),
         # Only rules on the root may read metadata.name. Job names built from it
         # ("{name}-r0001-update-adversary-a99") must be DNS labels of at most 63 characters:
         # the limits of api.ObjectMeta.
@@ -294,12 +314,7 @@ def build_crd() -> Schema:
     version = {"name": VERSION, "served": True, "storage": True, "subresources": {"status": {}},
                "additionalPrinterColumns": columns,
                "schema": {"openAPIV3Schema": schema}}  # fmt: skip
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME},
-        "spec": {"group": GROUP, "names": names, "scope": "Namespaced", "versions": [version]},
-    }
+    return _crd(names, "Namespaced", version)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -361,19 +376,11 @@ def build_runtime_crd(cluster: bool) -> Schema:
     kind, plural = RUNTIMES[cluster]
     scope = "Cluster" if cluster else "Namespaced"
     where = "every namespace" if cluster else "its own namespace"
-    schema = {
-        "description": f"What the phases of games in {where} may run, and where: images, "
-        "identity, store and limits, owned by the platform team; a game picks one by "
-        "spec.runtimeRef.",
-        "type": "object",
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},  # the API server owns metadata's schema
-            "spec": runtime_spec_schema(),
-        },
-        "required": ["spec"],
-    }
+    schema = _object_schema(
+        f"What the phases of games in {where} may run, and where: images, identity, store and "
+        "limits, owned by the platform team; a game picks one by spec.runtimeRef.",
+        spec=runtime_spec_schema(),
+    )
     columns = [{"name": name, "type": type_, "jsonPath": path, "description": doc}
                for name, path, type_, doc in RUNTIME_PRINTER_COLUMNS]  # fmt: skip
     names = {"kind": kind, "listKind": f"{kind}List", "plural": plural,
@@ -381,12 +388,7 @@ def build_runtime_crd(cluster: bool) -> Schema:
     version = {"name": VERSION, "served": True, "storage": True,
                "additionalPrinterColumns": columns,
                "schema": {"openAPIV3Schema": schema}}  # fmt: skip
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{GROUP}"},
-        "spec": {"group": GROUP, "names": names, "scope": scope, "versions": [version]},
-    }
+    return _crd(names, scope, version)
 
 
 def render_runtime_crd(cluster: bool) -> str:
