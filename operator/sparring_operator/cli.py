@@ -35,7 +35,7 @@ def main() -> None:
 @app.command("validate")
 def validate_cmd(
     files: Annotated[
-        list[Path], typer.Argument(help="Game files (YAML or JSON).", metavar="FILE...")
+        list[Path], typer.Argument(help="Game and runtime files (YAML or JSON).", metavar="FILE...")
     ],
     local_files: Annotated[
         bool,
@@ -46,16 +46,19 @@ def validate_cmd(
         ),
     ] = True,
 ) -> None:
-    """Check game files against the AdversarialGame schema; print every error (to stderr)."""
+    """Check game and runtime files against their schemas, and each game on the runtime it
+    names when that runtime is among the files; print every error (to stderr)."""
+    from sparring_operator.validate_runtimes import check_files
+
     failed = False
-    for path in files:
-        report = validate.check_file(path, local_files)
+    for report in check_files(files, local_files):
         for error in report.errors:
             typer.echo(error, err=True)
+        valid = f"{report.path}: " + typer.style("valid", fg="green")
         for game in report.games:
-            typer.echo(
-                f"{path}: " + typer.style("valid", fg="green") + f" ({validate.summary(game)})"
-            )
+            typer.echo(f"{valid} ({validate.summary(game)})")
+        for runtime in report.runtimes:
+            typer.echo(f"{valid} ({runtime.kind} {runtime.metadata.name})")
         failed = failed or bool(report.errors)
     raise typer.Exit(1 if failed else 0)
 

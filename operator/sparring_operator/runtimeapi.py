@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 from sparring_trainer.config import SecretRef, StorageSpec
 
 from sparring_operator.api import ResourceList, SchedulingSpec
 from sparring_operator.apitypes import MODEL_CONFIG
 from sparring_operator.endpoints import ANY, Allowed
-from sparring_operator.podsettings import DNS_SUBDOMAIN
+from sparring_operator.podsettings import DNS_LABEL, DNS_SUBDOMAIN
 
 RUNTIME_KIND = "SparringRuntime"
 CLUSTER_RUNTIME_KIND = "ClusterSparringRuntime"
@@ -165,5 +166,37 @@ class RuntimeSpec(_Model):
     @model_validator(mode="after")
     def _default_image(self) -> RuntimeSpec:
         if self.images[0].endswith("*"):
-            raise ValueError("images[0] is the default image and must be a whole image name")
+            raise ValueError(  # field first: `sparring validate` points at its line
+                "images[0]: the default image must be a whole image name (not a '*' prefix)"
+            )
         return self
+
+
+# ---- the resources as written in a file (`sparring validate`) --------------------------------
+class RuntimeMeta(_Model):
+    """The part of metav1.ObjectMeta a runtime file carries."""
+
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+    """The runtime's name (a game's spec.runtimeRef.name)."""
+    namespace: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)] | None = None
+    """A SparringRuntime's namespace: only that namespace's games may use it."""
+
+
+class SparringRuntime(_Model):
+    """A namespaced runtime as written in a file."""
+
+    api_version: Literal["sparring.dev/v1alpha1"]
+    kind: Literal["SparringRuntime"]
+    metadata: RuntimeMeta
+    spec: RuntimeSpec
+
+
+class ClusterSparringRuntime(_Model):
+    """A cluster-wide runtime as written in a file."""
+
+    api_version: Literal["sparring.dev/v1alpha1"]
+    kind: Literal["ClusterSparringRuntime"]
+    metadata: RuntimeMeta
+    spec: RuntimeSpec

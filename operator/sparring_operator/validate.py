@@ -10,7 +10,9 @@ A file may hold several YAML documents (`---`), as `kubectl apply -f` accepts: e
 validated on its own and its errors say `document N`. Empty documents (a trailing `---`) are
 skipped. JSON files work too (`.json` is read with the json module, anything else as YAML).
 The checks are the pydantic models' own (`api.AdversarialGame`), so a file that passes here is
-one the operator and `sparring run` accept.
+one the operator and `sparring run` accept. Runtime files (`SparringRuntime`,
+`ClusterSparringRuntime`: runtimeapi.py) are checked the same way, and `validate_runtimes` plays
+every game that names one of them through the operator's own `apply_runtime`.
 """
 
 from __future__ import annotations
@@ -29,17 +31,39 @@ from pydantic import BaseModel, ValidationError
 from sparring_trainer.config import DATA_FILE_HINT, DATA_FILE_TYPES, DataSource, ModelSpec
 
 from sparring_operator.api import API_VERSION, KIND, AdversarialGame
+from sparring_operator.runtimeapi import (
+    CLUSTER_RUNTIME_KIND,
+    RUNTIME_KIND,
+    ClusterSparringRuntime,
+    SparringRuntime,
+)
 
 Loc = tuple[str | int, ...]
+Runtime = SparringRuntime | ClusterSparringRuntime
+# The kinds a file may hold, and the model each is checked against.
+RESOURCES: dict[str, type[BaseModel]] = {
+    KIND: AdversarialGame,
+    RUNTIME_KIND: SparringRuntime,
+    CLUSTER_RUNTIME_KIND: ClusterSparringRuntime,
+}
 
 
 @dataclass
 class FileReport:
-    """What `check_file` found: the games of a file, or why it is not valid."""
+    """What `check_file` found: the games and runtimes of a file, or why it is not valid."""
 
     path: Path
     games: list[AdversarialGame] = field(default_factory=list)
+    runtimes: list[Runtime] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # Each valid game's document and its "document N" (for errors found later, on a runtime).
+    sources: list[tuple[_Doc, str]] = field(default_factory=list)
+
+    def error(self, line: int | None, where: str, loc: str, message: str) -> None:
+        """One compiler-style line: file:line: document N: field: message."""
+        prefix = f"{self.path}:{line}" if line else str(self.path)
+        parts = [prefix, where, loc, " ".join(message.split())]
+        self.errors.append(": ".join(p for p in parts if p))
 
 
 class InvalidGameFile(ValueError):
@@ -82,30 +106,35 @@ def check_file(path: Path, local_files: bool = True) -> FileReport:
     docs, report.errors = _read(path, name)
     if report.errors:
         return report
-    games = [d for d in docs if d.data is not None]
-    if not games:
+    present = [d for d in docs if d.data is not None]
+    if not present:
         report.errors.append(f"{name}: file is empty: expected an {KIND} document")
-    seen: dict[tuple[str, str], int] = {}
-    for doc in games:
+    seen: dict[tuple[str, str, str | None], int] = {}
+    for doc in present:
         where = f"document {doc.number}" if len(docs) > 1 else ""
-        game, errors = _check_document(doc)
-        if game is not None and local_files:
-            errors += _missing_local_files(doc, game)
-        if game is not None:
-            key = (game.metadata.namespace, game.metadata.name)
+        resource, errors = _check_document(doc)
+        if isinstance(resource, AdversarialGame) and local_files:
+            errors += _missing_local_files(doc, resource)
+        if resource is not None:
+            meta = resource.metadata
+            key = (resource.kind, meta.name, meta.namespace)
             if key in seen:
+                what = "game" if resource.kind == KIND else resource.kind
+                space = f" in namespace {meta.namespace!r}" if meta.namespace else ""
                 errors.append(
-                    (doc.line(("metadata", "name")), "metadata.name", f"game {key[1]!r} in "
-                     f"namespace {key[0]!r} is already defined in document {seen[key]}")
+                    (doc.line(("metadata", "name")), "metadata.name", f"{what} {meta.name!r}"
+                     f"{space} is already defined in document {seen[key]}")
                 )  # fmt: skip
             seen.setdefault(key, doc.number)
-            report.games.append(game)
+            if isinstance(resource, AdversarialGame):
+                report.games.append(resource)
+                report.sources.append((doc, where))
+            else:
+                report.runtimes.append(resource)
         for line, loc, message in sorted(errors, key=lambda e: e[0] or 0):
-            prefix = f"{name}:{line}" if line else name
-            parts = [prefix, where, loc, " ".join(message.split())]
-            report.errors.append(": ".join(p for p in parts if p))
+            report.error(line, where, loc, message)
     if report.errors:
-        report.games = []
+        report.games, report.runtimes, report.sources = [], [], []
     return report
 
 
@@ -224,7 +253,8 @@ def _index(node: yaml.Node | None, loc: Loc, doc: _Doc, seen: set[int]) -> None:
 Error = tuple[int | None, str, str]  # line, camelCase path, message
 
 
-def _check_document(doc: _Doc) -> tuple[AdversarialGame | None, list[Error]]:
+def _check_document(doc: _Doc) -> tuple[Any, list[Error]]:
+    """The document's resource (a game or a runtime) and its errors."""
     data = doc.data
     if not isinstance(data, dict):
         kinds = {"list": "a list", "str": "a string", "int": "a number", "float": "a number"}
@@ -232,20 +262,29 @@ def _check_document(doc: _Doc) -> tuple[AdversarialGame | None, list[Error]]:
         return None, [(doc.line(()), "", f"expected a mapping with apiVersion, kind, metadata "
                        f"and spec, got {got}")]  # fmt: skip
     errors: list[Error] = []
-    for key, expected in (("apiVersion", API_VERSION), ("kind", KIND)):
-        if data.get(key) != expected:
-            got = f"got {data[key]!r}" if key in data else "it is missing"
-            errors.append((doc.line((key,)), key, f"expected {expected!r}, {got}"))
-    if errors:  # not a game (or another version of it): its fields would only add noise
+    if data.get("apiVersion") != API_VERSION:
+        got = f"got {data['apiVersion']!r}" if "apiVersion" in data else "it is missing"
+        errors.append((doc.line(("apiVersion",)), "apiVersion", f"expected {API_VERSION!r}, {got}"))
+    root = RESOURCES.get(data.get("kind"))  # type: ignore[arg-type]
+    if root is None:
+        got = f"got {data['kind']!r}" if "kind" in data else "it is missing"
+        *others, last = (repr(kind) for kind in RESOURCES)
+        errors.append(
+            (doc.line(("kind",)), "kind", f"expected {', '.join(others)} or {last}, {got}")
+        )
+    if errors:  # not ours (or another version of it): its fields would only add noise
         return None, errors
+    assert root is not None
     for loc, line, first in doc.duplicates:
-        errors.append((line, _path(loc), f"duplicate key (first on line {first}); remove one"))
+        errors.append(
+            (line, _path(loc, root), f"duplicate key (first on line {first}); remove one")
+        )
     try:
-        game = AdversarialGame.model_validate(data)
+        resource = root.model_validate(data)
     except ValidationError as exc:
-        errors += [_pydantic_error(doc, err) for err in exc.errors(include_url=False)]
+        errors += [_pydantic_error(doc, err, root) for err in exc.errors(include_url=False)]
         return None, errors
-    return (None if errors else game), errors
+    return (None if errors else resource), errors
 
 
 def _missing_local_files(doc: _Doc, game: AdversarialGame) -> list[Error]:
@@ -285,7 +324,7 @@ def model_and_data_refs(model: BaseModel, loc: Loc) -> list[tuple[Loc, str]]:
 _FIELD_FIRST = re.compile(r"^([a-z]\w*(?:\[\d+\])*(?:\.[a-z]\w*(?:\[\d+\])*)*): (.+)$")
 
 
-def _pydantic_error(doc: _Doc, err: Any) -> Error:
+def _pydantic_error(doc: _Doc, err: Any, root: type[BaseModel]) -> Error:
     loc: Loc = tuple(err["loc"])
     message = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     whole = not loc or isinstance(err.get("input"), dict)
@@ -296,25 +335,25 @@ def _pydantic_error(doc: _Doc, err: Any) -> Error:
         loc = (*loc, *(int(p[1:-1]) if p.startswith("[") else p for p in parts))
         message = m[2]
     if err["type"] == "extra_forbidden":
-        message = "unknown field" + _suggest(loc)
+        message = "unknown field" + _suggest(loc, root)
     elif err["type"] == "missing":
         message = "required field is missing"
     elif not err["type"].startswith(("value_error", "assertion_error")) and isinstance(
         err.get("input"), (str, int, float, bool)
     ):
         message += f" (got {err['input']!r:.60})"
-    return doc.line(loc), _path(loc), message
+    return doc.line(loc), _path(loc, root), message
 
 
 # --- pydantic locations -> camelCase paths -------------------------------------------------
 
 
-def _path(loc: Loc) -> str:
+def _path(loc: Loc, root: type[BaseModel] = AdversarialGame) -> str:
     """('spec', 'game', 'sampling', 'samples_per_query') -> spec.game.sampling.samplesPerQuery.
 
     A loc holds keys as the user wrote them (snake_case works too); walking the models maps
     field names to their aliases, list indices to [i], and leaves dict keys alone."""
-    out, tp = "", _unwrap(AdversarialGame)
+    out, tp = "", _unwrap(root)
     for part in loc:
         name, tp = _child(tp, part)
         if not name.startswith("[") and not name.replace("_", "").replace("-", "").isalnum():
@@ -353,8 +392,8 @@ def _unwrap(tp: Any) -> Any:
             return tp
 
 
-def _suggest(loc: Loc) -> str:
-    parent: Any = _unwrap(AdversarialGame)
+def _suggest(loc: Loc, root: type[BaseModel]) -> str:
+    parent: Any = _unwrap(root)
     for part in loc[:-1]:
         parent = _child(parent, part)[1]
     if not (isinstance(parent, type) and issubclass(parent, BaseModel)):
