@@ -39,7 +39,8 @@ LORA = {"rank": 8, "alpha": 16, "dropout": 0.0}
 
 def _upload_base_models(endpoint: str, bucket: str, quick: bool, work: Path) -> dict[str, str]:
     """The two base models as s3:// folders, from tiny-random or the real pip:// models."""
-    from sparring_trainer.config import ModelSpec, StorageSpec
+    from sparring_trainer.config import ModelSpec
+    from sparring_trainer.document import StorageSpec
     from sparring_trainer.models import load_causal_lm, load_reward_model, save_checkpoint
     from sparring_trainer.store import open_store
 
@@ -104,7 +105,7 @@ def main() -> None:
                                         "SPARRING_CHECKPOINT_CACHE": str(shared / "ckpt")},
         }  # fmt: skip
         metrics: dict[str, dict[str, dict[str, float]]] = {}
-        from sparring_trainer.config import StorageSpec
+        from sparring_trainer.document import StorageSpec
         from sparring_trainer.store import open_store, phase_prefix
 
         store = open_store(StorageSpec(uri=f"s3://{bucket}/games", endpoint=endpoint,

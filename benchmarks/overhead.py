@@ -178,7 +178,7 @@ def cluster_part(args: Any, workdir: Path) -> tuple[list[list[str]], str]:
     from harness.gameops import create_secret
     from kubernetes import client as k8s
     from sparring_operator.jobs import LABEL_PHASE, LABEL_ROUND
-    from sparring_trainer.config import StorageSpec
+    from sparring_trainer.document import StorageSpec
     from sparring_trainer.store import open_store, phase_prefix
 
     moto, endpoint = start_moto(workdir)

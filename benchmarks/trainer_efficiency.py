@@ -434,7 +434,7 @@ def store_rows(
     args: Any, load_policy: Callable[[], tuple[Any, Any]], save_checkpoint: Any, notes: list[str]
 ) -> list[list[str]]:
     import boto3
-    from sparring_trainer.config import StorageSpec
+    from sparring_trainer.document import StorageSpec
     from sparring_trainer.store import commit, open_store, require_committed
 
     rows: list[list[str]] = []

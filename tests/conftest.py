@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 
 # Set by .ci/run (epoch seconds): no slow test starts after it, so CI's fixed time budget is
 # never overrun; each one skipped that way is reported as such, by name.

@@ -12,8 +12,9 @@ import pytest
 import torch
 import yaml
 from sparring_trainer.adapters import ADAPTER_CONFIG, BASE_REF, add_lora, is_peft
-from sparring_trainer.config import PREPARE_PHASE, GameDocument, LoraSpec, ModelSpec
+from sparring_trainer.config import PREPARE_PHASE, LoraSpec, ModelSpec
 from sparring_trainer.contract import make_context
+from sparring_trainer.document import GameDocument
 from sparring_trainer.models import (
     load_causal_lm,
     load_checkpoint,

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from sparring_trainer.config import ROUND_PHASES, StorageSpec
+from sparring_trainer.config import ROUND_PHASES
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.store import is_committed, open_store, phase_prefix
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.store import is_committed, open_store, phase_prefix
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from sparring_trainer.config import APODataSpec, DataSource, PromptSource, StorageSpec
+from sparring_trainer.config import APODataSpec, DataSource, PromptSource
 from sparring_trainer.data import (
     DataError,
     PreferencePair,
@@ -17,6 +17,7 @@ from sparring_trainer.data import (
     read_prompt_rows,
     split_apo,
 )
+from sparring_trainer.document import StorageSpec
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

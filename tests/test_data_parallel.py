@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from sparring_trainer.config import APODataSpec, StorageSpec
+from sparring_trainer.config import APODataSpec
 from sparring_trainer.data import read_preferences, split_apo
+from sparring_trainer.document import StorageSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "harness" / "dp_worker.py"

@@ -25,7 +25,8 @@ from sparring_operator.jobs import (
     job_name,
 )
 from sparring_operator.local import phase_command
-from sparring_trainer.config import ALL_PHASES, GameDocument
+from sparring_trainer.config import ALL_PHASES
+from sparring_trainer.document import GameDocument
 
 K8S_VERSION = "1.32"
 # Dummy credentials "in the environment" of whoever builds the Jobs: they must never leak.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.lease import GameLease, LeaseHeld, LeaseRecord
 from sparring_trainer.store import (
     ArtifactStore,

@@ -76,8 +76,8 @@ def test_apo_with_lora_stores_adapters_that_keep_training(
 def test_a_lora_round_exports_as_one_transformers_folder(
     apo_lora: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
-    from sparring_trainer.config import GameDocument
     from sparring_trainer.contract import make_context
+    from sparring_trainer.document import GameDocument
     from sparring_trainer.models import load_checkpoint
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -140,8 +140,8 @@ def test_the_paper_scale_examples_can_split_their_data(example: str, tmp_path: P
     """Not played here (8B models, GPUs), but everything before the models is checked: the
     file is valid (test_validate) and its counts fit the data it names."""
     from sparring_trainer import apl, apo
-    from sparring_trainer.config import GameDocument
     from sparring_trainer.contract import make_context
+    from sparring_trainer.document import GameDocument
 
     doc = yaml.safe_load((ROOT / "examples" / example).read_text())
     doc["spec"]["storage"] = {"uri": f"file://{tmp_path / 'store'}"}

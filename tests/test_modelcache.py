@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sparring_trainer.config import GameDocument, ModelSpec, StorageSpec
+from sparring_trainer.config import ModelSpec
 from sparring_trainer.contract import make_context
+from sparring_trainer.document import GameDocument, StorageSpec
 from sparring_trainer.modelcache import CHECKPOINT_CACHE_ENV, MARKER, cached_tree, exclusive
 from sparring_trainer.models import load_causal_lm, save_checkpoint
 from sparring_trainer.store import UncommittedError, commit, open_store, phase_prefix
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESOLVE = """
 import json, sys
 from pathlib import Path
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.modelcache import fetched_bytes
 from sparring_trainer.models import resolve_model_ref
 storage = StorageSpec.model_validate_json(sys.argv[3])

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
-from sparring_trainer.config import PreferenceColumns, PreferenceSource, StorageSpec
+from sparring_trainer.config import PreferenceColumns, PreferenceSource
 from sparring_trainer.data import DataError, read_preferences
+from sparring_trainer.document import StorageSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 # (question, chosen reply, rejected reply); the second has an earlier exchange.

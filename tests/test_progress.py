@@ -11,8 +11,8 @@ from sparring_operator import metrics
 from sparring_operator.api import ActiveJob, AdversarialGameStatus
 from sparring_operator.reconcile import Reconciler, _progress_report
 from sparring_operator.status import with_progress
-from sparring_trainer.config import GameDocument, StorageSpec
 from sparring_trainer.contract import make_context
+from sparring_trainer.document import GameDocument, StorageSpec
 from sparring_trainer.store import open_store, phase_prefix
 
 T = 1_800_000_000.0

@@ -23,7 +23,7 @@ import yaml
 from harness.gameops import Operator, apo_tiny, create_secret
 from harness.rawclient import wait_for
 from kubernetes import client as k8s
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk (the `dev` extra) is needed")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 # Wall-clock and traffic figures differ between any two runs; everything else must not.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.store import (
     SUCCESS,
     ArtifactNotFound,

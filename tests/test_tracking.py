@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from harness.wandbfile import offline_runs
-from sparring_trainer.config import MlflowTracking, WandbTracking
+from sparring_trainer.document import MlflowTracking, WandbTracking
 from sparring_trainer.tracking import GAME_TAG, MlflowRun, WandbRun
 
 ROOT = Path(__file__).resolve().parents[1]

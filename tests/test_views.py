@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 from sparring_operator.views import file_status, stored_games, stored_status
-from sparring_trainer.config import ROUND_PHASES, StorageSpec
+from sparring_trainer.config import ROUND_PHASES
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.lease import GameLease
 from sparring_trainer.store import commit, game_prefix, open_store, phase_prefix
 

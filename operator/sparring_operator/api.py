@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
-from sparring_trainer.config import GameConfig, StorageSpec, TrackingSpec, unsupported_parallelism
+from sparring_trainer.config import GameConfig, unsupported_parallelism
+from sparring_trainer.document import StorageSpec, TrackingSpec
 
 from sparring_operator.apitypes import DISK_QUANTITY, MODEL_CONFIG
 from sparring_operator.placement import Affinity, TopologySpreadConstraint

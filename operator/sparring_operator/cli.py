@@ -141,7 +141,7 @@ def compare_cmd(
     import json
 
     from rich.console import Console
-    from sparring_trainer.config import StorageSpec
+    from sparring_trainer.document import StorageSpec
     from sparring_trainer.store import StoreError, open_store
 
     from sparring_operator.compare import as_json, compare_games, render

@@ -313,7 +313,7 @@ def file_record(path: str, store_uri: str | None) -> GameRecord:
     """A game file's game, from its own store (or `store_uri`); InvalidGameFile if bad."""
     from pathlib import Path
 
-    from sparring_trainer.config import StorageSpec
+    from sparring_trainer.document import StorageSpec
     from sparring_trainer.store import open_store
 
     from sparring_operator.validate import load_game

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
-from sparring_trainer.config import SecretRef, StorageSpec
+from sparring_trainer.document import SecretRef, StorageSpec
 
 from sparring_operator.api import ResourceList, SchedulingSpec
 from sparring_operator.apitypes import MODEL_CONFIG

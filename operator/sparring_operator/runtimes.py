@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 
 from sparring_operator.api import (
     AdversarialGame,

@@ -60,7 +60,7 @@ def status_cmd(
     """Show a game's status without playing anything: from its file (what `sparring run` would
     report now), from a store by name, or from the cluster. Exit status: 0 shown; 1 not found
     or unreachable; 3 a bad game file."""
-    from sparring_trainer.config import StorageSpec
+    from sparring_trainer.document import StorageSpec
     from sparring_trainer.store import open_store
 
     from sparring_operator.views import GameView, file_status, show, stored_status
@@ -98,7 +98,7 @@ def list_cmd(
     output: Annotated[str, typer.Option("--output", "-o", help="table, or json.")] = "table",
 ) -> None:
     """List the games in a store, or on the cluster, with their phase and rounds; reads only."""
-    from sparring_trainer.config import StorageSpec
+    from sparring_trainer.document import StorageSpec
     from sparring_trainer.store import open_store
 
     from sparring_operator.views import (
@@ -140,7 +140,7 @@ def report_cmd(
     """Write one self-contained HTML page for one or several games: their round metrics
     overlaid with 95% intervals, the reward models' reliability, and sampled answers. Reads
     only. Exit status: 0 written; 1 a game not found or unreachable; 3 a bad game file."""
-    from sparring_trainer.config import StorageSpec
+    from sparring_trainer.document import StorageSpec
     from sparring_trainer.store import open_store
 
     from sparring_operator import report

@@ -21,7 +21,7 @@ from kubernetes import client as k8s
 from sparring_operator.api import AdversarialGame
 from sparring_operator.jobs import OperatorSettings, build_configmap, build_job
 from sparring_operator.reconcile import Reconciler
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 
 
 def _owner(obj: Any) -> str:

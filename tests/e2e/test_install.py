@@ -24,7 +24,7 @@ from harness.fixtures import RESTRICTED
 from harness.gameops import GROUP, PLURAL, VERSION, apo_tiny, create_secret
 from harness.rawclient import wait_for
 from kubernetes.client.rest import ApiException
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk (the `dev` extra) is needed")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from harness.gameops import Operator, create, get, jobs, wait_phase
 from harness.rawclient import wait_for
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.lease import GameLease, LeaseHeld
 from sparring_trainer.store import open_store
 

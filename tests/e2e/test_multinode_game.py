@@ -31,7 +31,7 @@ from harness.nodeview import RunningPod
 from harness.rawclient import wait_for
 from kubernetes import client as k8s
 from safetensors.torch import load
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.store import ArtifactStore, copy_committed, open_store, phase_prefix
 
 GAME = "apo-tiny"

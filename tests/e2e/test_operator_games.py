@@ -26,7 +26,7 @@ from harness.gameops import (
 )
 from harness.rawclient import wait_for
 from kubernetes import client as k8s
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.store import is_committed, open_store, phase_prefix
 
 

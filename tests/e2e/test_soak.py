@@ -32,7 +32,7 @@ from harness.rawclient import wait_for
 from kubernetes import client as k8s
 from sparring_operator.api import GROUP, PLURAL, VERSION
 from sparring_operator.machine import phase_sequence
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.store import ArtifactStore, commit, open_store, phase_prefix
 
 # SPARRING_SOAK_GAMES=100 for a shorter look; the figure is 500.

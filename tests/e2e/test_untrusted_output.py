@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from harness.gameops import Operator, create, jobs, wait_phase
 from sparring_operator.observed import BadOutput, checked_metrics
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.store import commit, open_store, phase_prefix
 
 

@@ -23,7 +23,7 @@ import pytest
 from faultops import GAME, Watchdog, assert_store_intact, attempts
 from harness.gameops import PHASES, Operator, create, wait_phase
 from harness.rawclient import wait_for
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.store import open_store
 
 FAULTS: list[tuple[int, int, str | None, str] | str] = [

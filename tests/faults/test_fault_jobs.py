@@ -22,7 +22,7 @@ from faultops import GAME, Watchdog, assert_store_intact, attempts
 from harness.gameops import PHASES, Operator, create, wait_phase
 from harness.rawclient import wait_for
 from kubernetes import client as k8s
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.store import open_store
 
 T = 180.0

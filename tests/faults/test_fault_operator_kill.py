@@ -23,7 +23,7 @@ from faultops import GAME, Watchdog, assert_store_intact, attempts, store_manife
 from harness.gameops import PHASES, RESTRICTED_SECURITY, Operator, create, get, wait_phase
 from harness.rawclient import wait_for
 from kubernetes import client as k8s
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.store import open_store
 
 JOB_CREATE = r"/namespaces/[^/]+/jobs(\?|$)"

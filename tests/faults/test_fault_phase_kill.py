@@ -27,8 +27,8 @@ from harness.gameops import ROOT
 from harness.rawclient import wait_for
 from sparring_operator.machine import RunPhase, next_step
 from sparring_operator.observed import observe_store
-from sparring_trainer.config import GameDocument
 from sparring_trainer.contract import load_game_document, make_context
+from sparring_trainer.document import GameDocument
 from sparring_trainer.store import (
     SUCCESS,
     FileStore,

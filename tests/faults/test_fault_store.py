@@ -40,8 +40,8 @@ from harness.gameops import (
     wait_phase,
 )
 from harness.rawclient import wait_for
-from sparring_trainer.config import GameDocument, StorageSpec
 from sparring_trainer.contract import make_context
+from sparring_trainer.document import GameDocument, StorageSpec
 from sparring_trainer.store import (
     ArtifactStore,
     UncommittedError,

@@ -23,7 +23,7 @@ import kubernetes.client
 import kubernetes.config.kube_config
 import pytest
 import yaml
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 
 from . import chartops
 from .cluster import Kube, delete_namespace, new_namespace

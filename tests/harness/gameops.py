@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 from kubernetes import client as k8s
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 
 from .rawclient import wait_for
 

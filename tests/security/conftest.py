@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from harness.gameops import apo_tiny, create_secret
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 
 _FAULTS = Path(__file__).resolve().parents[1] / "faults"
 if str(_FAULTS) not in sys.path:

@@ -28,7 +28,7 @@ from harness.gameops import GAME_TIMEOUT, ROOT, create, create_secret, get, wait
 from harness.rawclient import wait_for
 from kubernetes import client as k8s
 from sparring_operator.report import cluster_record
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 
 T = 60.0
 GROUP, VERSION = "sparring.dev", "v1alpha1"

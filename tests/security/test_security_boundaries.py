@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from kubernetes import client as k8s
 from pydantic import ValidationError
 from sparring_operator.api import AdversarialGame
-from sparring_trainer.config import GameDocument, StorageSpec
+from sparring_trainer.document import GameDocument, StorageSpec
 from sparring_trainer.store import (
     FileStore,
     StoreError,

@@ -36,7 +36,7 @@ from harness.controlplane import ControlPlane
 from harness.fixtures import RESTRICTED, operator_kubeconfig
 from harness.gameops import Operator, apo_tiny, create, create_secret, wait_phase
 from kubernetes import client as k8s
-from sparring_trainer.config import StorageSpec
+from sparring_trainer.document import StorageSpec
 
 # Every kind of object a game could leave in its namespace.
 NAMESPACED_KINDS = (

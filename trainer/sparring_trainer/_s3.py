@@ -21,7 +21,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from .config import StorageSpec
+from .document import StorageSpec
 from .store import (
     DEFAULT_MULTIPART_THRESHOLD,
     ArtifactNotFound,

@@ -49,9 +49,10 @@ from sparring_trainer.apl_eval import (
     judge_complies,
     keeps_request,
 )
-from sparring_trainer.config import PREPARE_PHASE, APLSpec, PolicyUpdateSpec, StorageSpec, TrainSpec
+from sparring_trainer.config import PREPARE_PHASE, APLSpec, PolicyUpdateSpec, TrainSpec
 from sparring_trainer.contract import PhaseContext
 from sparring_trainer.data import APLSplits, Seed, read_prompt_rows, split_apl
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.dpo import train_dpo
 from sparring_trainer.generation import (
     Decoding,

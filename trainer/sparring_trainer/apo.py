@@ -70,7 +70,7 @@ from sparring_trainer.training import (
 @cache
 def _splits_cached(game_json: str, ctx_storage_json: str, cache_dir: str) -> APOSplits:
     game = GameConfig.model_validate_json(game_json)
-    from sparring_trainer.config import StorageSpec
+    from sparring_trainer.document import StorageSpec
 
     storage = StorageSpec.model_validate_json(ctx_storage_json)
     pairs = read_preferences(game.data.preferences, storage, Path(cache_dir))

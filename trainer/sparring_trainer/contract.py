@@ -24,8 +24,9 @@ from typing import Any
 import yaml
 
 from sparring_trainer.adapters import BASE_LINK, BASE_REF, is_adapter, read_base_ref
-from sparring_trainer.config import PREPARE_PHASE, GameDocument
+from sparring_trainer.config import PREPARE_PHASE
 from sparring_trainer.distributed import Ranks, ranks
+from sparring_trainer.document import GameDocument
 from sparring_trainer.identity import game_record
 from sparring_trainer.modelcache import cached_tree, checkpoint_cache, content_key
 from sparring_trainer.stages import stage

@@ -18,14 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparring_trainer.config import (
-    APLSpec,
-    APODataSpec,
-    DataSource,
-    PreferenceSource,
-    PromptSource,
-    StorageSpec,
-)
+from sparring_trainer.config import APLSpec, APODataSpec, DataSource, PreferenceSource, PromptSource
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.preference_rows import Message, parse_hh_transcript, preference_row
 from sparring_trainer.tables import DataError, bucket_storage, builtin_resource, read_table
 

@@ -11,8 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from sparring_trainer.config import PREPARE_PHASE, GameDocument
+from sparring_trainer.config import PREPARE_PHASE
 from sparring_trainer.contract import make_context
+from sparring_trainer.document import GameDocument
 from sparring_trainer.models import load_checkpoint, save_checkpoint
 
 Role = Literal["policy", "adversary"]

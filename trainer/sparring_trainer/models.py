@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from sparring_trainer.adapters import add_lora, is_adapter, is_peft, load_adapter, save_adapter
-from sparring_trainer.config import LoraSpec, ModelSpec, StorageSpec
+from sparring_trainer.config import LoraSpec, ModelSpec
 from sparring_trainer.distributed import ranks
+from sparring_trainer.document import StorageSpec
 from sparring_trainer.modelcache import MARKER, count_fetched, exclusive, tree_bytes
 from sparring_trainer.seeding import seeded
 from sparring_trainer.stages import stage

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from sparring_trainer import tracking
-from sparring_trainer.config import ALL_PHASES, PREPARE_PHASE, GameDocument
+from sparring_trainer.config import ALL_PHASES, PREPARE_PHASE
 from sparring_trainer.contract import (
     PhaseContext,
     already_committed,
@@ -22,6 +22,7 @@ from sparring_trainer.contract import (
     summary_for,
     write_termination_log,
 )
+from sparring_trainer.document import GameDocument
 from sparring_trainer.modelcache import fetched_bytes
 
 

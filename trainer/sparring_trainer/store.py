@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import StorageSpec
+from .document import StorageSpec
 
 SUCCESS = "_SUCCESS"
 """Name of the commit marker written last into a phase's prefix."""

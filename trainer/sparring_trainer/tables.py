@@ -22,13 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparring_trainer.config import (
-    BUILTIN_DATA,
-    DATA_FILE_HINT,
-    DATA_FILE_TYPES,
-    DataSource,
-    StorageSpec,
-)
+from sparring_trainer.config import BUILTIN_DATA, DATA_FILE_HINT, DATA_FILE_TYPES, DataSource
+from sparring_trainer.document import StorageSpec
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable

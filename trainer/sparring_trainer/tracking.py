@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sparring_trainer.config import MlflowTracking, WandbTracking
+from sparring_trainer.document import MlflowTracking, WandbTracking
 
 log = logging.getLogger(__name__)
 GAME_TAG = "sparring.game"
