@@ -28,7 +28,7 @@ import json, sys
 from pathlib import Path
 from sparring_trainer.document import StorageSpec
 from sparring_trainer.modelcache import fetched_bytes
-from sparring_trainer.models import resolve_model_ref
+from sparring_trainer.modelrefs import resolve_model_ref
 storage = StorageSpec.model_validate_json(sys.argv[3])
 print("resolving", flush=True)
 path = resolve_model_ref(sys.argv[1], Path(sys.argv[2]), storage)

@@ -15,16 +15,16 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from sparring_trainer.config import ModelSpec, StorageSpec  # noqa: E402
+from sparring_trainer.config import ModelSpec  # noqa: E402
+from sparring_trainer.document import StorageSpec  # noqa: E402
+from sparring_trainer.modelcache import MARKER  # noqa: E402
+from sparring_trainer.modelrefs import ModelLoadError, resolve_model_ref  # noqa: E402
 from sparring_trainer.models import (  # noqa: E402
-    MARKER,
-    ModelLoadError,
     load_causal_lm,
     load_checkpoint,
     load_reward_model,
     render_conversation,
     render_prompt,
-    resolve_model_ref,
     save_checkpoint,
     tiny_tokenizer,
 )

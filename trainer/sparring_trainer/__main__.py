@@ -31,7 +31,7 @@ from sparring_trainer.distributed import NODE_RANK_ENV, Nodes, launch, under_tor
 def _user_errors() -> tuple[type[BaseException], ...]:
     from sparring_trainer.contract import GameFileError
     from sparring_trainer.generation import EngineUnavailable
-    from sparring_trainer.models import ModelLoadError
+    from sparring_trainer.modelrefs import ModelLoadError
     from sparring_trainer.phases import PhaseError
     from sparring_trainer.tables import DataError
 
