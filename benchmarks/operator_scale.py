@@ -35,6 +35,18 @@ message. For N = 10, 50, 100 games (each
 * operator API requests per transition (the API server's audit log, the operator's
   ServiceAccount only).
 
+Runtimes (`--runtimes`, each arm on its own fresh control plane, one after the other for each
+N): `builtin`, the operator started with no default runtime, as the tests run it: it plays
+each game on its built-in runtime and asks the API server for none. `cluster`, the operator as
+the chart deploys it: the runtime CRDs are installed, the ClusterSparringRuntime the chart
+renders (templates/default-runtime.yaml: the chart's trainer image, its phase ServiceAccount,
+no store of its own, so a game's file:// store stays its own) is created, and the operator runs
+with SPARRING_DEFAULT_RUNTIME naming it, so each reconcile pass GETs it. The chart's RBAC, which
+the bed applies in both arms, grants that `get` (ClusterRole `<release>-sparring-runtimes`).
+The games are the same in both arms; a game the runtime refuses (Stalled, RuntimeRefused or
+RuntimeUnavailable) ends that scale point at once and is reported, since nothing here would
+unblock it.
+
 Commands:
 
     python benchmarks/operator_scale.py                    # 10, 50, 100 games (~3 min)
@@ -42,6 +54,7 @@ Commands:
     python benchmarks/operator_scale.py --quick            # 2 games, 1 round (the test)
     python benchmarks/operator_scale.py --resync 1         # the e2e tests' 1 s timer
     python benchmarks/operator_scale.py --games 100 --phase-seconds 10   # spread hand-offs
+    python benchmarks/operator_scale.py --games 10 100 --runtimes builtin cluster  # both arms
 """
 
 from __future__ import annotations
@@ -62,6 +75,15 @@ from _common import ROOT, base_parser, log, median, percentile, report, table
 
 RECONCILE = "sparring_reconcile_duration_seconds"
 WORKERS = 8  # instant executor threads
+RUNTIMES = ("builtin", "cluster")
+GROUP, VERSION = "sparring.dev", "v1alpha1"
+CLUSTER_RUNTIMES = "clustersparringruntimes"
+RUNTIME_CRDS = [
+    ROOT / "crds" / f"{plural}.sparring.dev.yaml"
+    for plural in ("sparringruntimes", CLUSTER_RUNTIMES)
+]
+# Stalls that nothing in the bed would lift: the scale point ends at once instead of at --timeout.
+RUNTIME_STALLS = ("RuntimeRefused", "RuntimeUnavailable")
 
 
 def parse_args() -> Any:
@@ -83,6 +105,15 @@ def parse_args() -> Any:
         default=200,
         help="kube-controller-manager --kube-api-qps (its default, 20, caps the Job controller "
         "near 3 Jobs/s: the benchmark would measure that limit, not the operator)",
+    )
+    p.add_argument(
+        "--runtimes",
+        nargs="+",
+        choices=RUNTIMES,
+        default=["builtin"],
+        help="arms, each measured at every --games point: builtin (no default runtime, no "
+        "runtime GET) and/or cluster (the chart's default ClusterSparringRuntime, one GET per "
+        "reconcile pass)",
     )
     args = p.parse_args()
     if args.games is None:
@@ -211,7 +242,53 @@ class InstantExecutor:
         self._request(self.client, "PATCH", path, body, self._merge)
 
 
-def scale_point(args: Any, n_games: int, workdir: Path) -> dict[str, Any]:
+def default_runtime(kube: Any, release: str) -> str:
+    """Install the runtime CRDs and the ClusterSparringRuntime the chart renders for `release`
+    (its default runtime, as `helm install` creates it); returns the runtime's name."""
+    from harness import chartops  # tests/ is on sys.path once _harness is imported
+    from harness.fixtures import install_crd
+    from kubernetes import client as k8s
+
+    for crd in RUNTIME_CRDS:
+        install_crd(kube.client, crd)
+    rendered = chartops.render(chartops.namespaced_values(kube.namespace), release, kube.namespace)
+    runtime = next(o for o in rendered if o["kind"] == "ClusterSparringRuntime")
+    # The Helm hook annotations mean nothing outside Helm; the spec is the chart's, unchanged.
+    body = {
+        "apiVersion": runtime["apiVersion"],
+        "kind": runtime["kind"],
+        "metadata": {"name": runtime["metadata"]["name"]},
+        "spec": runtime["spec"],
+    }
+    k8s.CustomObjectsApi(kube.client).create_cluster_custom_object(
+        GROUP, VERSION, CLUSTER_RUNTIMES, body
+    )
+    return str(body["metadata"]["name"])
+
+
+def game_states(kube: Any) -> dict[str, tuple[str, str]]:
+    """name -> (status.phase, the Stalled condition's reason or "") of every game, in one list."""
+    from kubernetes import client as k8s
+
+    listed = k8s.CustomObjectsApi(kube.client).list_namespaced_custom_object(
+        GROUP, VERSION, kube.namespace, "adversarialgames"
+    )
+    states = {}
+    for game in listed["items"]:
+        status = game.get("status") or {}
+        stalled = next(
+            (
+                c.get("reason") or "?"
+                for c in status.get("conditions") or []
+                if c.get("type") == "Stalled" and c.get("status") == "True"
+            ),
+            "",
+        )
+        states[game["metadata"]["name"]] = (status.get("phase") or "", stalled)
+    return states
+
+
+def scale_point(args: Any, n_games: int, runtime: str, workdir: Path) -> dict[str, Any]:
     import psutil
     from _harness import (
         JobWatch,
@@ -219,7 +296,6 @@ def scale_point(args: Any, n_games: int, workdir: Path) -> dict[str, Any]:
         audit,
         bed,
         between,
-        game_phases,
         job_creations,
         request_mix,
         scrape,
@@ -238,12 +314,12 @@ def scale_point(args: Any, n_games: int, workdir: Path) -> dict[str, Any]:
         jobs = JobWatch(kube.new_client("bench-job-watch"), ns, on_create=executor.submit)
         # The operator refuses a file:// store on a cluster unless told that every pod runs on
         # this one machine, which is the case here (the "phases" are this process).
+        env = {"SPARRING_ALLOW_FILE_STORE": "1"}
+        if runtime == "cluster":
+            # The bed's ServiceAccount and RBAC are the chart's for release "op-<namespace>".
+            env["SPARRING_DEFAULT_RUNTIME"] = default_runtime(kube, f"op-{ns}")
         operator = OperatorProcess(
-            kube_bed.operator_kubeconfig,
-            workdir / "operator.log",
-            args.resync,
-            ns,
-            env={"SPARRING_ALLOW_FILE_STORE": "1"},
+            kube_bed.operator_kubeconfig, workdir / "operator.log", args.resync, ns, env=env
         )
         rss_peak = [0.0]
         sampling = threading.Event()
@@ -272,7 +348,7 @@ def scale_point(args: Any, n_games: int, workdir: Path) -> dict[str, Any]:
                 "this benchmark (executor, watch)": os.getpid(),
             }
             cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
-            log(f"{n_games} games: creating")
+            log(f"{n_games} games, {runtime} runtime: creating")
             t0 = time.time()
             for name in sorted(names):
                 doc = {**template, "metadata": {"name": name}}
@@ -281,10 +357,14 @@ def scale_point(args: Any, n_games: int, workdir: Path) -> dict[str, Any]:
                 )
             deadline = time.monotonic() + args.timeout
             last_log = time.monotonic()
+            stalls: dict[str, str] = {}  # every game that was ever Stalled: its reason
             while True:
-                phases = game_phases(kube)
+                states = game_states(kube)
+                phases = {n: phase for n, (phase, _) in states.items()}
+                stalls.update({n: why for n, (_, why) in states.items() if why})
                 done = {n for n, p in phases.items() if p in ("Succeeded", "Failed")}
-                if done >= names or time.monotonic() > deadline:
+                refused = any(why in RUNTIME_STALLS for why in stalls.values())
+                if done >= names or refused or time.monotonic() > deadline:
                     break
                 if time.monotonic() - last_log > 30:
                     log(f"{n_games} games: {len(done)} finished, {len(jobs.seen)} Jobs so far")
@@ -312,8 +392,15 @@ def scale_point(args: Any, n_games: int, workdir: Path) -> dict[str, Any]:
     ]
     wall = t1 - t0
     nan = float("nan")
+    # The runtime reads, by the answer's status code (200, or 403/404 if RBAC or the object
+    # were missing): the builtin arm must have none.
+    runtime_gets: dict[int, int] = {}
+    for r in ours:
+        if r.resource == CLUSTER_RUNTIMES and r.verb == "get":
+            runtime_gets[r.code] = runtime_gets.get(r.code, 0) + 1
     return {
         "games": n_games,
+        "runtime": runtime,
         "finished": len(done & names),
         "failed": sum(1 for n in names if phases.get(n) == "Failed"),
         "jobs": len(created),
@@ -332,9 +419,36 @@ def scale_point(args: Any, n_games: int, workdir: Path) -> dict[str, Any]:
         else (nan, nan),
         "watch_lag_ms": 1000 * median(lag) if lag else nan,
         "mix": request_mix(ours, 5),
+        "runtime_gets": runtime_gets,
+        "stalls": stalls,
         "errors": (executor.errors + jobs.errors)[:3],
         "timed_out": not done >= names,
     }
+
+
+def arm(r: dict[str, Any]) -> str:
+    return f"{r['games']} games, {r['runtime']}"
+
+
+def ratios(results: list[dict[str, Any]]) -> str:
+    """cluster / builtin at each N where both arms ran: what the runtime GET costs."""
+    by = {(r["games"], r["runtime"]): r for r in results}
+    lines = []
+    for n in dict.fromkeys(r["games"] for r in results):
+        if (n, "builtin") not in by or (n, "cluster") not in by:
+            continue
+        b, c = by[(n, "builtin")], by[(n, "cluster")]
+        pairs = {
+            "API requests per Job": (c["req_per_job"], b["req_per_job"]),
+            "wall": (c["wall"], b["wall"]),
+            "reconcile mean": (c["rec"][0], b["rec"][0]),
+            "commit -> next Job median": (c["gap"][0], b["gap"][0]),
+            "operator CPU": (c["cpu"], b["cpu"]),
+        }
+        lines.append(
+            f"- {n} games: " + ", ".join(f"{k} {x / y:.2f}" for k, (x, y) in pairs.items())
+        )
+    return "\n".join(lines)
 
 
 def histogram(samples: dict[str, float], name: str) -> dict[str, float]:
@@ -385,16 +499,21 @@ def main() -> int:
     args = parse_args()
     results = []
     for n in args.games:
-        with tempfile.TemporaryDirectory(prefix=f"bench-scale-{n}-") as tmp:
-            result = scale_point(args, n, Path(tmp))
-        results.append(result)
-        log(json.dumps({k: v for k, v in result.items() if k != "mix"}, default=str))
+        # The arms of one N back to back, each on a fresh control plane: same machine, nearly
+        # the same moment, so their ratio is less exposed to the machine's load drifting.
+        for runtime in args.runtimes:
+            with tempfile.TemporaryDirectory(prefix=f"bench-scale-{n}-{runtime}-") as tmp:
+                result = scale_point(args, n, runtime, Path(tmp))
+            results.append(result)
+            log(json.dumps({k: v for k, v in result.items() if k != "mix"}, default=str))
     rows = [
         [
             r["games"],
+            r["runtime"],
             f"{r['finished']}/{r['games']}"
             + (" (timed out)" if r["timed_out"] else "")
-            + (f", {r['failed']} Failed" if r["failed"] else ""),
+            + (f", {r['failed']} Failed" if r["failed"] else "")
+            + (f", {len(r['stalls'])} ever Stalled" if r["stalls"] else ""),
             r["jobs"],
             f"{r['wall']:.1f}",
             f"{r['rate']:.1f}",
@@ -410,6 +529,7 @@ def main() -> int:
     ]
     headers = [
         "games",
+        "runtime",
         "finished",
         "phase Jobs",
         "wall s",
@@ -422,13 +542,28 @@ def main() -> int:
         "reconcile ms (mean / p50 / p95)",
         "API requests per Job",
     ]
-    mixes = "\n".join(f"- {r['games']} games: {r['mix']}" for r in results)
+    mixes = "\n".join(f"- {arm(r)}: {r['mix']}" for r in results)
     others = "\n".join(
-        f"- {r['games']} games: "
+        f"- {arm(r)}: "
         + ", ".join(f"{k} {v:.0f}%" for k, v in r["cpu_pct"].items() if k != "operator")
         + "; the operator's requests took {:.0f} / {:.0f} ms (median / p95) in the API "
         "server; the Job watch ran {:.1f} ms (median) behind it".format(
             *r["latency_ms"], r["watch_lag_ms"]
+        )
+        for r in results
+    )
+    reads = "\n".join(
+        f"- {arm(r)}: "
+        + (
+            ", ".join(f"{count} answered {code}" for code, count in sorted(gets.items()))
+            + f" ({sum(gets.values()) / max(1.0, r['reconciles']):.2f} per reconcile)"
+            if (gets := r["runtime_gets"])
+            else "none"
+        )
+        + (
+            "; Stalled: " + ", ".join(sorted(set(r["stalls"].values())))
+            if r["stalls"]
+            else "; no game was ever Stalled"
         )
         for r in results
     )
@@ -451,6 +586,9 @@ def main() -> int:
                 "off at once: the numbers are the operator's own cost plus its waits on the "
                 "API server, under the control plane's worst burst. "
             )
+            + "Runtime builtin: the operator has no default runtime and asks for none; "
+            "cluster: it runs with SPARRING_DEFAULT_RUNTIME naming the chart's default "
+            "ClusterSparringRuntime and GETs it on every reconcile pass (the same games). "
             + "The control plane is real (kube-apiserver, etcd, "
             "kube-controller-manager; no kubelet: the executor reports each phase pod's exit "
             "right after its commit, as the kubelet would) and shares this machine's cores "
@@ -465,6 +603,10 @@ def main() -> int:
             "",
             "CPU over the same wall time (% of one core), and API latency:",
             others,
+            "",
+            "Operator `get clustersparringruntimes` by answer (audit log), and stalls:",
+            reads,
+            *(["", "Cluster / builtin, same N:", ratios(results)] if ratios(results) else []),
             "",
             "Operator requests by kind (top 5, whole run; audit log):",
             mixes,
