@@ -588,7 +588,8 @@ def main() -> int:
             )
             + "Runtime builtin: the operator has no default runtime and asks for none; "
             "cluster: it runs with SPARRING_DEFAULT_RUNTIME naming the chart's default "
-            "ClusterSparringRuntime and GETs it on every reconcile pass (the same games). "
+            "ClusterSparringRuntime and reads it as the operator does (since 22cba17 one "
+            "GET per RUNTIME_TTL_SECONDS, shared by the games; before, one per pass). "
             + "The control plane is real (kube-apiserver, etcd, "
             "kube-controller-manager; no kubelet: the executor reports each phase pod's exit "
             "right after its commit, as the kubelet would) and shares this machine's cores "
