@@ -41,7 +41,8 @@ each game on its built-in runtime and asks the API server for none. `cluster`, t
 the chart deploys it: the runtime CRDs are installed, the ClusterSparringRuntime the chart
 renders (templates/default-runtime.yaml: the chart's trainer image, its phase ServiceAccount,
 no store of its own, so a game's file:// store stays its own) is created, and the operator runs
-with SPARRING_DEFAULT_RUNTIME naming it, so each reconcile pass GETs it. The chart's RBAC, which
+with SPARRING_DEFAULT_RUNTIME naming it, so it reads it as on a cluster (one GET per pass
+before 22cba17; since, one per RUNTIME_TTL_SECONDS, shared by the games). The chart's RBAC, which
 the bed applies in both arms, grants that `get` (ClusterRole `<release>-sparring-runtimes`).
 The games are the same in both arms; a game the runtime refuses (Stalled, RuntimeRefused or
 RuntimeUnavailable) ends that scale point at once and is reported, since nothing here would
@@ -112,8 +113,8 @@ def parse_args() -> Any:
         choices=RUNTIMES,
         default=["builtin"],
         help="arms, each measured at every --games point: builtin (no default runtime, no "
-        "runtime GET) and/or cluster (the chart's default ClusterSparringRuntime, one GET per "
-        "reconcile pass)",
+        "runtime GET) and/or cluster (the chart's default ClusterSparringRuntime, read as the "
+        "operator reads it: one GET per RUNTIME_TTL_SECONDS)",
     )
     args = p.parse_args()
     if args.games is None:

@@ -137,3 +137,19 @@ def test_the_cli_exits_1_and_reports_the_game_not_the_runtime(tmp_path: Path) ->
     assert f"{runtime}: valid (ClusterSparringRuntime gpu)" in result.stdout
     assert "g.yaml: valid" not in result.stdout
     assert f"{refused}:8: spec.phases.default.image:" in result.stderr
+
+
+def test_a_game_failing_its_own_checks_on_the_runtime_gets_every_problem_whole(
+    tmp_path: Path,
+) -> None:
+    """Three GPUs from the runtime break the game's default batch sizes: every phase's problem
+    is reported, none cut short as the game's status message is."""
+    gpus = RUNTIME.replace(
+        "  overridable:", "  phases:\n    default:\n      resources: {gpu: 3}\n  overridable:"
+    )
+    runtime = write(tmp_path, "rt.yaml", gpus)
+    [error] = errors_of(runtime, write(tmp_path, "g.yaml", game()))
+    assert ":11: spec.game.adversary.update.batchSize: 4 does not divide among the 3 GPUs" in error
+    for phase in ("prepare", "update-adversary", "update-policy"):
+        assert f"3 GPUs of the {phase} phase" in error
+    assert error.endswith("use a multiple of 3")

@@ -5,8 +5,9 @@ Pure: `apply_runtime` takes the game, the runtime's spec and a resolver, and eit
 game (images, resources, scheduling, pull policy and store filled in from the runtime) with the
 operator settings of its phase pods. Everything downstream (the store the operator opens, the
 Jobs, the game document the phases read) sees only the effective game, so a boundary enforced
-here holds everywhere. It is applied on every pass: a runtime change reaches the phases that
-start after it, never a running one.
+here holds everywhere. It is applied on every pass, to the runtime as `tenancy` last read it
+(kept up to RUNTIME_TTL_SECONDS): a runtime change reaches the phases that start after that
+long, never a running one.
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ PHASE_FIELDS = tuple(PhasesSpec.model_fields)  # default, prepare, sample, ...
 
 
 class RuntimeRefused(Exception):
-    """The game asks for something its runtime does not allow; the message names the field."""
+    """The game asks for something its runtime does not allow; the message names the field.
+    When the game fails its own checks on the runtime, `errors` holds pydantic's errors whole
+    (the message is cut short for the game's status; `sparring validate` shows each)."""
+
+    def __init__(self, message: str, errors: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
 
 
 class RuntimeUnavailable(Exception):
@@ -100,7 +107,9 @@ def apply_runtime(
             effective.model_dump(mode="json", by_alias=True, exclude_none=True)
         )
     except ValidationError as exc:
-        raise RuntimeRefused(f"on {name}: {spec_errors(exc)}") from None
+        raise RuntimeRefused(
+            f"on {name}: {spec_errors(exc)}", exc.errors(include_url=False)
+        ) from None
     on = dataclasses.replace(
         settings,
         trainer_image=runtime.images[0],

@@ -12,8 +12,9 @@ its store. The rules themselves are in `runtimes` (pure); this module only reads
 A runtime read is kept for `RUNTIME_TTL_SECONDS`, shared by every game on it: read on every
 pass, one GET per pass made a 100-game burst 1.45-1.61x slower end to end
 (benchmarks/operator_scale.py --runtimes builtin cluster), each pass holding a reconcile thread
-on one more round trip. A change to a runtime therefore reaches phases that start more than
-that long after it; a runtime that is missing or unreadable is asked for again on every pass.
+on one more round trip. A change to a runtime (its deletion, or the operator losing the right
+to read it, included) therefore reaches the passes that start more than that long after it; a
+runtime found missing or unreadable is not kept, and is asked for again on the next pass.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Tenancy:
     clock: Callable[[], float] = time.monotonic
     # (kind, namespace or "", name) -> (when read, label, spec): see RUNTIME_TTL_SECONDS.
     _runtimes: dict[tuple[str, str, str], tuple[float, str, RuntimeSpec]] = field(
-        default_factory=dict
+        default_factory=dict, init=False, repr=False, compare=False
     )
 
     def place(self, game: AdversarialGame) -> OnRuntime:

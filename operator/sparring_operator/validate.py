@@ -9,7 +9,7 @@ known, and the field's path in the resource's camelCase, compiler style:
 A file may hold several YAML documents (`---`), as `kubectl apply -f` accepts: each document is
 validated on its own and its errors say `document N`. Empty documents (a trailing `---`) are
 skipped. JSON files work too (`.json` is read with the json module, anything else as YAML).
-The checks are the pydantic models' own (`api.AdversarialGame`), so a file that passes here is
+The checks are the pydantic models' own (`api.AdversarialGame`), so a game that passes here is
 one the operator and `sparring run` accept. Runtime files (`SparringRuntime`,
 `ClusterSparringRuntime`: runtimeapi.py) are checked the same way, and `validate_runtimes` plays
 every game that names one of them through the operator's own `apply_runtime`.

@@ -21,11 +21,18 @@ from sparring_operator.api import AdversarialGame
 from sparring_operator.jobs import OperatorSettings
 from sparring_operator.runtimeapi import RUNTIME_KIND
 from sparring_operator.runtimes import RuntimeRefused, apply_runtime
-from sparring_operator.validate import FileReport, Loc, Runtime, _Doc, check_file
+from sparring_operator.validate import (
+    FileReport,
+    Loc,
+    Runtime,
+    _Doc,
+    _path,
+    _pydantic_error,
+    check_file,
+)
 
-# A refusal starts with the field ("spec.phases.default.image: ..."), after "on RUNTIME: "
-# when the effective game failed the game's own checks.
-_REFUSAL = re.compile(r"^(?:on .+?: )?(spec(?:\.[A-Za-z]\w*|\[\d+\])*): (.+)$", re.DOTALL)
+# A refusal starts with the field ("spec.phases.default.image: ..."); list items as .N or [N].
+_REFUSAL = re.compile(r"^(spec(?:\.[A-Za-z]\w*|\.\d+|\[\d+\])*): (.+)$", re.DOTALL)
 _NOT_RESOLVED_HERE = "192.0.2.1"  # TEST-NET-1: stands for "resolved by the cluster's DNS"
 
 
@@ -76,14 +83,15 @@ def _on_runtime(
     try:
         apply_runtime(game, runtime.spec, label, OperatorSettings(), resolve=_literal_only)
     except RuntimeRefused as exc:
+        if exc.errors:  # the game's own checks, on the runtime's settings: each in its place
+            return [_pydantic_error(doc, err, AdversarialGame) for err in exc.errors]
         text = " ".join(str(exc).split())
         match = _REFUSAL.match(text)
         if match is None:
             return [(doc.line(("spec", "runtimeRef")), "spec.runtimeRef", text)]
-        field, message = match[1], match[2]
-        parts = re.findall(r"[A-Za-z]\w*|\[\d+\]", field)
-        loc: Loc = tuple(int(p[1:-1]) if p.startswith("[") else p for p in parts)
-        return [(doc.line(loc), field, message)]
+        parts = re.findall(r"[A-Za-z]\w*|\d+", match[1])
+        loc: Loc = tuple(int(p) if p.isdigit() else p for p in parts)
+        return [(doc.line(loc), _path(loc), match[2])]
     return []
 
 
