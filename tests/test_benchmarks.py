@@ -2,7 +2,8 @@
 has a choice) and prints its markdown table; --no-record keeps benchmarks/RESULTS.md untouched
 and --cache-dir sends caches to a temporary directory.
 
-On a 2-core machine operator_scale takes ~10-20 s (it starts a control plane of its own),
+On a 2-core machine operator_scale takes ~25-40 s (a control plane of its own for each of its
+two arms, without and with a runtime),
 apo_policy, apo_rm_repro and trainer_efficiency 7-11 s each (two to five times that under
 load); overhead plays a game locally and on a control plane with the process kubelet (~90-110 s)
 and is marked slow.
@@ -49,10 +50,14 @@ def table_rows(out: str, first_header: str) -> list[list[str]]:
 
 
 def test_operator_scale_quick(tmp_path: Path) -> None:
-    out = run_benchmark("operator_scale.py", tmp_path=tmp_path)
+    out = run_benchmark("operator_scale.py", "--runtimes", "builtin", "cluster", tmp_path=tmp_path)
     rows = table_rows(out, "games")
-    assert len(rows) == 1 and rows[0][1] == "2/2", rows
-    assert int(rows[0][2]) == 12  # 2 games x (prepare + 5 phases)
+    assert [(r[1], r[2]) for r in rows] == [("builtin", "2/2"), ("cluster", "2/2")], rows
+    assert [int(r[3]) for r in rows] == [12, 12]  # 2 games x (prepare + 5 phases)
+    # The cluster arm read the chart's default runtime, and no game was refused by it.
+    assert "- 2 games, builtin: none; no game was ever Stalled" in out, out[-3000:]
+    reads = [line for line in out.splitlines() if line.startswith("- 2 games, cluster: ")]
+    assert any("answered 200" in r and "no game was ever Stalled" in r for r in reads), reads
 
 
 def test_apo_rm_repro_quick_tiny(tmp_path: Path) -> None:
